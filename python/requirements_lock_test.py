@@ -1,0 +1,66 @@
+"""The lock is what the hermetic venv installs: every pin exact and hashed, nothing missing."""
+
+import re
+from pathlib import Path
+
+PYTHON = Path("python")
+_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_entries():
+    """{name: (version, [hashes])} from requirements_lock.txt."""
+    entries, current = {}, None
+    for line in (PYTHON / "requirements_lock.txt").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not line.startswith((" ", "\t")):
+            m = re.match(r"^([A-Za-z0-9._-]+)==([^ \\]+)", stripped)
+            assert m, f"requirements_lock.txt: unpinned or unhashed line {line!r}"
+            current = canonical(m.group(1))
+            entries[current] = (m.group(2), [])
+        else:
+            for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", stripped):
+                entries[current][1].append(h)
+    return entries
+
+
+def direct_requirements():
+    names = []
+    for line in (PYTHON / "requirements.in").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(canonical(_NAME.match(line).group(1)))
+    return names
+
+
+def test_every_pin_is_exact_and_hashed():
+    entries = lock_entries()
+    assert len(entries) > 10
+    for name, (version, hashes) in entries.items():
+        assert hashes, f"{name}=={version} has no --hash in requirements_lock.txt"
+
+
+def test_every_direct_requirement_is_locked():
+    entries = lock_entries()
+    for name in direct_requirements():
+        assert name in entries, f"{name} is in requirements.in but not in requirements_lock.txt; run //python:requirements_update"
+
+
+def test_issue_stack_is_locked():
+    entries = lock_entries()
+    for name in ("onnx", "onnxruntime", "openvino", "torch", "numpy", "absl-py", "jsonschema", "pytest"):
+        assert name in entries, name
+
+
+def test_torch_is_the_cpu_wheel_and_no_cuda_packages():
+    entries = lock_entries()
+    version, hashes = entries["torch"]
+    assert version == "2.13.0+cpu"
+    assert len(hashes) == 1, "torch must pin exactly the one CPU wheel"
+    cuda = sorted(n for n in entries if n.startswith(("nvidia-", "cuda-", "triton")))
+    assert not cuda, f"CUDA packages crept into the CPU lock: {cuda}"

@@ -1,0 +1,44 @@
+"""Regenerates python/requirements_lock.txt from python/requirements.in, every pin hashed.
+
+Usage: tools/bazel run //python:requirements_update [-- extra pip-compile flags, e.g. --upgrade]
+
+Runs pip-compile (pip-tools, itself locked) inside the hermetic venv, against the package
+indexes and find-links of this machine's pip configuration, where the CPU torch wheel lies.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not workspace:
+        sys.stderr.write("requirements_update: run me with `tools/bazel run //python:requirements_update`\n")
+        return 2
+    python_dir = Path(workspace) / "python"
+    cmd = [
+        sys.executable,
+        "-m",
+        "piptools",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--allow-unsafe",
+        "--strip-extras",
+        # Index URLs and find-links belong to each machine's pip configuration, not the lock.
+        "--no-emit-index-url",
+        "--no-emit-find-links",
+        "--resolver=backtracking",
+        "--custom-compile-command=tools/bazel run //python:requirements_update",
+        "--output-file=requirements_lock.txt",
+        "requirements.in",
+        *sys.argv[1:],
+    ]
+    print("requirements_update:", " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd, cwd=python_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""tinyq: registry-driven int8 quantisation of tiny ONNX models."""

@@ -1,0 +1,404 @@
+"""The model registry (model/tiny/registry.json): loading, validation and a typed view.
+
+Validation runs in two layers:
+  1. JSON Schema 2020-12 (model/tiny/registry.schema.json) for structure and types, including
+     "non-fp32 needs int8_sha256" and "static needs quant_calibration_set";
+  2. checks a schema cannot express: unique ids, paths jailed inside the registry's directory
+     (symlinks included), file hashes, the calibration set on disk, and each sidecar agreeing
+     with its entry.
+
+Every problem is a Finding naming the entry, the JSON pointer, what is wrong and how to fix it.
+Entry paths resolve against the registry's own directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import jsonschema
+
+from tinyq.fileio import sha256_file
+
+QUANT_MODES = ("fp32", "dynamic", "static", "qat")
+DEFAULT_QUANT_MODE = "fp32"
+DEFAULT_BUDGET_PLCC = 0.01
+
+# The source tree root; under Bazel, the runfiles root, which mirrors it.
+_TINYQ_ROOT = Path(__file__).parent.parent.parent
+SCHEMA_PATH = _TINYQ_ROOT / "model" / "tiny" / "registry.schema.json"
+SIDECAR_SCHEMA_PATH = _TINYQ_ROOT / "model" / "tiny" / "sidecar.schema.json"
+DEFAULT_REGISTRY = Path("model") / "tiny" / "registry.json"
+
+# Path-valued entry fields, all jailed inside the registry's directory.
+_PATH_FIELDS = ("onnx", "quant_calibration_set", "sigstore_bundle")
+
+# Fields a sidecar shares with its registry entry, with the default an absent one stands for.
+_SHARED_FIELDS: Tuple[Tuple[str, Any], ...] = (
+    ("id", None),
+    ("kind", None),
+    ("sha256", None),
+    ("opset", None),
+    ("quant_mode", DEFAULT_QUANT_MODE),
+    ("int8_sha256", None),
+    ("quant_accuracy_budget_plcc", DEFAULT_BUDGET_PLCC),
+)
+
+_FIXES = {
+    "malformed_json": "fix the JSON syntax at the position given",
+    "missing_field": "add the field; see model/tiny/registry.schema.json",
+    "unknown_field": "remove the field or correct its spelling; see model/tiny/registry.schema.json",
+    "wrong_type": "give the field the type model/tiny/registry.schema.json declares",
+    "bad_value": "correct the value to match model/tiny/registry.schema.json",
+    "unknown_quant_mode": "use one of fp32, dynamic, static, qat",
+    "int8_sha256_missing": "quantise the model and run `tools/bazel run //model:update_pins`, or set quant_mode to fp32",
+    "calibration_set_missing": "add quant_calibration_set pointing at the model's calibration .npz, "
+    "or use quant_mode dynamic",
+    "duplicate_id": "give each model a unique id",
+    "path_escape": "use a relative path that stays inside the registry's directory, with no '..' and no "
+    "symlink leading out",
+    "file_missing": "add the file, or correct the path",
+    "sha256_mismatch": "if the change to the file is intended, run `tools/bazel run //model:update_pins`; "
+    "otherwise restore the file",
+    "int8_sha256_mismatch": "rebuild the int8 artefact and run `tools/bazel run //model:update_pins`; "
+    "otherwise restore the file",
+    "sidecar_missing": "write the sidecar JSON beside the model (the training target writes it)",
+    "sidecar_invalid": "fix the sidecar so it is a JSON object matching model/tiny/sidecar.schema.json",
+    "sidecar_mismatch": "make the sidecar agree with the registry entry (the registry is the trust root)",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One validation problem."""
+
+    code: str
+    entry: str  # the model id, "models[i]" when it has none, or "(registry)"
+    pointer: str  # JSON pointer into the registry (or the sidecar, for sidecar_* codes)
+    message: str
+    fix: str
+
+    def format(self, registry_path: Path) -> str:
+        return f"{registry_path}: {self.entry} {self.pointer or '/'}: [{self.code}] {self.message}. Fix: {self.fix}."
+
+    def as_dict(self) -> Dict[str, str]:
+        return {"code": self.code, "entry": self.entry, "pointer": self.pointer, "message": self.message, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registry entry with defaults applied and paths resolved against the registry's directory."""
+
+    id: str
+    kind: str
+    onnx: Path
+    sha256: str
+    quant_mode: str
+    int8_sha256: Optional[str]
+    calibration_set: Optional[Path]
+    budget_plcc: float
+    opset: Optional[int]
+    raw: Dict[str, Any] = field(repr=False)
+
+    @property
+    def int8_onnx(self) -> Path:
+        return int8_path_for(self.onnx)
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar_path_for(self.onnx)
+
+    @property
+    def quantised(self) -> bool:
+        return self.quant_mode != "fp32"
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    data: Dict[str, Any]
+    models: Tuple[ModelEntry, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def get(self, model_id: str) -> ModelEntry:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        known = ", ".join(m.id for m in self.models) or "none"
+        raise KeyError(f"{self.path}: no model with id {model_id!r} (known: {known})")
+
+    def quantised(self) -> List[ModelEntry]:
+        return [m for m in self.models if m.quantised]
+
+
+class RegistryReadError(Exception):
+    """The registry file could not be read at all (usage / I/O error)."""
+
+
+class RegistryInvalid(Exception):
+    def __init__(self, path: Path, findings: List[Finding]):
+        self.path = path
+        self.findings = findings
+        super().__init__("\n".join(f.format(path) for f in findings))
+
+
+def int8_path_for(onnx: Path) -> Path:
+    """<basename>.int8.onnx beside the fp32 model."""
+    return onnx.with_name(onnx.name[: -len(".onnx")] + ".int8.onnx")
+
+
+def sidecar_path_for(onnx: Path) -> Path:
+    """<basename>.json beside the model."""
+    return onnx.with_name(onnx.name[: -len(".onnx")] + ".json")
+
+
+def _pointer(parts: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _load_json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        raw = f.read()
+    return json.loads(raw.decode("utf-8"))
+
+
+_schema_cache: Dict[Path, jsonschema.protocols.Validator] = {}
+
+
+def _validator(schema_path: Path) -> jsonschema.protocols.Validator:
+    if schema_path not in _schema_cache:
+        schema = _load_json(schema_path)
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _schema_cache[schema_path] = cls(schema)
+    return _schema_cache[schema_path]
+
+
+class _Checker:
+    def __init__(self, path: Path, data: Any):
+        self.path = path
+        self.data = data
+        self.findings: List[Finding] = []
+        # The jail: the registry's real directory. Under Bazel's runfiles, the registry and the
+        # files it names are symlinks into the same source directory, so they compare equal.
+        self.root_real = path.resolve().parent
+
+    def add(self, code: str, entry: str, pointer: str, message: str) -> None:
+        self.findings.append(Finding(code, entry, pointer, message, _FIXES[code]))
+
+    def entry_name(self, index: int) -> str:
+        models = self.data.get("models") if isinstance(self.data, dict) else None
+        if isinstance(models, list) and index < len(models):
+            m = models[index]
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                return m["id"]
+        return f"models[{index}]"
+
+    # --- layer 1: JSON Schema -----------------------------------------------------------------
+    def check_schema(self) -> set:
+        """Schema findings; returns the indices of entries with schema problems."""
+        bad_entries = set()
+        errors = sorted(_validator(SCHEMA_PATH).iter_errors(self.data), key=lambda e: list(map(str, e.absolute_path)))
+        for err in errors:
+            path = list(err.absolute_path)
+            entry = "(registry)"
+            if len(path) >= 2 and path[0] == "models" and isinstance(path[1], int):
+                entry = self.entry_name(path[1])
+                bad_entries.add(path[1])
+            code, pointer, message = self._classify(err, path)
+            self.add(code, entry, pointer, message)
+        return bad_entries
+
+    @staticmethod
+    def _classify(err: jsonschema.ValidationError, path: List[Any]) -> Tuple[str, str, str]:
+        pointer = _pointer(path)
+        if err.validator == "required":
+            missing = [f for f in err.validator_value if isinstance(err.instance, dict) and f not in err.instance]
+            name = missing[0] if missing else "?"
+            if name == "int8_sha256":
+                return (
+                    "int8_sha256_missing",
+                    pointer + "/int8_sha256",
+                    f"quant_mode is {err.instance.get('quant_mode')!r} but int8_sha256 is absent",
+                )
+            if name == "quant_calibration_set":
+                return (
+                    "calibration_set_missing",
+                    pointer + "/quant_calibration_set",
+                    "quant_mode is 'static' but quant_calibration_set is absent",
+                )
+            return "missing_field", pointer + "/" + name, f"required field {name!r} is absent"
+        if err.validator == "additionalProperties":
+            return "unknown_field", pointer, err.message
+        if err.validator == "type":
+            return "wrong_type", pointer, f"expected {err.validator_value}, got {json.dumps(err.instance)}"
+        if err.validator == "pattern" and path and path[-1] in _PATH_FIELDS and str(err.instance).startswith(("/", "\\")):
+            return "path_escape", pointer, f"path {err.instance!r} is absolute; entry paths are relative to the registry"
+        if err.validator == "enum" and path and path[-1] == "quant_mode":
+            return "unknown_quant_mode", pointer, f"unknown quant_mode {json.dumps(err.instance)}"
+        return "bad_value", pointer, err.message
+
+    # --- layer 2: what a schema cannot express ------------------------------------------------
+    def check_unique_ids(self) -> None:
+        seen: Dict[str, int] = {}
+        for i, m in enumerate(self.data.get("models", [])):
+            mid = m.get("id") if isinstance(m, dict) else None
+            if not isinstance(mid, str):
+                continue
+            if mid in seen:
+                self.add("duplicate_id", mid, f"/models/{i}/id", f"id {mid!r} is also used by models[{seen[mid]}]")
+            else:
+                seen[mid] = i
+
+    def jailed(self, entry: str, pointer: str, value: str) -> Optional[Path]:
+        """The resolved path, or None (with a finding) when it leaves the registry's directory."""
+        rel = PurePosixPath(value)
+        if rel.is_absolute() or "\\" in value or ".." in rel.parts:
+            self.add("path_escape", entry, pointer, f"path {value!r} is absolute or climbs with '..'")
+            return None
+        full = self.path.parent / rel
+        try:
+            real = full.resolve()
+        except (OSError, RuntimeError) as e:  # symlink loops
+            self.add("path_escape", entry, pointer, f"path {value!r} cannot be resolved: {e}")
+            return None
+        if not real.is_relative_to(self.root_real):
+            self.add("path_escape", entry, pointer, f"path {value!r} resolves to {real}, outside {self.root_real}")
+            return None
+        return full
+
+    def check_hash(self, code: str, entry: str, pointer: str, path: Path, expected: str, what: str) -> None:
+        if not path.is_file():
+            self.add("file_missing", entry, pointer, f"{what} {path} does not exist")
+            return
+        actual = sha256_file(path)
+        if actual != expected:
+            self.add(code, entry, pointer, f"{what} {path} has sha256 {actual}, the registry pins {expected}")
+
+    def check_entry(self, i: int, m: Dict[str, Any]) -> None:
+        entry = m["id"]
+        base = f"/models/{i}"
+        paths: Dict[str, Optional[Path]] = {}
+        for name in _PATH_FIELDS:
+            if name in m:
+                paths[name] = self.jailed(entry, f"{base}/{name}", m[name])
+
+        onnx = paths.get("onnx")
+        mode = m.get("quant_mode", DEFAULT_QUANT_MODE)
+        if onnx is not None:
+            self.check_hash("sha256_mismatch", entry, f"{base}/sha256", onnx, m["sha256"], "model")
+            if mode != "fp32":
+                self.check_hash(
+                    "int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8_path_for(onnx), m["int8_sha256"], "int8 model"
+                )
+            self.check_sidecar(entry, base, m, sidecar_path_for(onnx))
+
+        calib = paths.get("quant_calibration_set")
+        if calib is not None and not calib.is_file():
+            self.add("file_missing", entry, f"{base}/quant_calibration_set", f"calibration set {calib} does not exist")
+        # sigstore_bundle files are produced at release time; only their path is checked.
+
+    def check_sidecar(self, entry: str, base: str, m: Dict[str, Any], sidecar: Path) -> None:
+        if not sidecar.is_file():
+            self.add("sidecar_missing", entry, base, f"sidecar {sidecar} does not exist")
+            return
+        try:
+            data = _load_json(sidecar)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} is not valid UTF-8 JSON: {e}")
+            return
+        except OSError as e:
+            self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} cannot be read: {e}")
+            return
+        errors = list(_validator(SIDECAR_SCHEMA_PATH).iter_errors(data))
+        for err in errors:
+            self.add("sidecar_invalid", entry, _pointer(err.absolute_path), f"sidecar {sidecar}: {err.message}")
+        if errors:
+            return
+        for name, default in _SHARED_FIELDS:
+            want = m.get(name, default)
+            got = data.get(name, data.get("onnx_opset") if name == "opset" else None)
+            got = default if got is None else got
+            if name == "opset" and (want is None or got is None):
+                continue
+            if want != got:
+                self.add(
+                    "sidecar_mismatch",
+                    entry,
+                    f"{base}/{name}",
+                    f"sidecar {sidecar.name} has {name}={json.dumps(got)}, the registry has {json.dumps(want)}",
+                )
+        onnx = data.get("onnx")
+        if onnx is not None and onnx not in (m["onnx"], PurePosixPath(m["onnx"]).name):
+            self.add(
+                "sidecar_mismatch", entry, f"{base}/onnx", f"sidecar {sidecar.name} names onnx {onnx!r}, the registry {m['onnx']!r}"
+            )
+
+
+def _entry_from(root: Path, m: Dict[str, Any]) -> ModelEntry:
+    calib = m.get("quant_calibration_set")
+    return ModelEntry(
+        id=m["id"],
+        kind=m["kind"],
+        onnx=root / m["onnx"],
+        sha256=m["sha256"],
+        quant_mode=m.get("quant_mode", DEFAULT_QUANT_MODE),
+        int8_sha256=m.get("int8_sha256"),
+        calibration_set=root / calib if calib else None,
+        budget_plcc=float(m.get("quant_accuracy_budget_plcc", DEFAULT_BUDGET_PLCC)),
+        opset=m.get("opset"),
+        raw=m,
+    )
+
+
+def check(path: Path) -> Tuple[Optional[Registry], List[Finding]]:
+    """Validates the registry at path.
+
+    Returns (registry, findings): the registry is None when the file is not valid JSON or fails
+    its schema. Raises RegistryReadError when the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RegistryReadError(f"{path}: registry not found; pass the path of a registry.json") from None
+    except OSError as e:
+        raise RegistryReadError(f"{path}: cannot read the registry: {e.strerror}") from None
+
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        f = Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])
+        return None, [f]
+    except json.JSONDecodeError as e:
+        f = Finding(
+            "malformed_json", "(registry)", "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", _FIXES["malformed_json"]
+        )
+        return None, [f]
+
+    c = _Checker(path, data)
+    bad = c.check_schema()
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        return None, c.findings
+    c.check_unique_ids()
+    for i, m in enumerate(data["models"]):
+        if i not in bad:
+            c.check_entry(i, m)
+    if bad:
+        return None, c.findings
+    models = tuple(_entry_from(path.parent, m) for m in data["models"])
+    return Registry(path=path, data=data, models=models), c.findings
+
+
+def load(path: Path) -> Registry:
+    """The validated registry; raises RegistryInvalid listing every finding."""
+    registry, findings = check(path)
+    if findings or registry is None:
+        raise RegistryInvalid(Path(path), findings)
+    return registry

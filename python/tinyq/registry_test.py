@@ -1,0 +1,132 @@
+"""tinyq.registry: a valid tree loads; each bad input gets its own finding code and pointer."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tinyq import registry, testutil
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return testutil.make_tree(tmp_path)
+
+
+def test_valid_tree_loads_with_defaults_applied(tree):
+    reg = registry.load(tree)
+    assert [m.id for m in reg.models] == ["m_fp32", "m_dyn", "m_static"]
+    assert [m.id for m in reg.quantised()] == ["m_dyn", "m_static"]
+    fp32 = reg.get("m_fp32")
+    assert fp32.quant_mode == "fp32" and fp32.budget_plcc == 0.01 and fp32.int8_sha256 is None
+    static = reg.get("m_static")
+    assert static.calibration_set == tree.parent / "calibration" / "m_static.npz"
+    assert static.int8_onnx == tree.parent / "m_static.int8.onnx"
+    assert static.sidecar == tree.parent / "m_static.json"
+    with pytest.raises(KeyError, match="no model with id 'nope'"):
+        reg.get("nope")
+
+
+def test_absent_quant_mode_and_budget_default(tree):
+    testutil.edit_registry(tree, lambda d: [d["models"][0].pop(k) for k in ("quant_mode",)])
+    sidecar = tree.parent / "m_fp32.json"
+    data = json.loads(sidecar.read_text())
+    data.pop("quant_mode")
+    sidecar.write_text(json.dumps(data))
+    reg = registry.load(tree)
+    assert reg.get("m_fp32").quant_mode == "fp32"
+
+
+@pytest.mark.parametrize("case", testutil.BAD_CASES, ids=[c.name for c in testutil.BAD_CASES])
+def test_bad_input_has_its_own_finding(tree, case):
+    case.mutate(tree)
+    _, findings = registry.check(tree)
+    assert findings, f"{case.name}: no finding"
+    codes = [(f.code, f.pointer) for f in findings]
+    assert (case.code, case.pointer) in codes, codes
+    for f in findings:
+        assert f.message and f.fix
+        line = f.format(tree)
+        assert str(tree) in line and f"[{f.code}]" in line and "Fix:" in line
+    with pytest.raises(registry.RegistryInvalid):
+        registry.load(tree)
+
+
+def test_each_bad_case_is_a_distinct_code():
+    # Every check the issue lists maps to its own code, so users and tests can tell them apart.
+    codes = {c.code for c in testutil.BAD_CASES}
+    assert {
+        "malformed_json", "wrong_type", "unknown_quant_mode", "path_escape", "sha256_mismatch",
+        "calibration_set_missing", "int8_sha256_missing", "sidecar_missing", "duplicate_id",
+    } <= codes
+
+
+def test_finding_names_the_entry_id(tree):
+    testutil.edit_registry(tree, lambda d: d["models"][1].update(quant_mode="int4"))
+    _, findings = registry.check(tree)
+    assert findings[0].entry == "m_dyn"
+
+
+def test_entry_without_id_is_named_by_index(tree):
+    testutil.edit_registry(tree, lambda d: d["models"][2].pop("id"))
+    _, findings = registry.check(tree)
+    assert ("missing_field", "models[2]", "/models/2/id") in [(f.code, f.entry, f.pointer) for f in findings]
+
+
+def test_missing_registry_is_a_read_error(tmp_path):
+    with pytest.raises(registry.RegistryReadError, match="registry not found"):
+        registry.check(tmp_path / "nope.json")
+
+
+def test_non_utf8_registry_is_malformed(tree):
+    tree.write_bytes(b'{"models": ["\xff"]}')
+    _, findings = registry.check(tree)
+    assert [f.code for f in findings] == ["malformed_json"]
+
+
+def test_symlink_inside_the_directory_is_allowed(tree):
+    # A link that stays inside model/tiny/ is not an escape.
+    (tree.parent / "sub").mkdir()
+    shutil.move(tree.parent / "m_fp32.onnx", tree.parent / "sub" / "m_fp32.onnx")
+    (tree.parent / "m_fp32.onnx").symlink_to(tree.parent / "sub" / "m_fp32.onnx")
+    _, findings = registry.check(tree)
+    assert findings == []
+
+
+def test_reference_registry_fields_validate_unchanged(tree):
+    """Every field of the reference toolkit's registry is accepted; an absent sigstore bundle is fine."""
+
+    def add_reference_fields(d):
+        d["models"][0].update(
+            notes="trained on the reference corpus",
+            smoke=False,
+            license="BSD-2-Clause-Patent",
+            license_url="https://example.invalid/LICENSE",
+            sigstore_bundle="m_fp32.onnx.sigstore.json",
+            description="tiny fr MLP",
+            quant_accuracy_budget_plcc=0.01,
+        )
+
+    testutil.edit_registry(tree, add_reference_fields)
+    assert registry.check(tree)[1] == []
+
+
+def test_unknown_field_is_reported(tree):
+    testutil.edit_registry(tree, lambda d: d["models"][0].update(qaunt_mode="dynamic"))
+    _, findings = registry.check(tree)
+    assert [f.code for f in findings] == ["unknown_field"]
+
+
+def test_sidecar_onnx_opset_alias_is_compared(tree):
+    sidecar = tree.parent / "m_fp32.json"
+    data = json.loads(sidecar.read_text())
+    data["onnx_opset"] = data.pop("opset") + 1
+    sidecar.write_text(json.dumps(data))
+    _, findings = registry.check(tree)
+    assert [(f.code, f.pointer) for f in findings] == [("sidecar_mismatch", "/models/0/opset")]
+
+
+def test_shipped_registry_is_valid():
+    reg = registry.load(Path("model/tiny/registry.json"))
+    assert reg.path.name == "registry.json"

@@ -1,0 +1,159 @@
+"""Test helpers: a small, valid registry tree on disk, and the bad inputs every validator must catch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tinyq.fileio import sha256_file
+
+
+def tiny_mlp(seed: int, n_in: int = 6, hidden: int = 8) -> bytes:
+    """A real ONNX MLP (MatMul-Add-Relu-MatMul-Add), opset 17, dynamic batch."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((n_in, hidden)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b0"),
+        numpy_helper.from_array(rng.standard_normal((hidden, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(1).astype(np.float32), "b1"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["features", "w0"], ["h0"]),
+        helper.make_node("Add", ["h0", "b0"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w1"], ["h3"]),
+        helper.make_node("Add", ["h3", "b1"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tinyq-test")
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return sha256_file(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def make_tree(root: Path) -> Path:
+    """Writes root/model/tiny/registry.json with an fp32, a dynamic and a static model, all valid."""
+    tiny = root / "model" / "tiny"
+    tiny.mkdir(parents=True)
+    models: List[Dict[str, Any]] = []
+    for seed, (mid, mode) in enumerate([("m_fp32", "fp32"), ("m_dyn", "dynamic"), ("m_static", "static")]):
+        entry: Dict[str, Any] = {
+            "id": mid,
+            "kind": "fr",
+            "onnx": f"{mid}.onnx",
+            "opset": 17,
+            "sha256": _write(tiny / f"{mid}.onnx", tiny_mlp(seed)),
+            "quant_mode": mode,
+        }
+        if mode != "fp32":
+            # Any real bytes do for the registry's hash checks; the quantisers are tested elsewhere.
+            entry["int8_sha256"] = _write(tiny / f"{mid}.int8.onnx", tiny_mlp(100 + seed))
+        if mode == "static":
+            calib = tiny / "calibration" / f"{mid}.npz"
+            calib.parent.mkdir(exist_ok=True)
+            np.savez(calib, features=np.zeros((4, 6), np.float32))
+            entry["quant_calibration_set"] = f"calibration/{mid}.npz"
+        models.append(entry)
+        sidecar = {k: v for k, v in entry.items() if k != "quant_calibration_set"}
+        sidecar.update(input_name="features", input_shape=[-1, 6], output_name="score", output_shape=[-1, 1])
+        _write_json(tiny / f"{mid}.json", sidecar)
+    registry = tiny / "registry.json"
+    _write_json(registry, {"$schema": "./registry.schema.json", "schema_version": 1, "models": models})
+    return registry
+
+
+def edit_registry(registry: Path, fn: Callable[[Dict[str, Any]], None]) -> None:
+    data = json.loads(registry.read_text())
+    fn(data)
+    _write_json(registry, data)
+
+
+def _model(data: Dict[str, Any], mid: str) -> Dict[str, Any]:
+    return next(m for m in data["models"] if m["id"] == mid)
+
+
+def _set(mid: str, **fields: Any) -> Callable[[Path], None]:
+    return lambda reg: edit_registry(reg, lambda d: _model(d, mid).update(fields))
+
+
+def _drop(mid: str, field: str) -> Callable[[Path], None]:
+    return lambda reg: edit_registry(reg, lambda d: _model(d, mid).pop(field))
+
+
+def _malformed(reg: Path) -> None:
+    reg.write_text('{"schema_version": 1, "models": [\n')
+
+
+def _symlink_escape(reg: Path) -> None:
+    outside = reg.parent.parent.parent / "outside.onnx"
+    outside.write_bytes(tiny_mlp(7))
+    link = reg.parent / "linked.onnx"
+    os.symlink(outside, link)
+    edit_registry(reg, lambda d: _model(d, "m_fp32").update(onnx="linked.onnx", sha256=sha256_file(outside)))
+
+
+def _flip_byte(reg: Path) -> None:
+    p = reg.parent / "m_fp32.onnx"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _duplicate(reg: Path) -> None:
+    edit_registry(reg, lambda d: d["models"].append(dict(_model(d, "m_fp32"))))
+
+
+def _sidecar_mismatch(reg: Path) -> None:
+    p = reg.parent / "m_dyn.json"
+    sidecar = json.loads(p.read_text())
+    sidecar["quant_mode"] = "static"
+    _write_json(p, sidecar)
+
+
+class BadCase(NamedTuple):
+    name: str
+    mutate: Callable[[Path], None]
+    code: str  # the Finding code the validator must report
+    pointer: str  # JSON pointer of that finding
+
+
+BAD_CASES = [
+    BadCase("malformed_json", _malformed, "malformed_json", ""),
+    BadCase("wrong_type_sha256", _set("m_fp32", sha256=12345), "wrong_type", "/models/0/sha256"),
+    BadCase("wrong_type_opset", _set("m_dyn", opset="17"), "wrong_type", "/models/1/opset"),
+    BadCase("unknown_quant_mode", _set("m_dyn", quant_mode="int4"), "unknown_quant_mode", "/models/1/quant_mode"),
+    BadCase("path_escape_dotdot", _set("m_fp32", onnx="../../etc/m.onnx"), "path_escape", "/models/0/onnx"),
+    BadCase("path_escape_absolute", _set("m_fp32", onnx="/etc/m.onnx"), "path_escape", "/models/0/onnx"),
+    BadCase("path_escape_symlink", _symlink_escape, "path_escape", "/models/0/onnx"),
+    BadCase("sha256_mismatch", _flip_byte, "sha256_mismatch", "/models/0/sha256"),
+    BadCase("static_without_calibration", _drop("m_static", "quant_calibration_set"), "calibration_set_missing",
+            "/models/2/quant_calibration_set"),
+    BadCase("calibration_file_absent", _set("m_static", quant_calibration_set="calibration/none.npz"), "file_missing",
+            "/models/2/quant_calibration_set"),
+    BadCase("dynamic_without_int8_sha256", _drop("m_dyn", "int8_sha256"), "int8_sha256_missing", "/models/1/int8_sha256"),
+    BadCase("int8_sha256_mismatch", _set("m_dyn", int8_sha256="0" * 64), "int8_sha256_mismatch", "/models/1/int8_sha256"),
+    BadCase("missing_sidecar", lambda reg: (reg.parent / "m_dyn.json").unlink(), "sidecar_missing", "/models/1"),
+    BadCase("sidecar_mismatch", _sidecar_mismatch, "sidecar_mismatch", "/models/1/quant_mode"),
+    BadCase("duplicate_ids", _duplicate, "duplicate_id", "/models/3/id"),
+]

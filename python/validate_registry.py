@@ -1,0 +1,57 @@
+"""Validates a tinyq model registry: schema, ids, path jail, hashes, calibration sets, sidecars.
+
+Usage: bazel run //python:validate_registry -- [REGISTRY] [--out-json R]
+
+REGISTRY defaults to model/tiny/registry.json in the workspace; a relative path resolves
+against the caller's directory. Exit codes: 0 valid, 1 invalid, 2 usage or I/O error.
+"""
+
+import sys
+
+from absl import flags
+
+from tinyq import cli, provenance, registry
+
+_OUT_JSON = flags.DEFINE_string("out-json", None, "Write a JSON report (with run_provenance) here.")
+
+REPORT_SCHEMA = "tinyq-validate-registry-report-v1"
+
+
+def main(argv):
+    if len(argv) > 2:
+        raise cli.UsageError(f"expected at most one REGISTRY argument, got {len(argv) - 1}: {' '.join(argv[1:])}")
+    path = cli.resolve_user_path(argv[1]) if len(argv) == 2 else cli.workspace_dir() / registry.DEFAULT_REGISTRY
+    try:
+        reg, findings = registry.check(path)
+    except registry.RegistryReadError as e:
+        raise cli.UsageError(str(e)) from None
+
+    for f in findings:
+        print(f.format(path), file=sys.stderr)
+    ok = not findings
+    if ok:
+        print(f"OK: {path}: {len(reg.models)} models valid ({len(reg.quantised())} quantised)")
+    else:
+        print(f"INVALID: {path}: {len(findings)} findings", file=sys.stderr)
+
+    if _OUT_JSON.value:
+        out = cli.resolve_user_path(_OUT_JSON.value)
+        report = {
+            "schema": REPORT_SCHEMA,
+            "registry": str(path),
+            "valid": ok,
+            "model_count": len(reg.models) if reg else None,
+            "findings": [f.as_dict() for f in findings],
+        }
+        try:
+            report["run_provenance"] = provenance.absl_provenance(
+                tool="validate_registry", main_module=sys.modules[__name__], inputs=[(path, "registry")]
+            )
+            provenance.write_report(out, report)
+        except OSError as e:
+            raise cli.UsageError(f"cannot write report {out}: {e.strerror}") from None
+    return cli.EXIT_OK if ok else cli.EXIT_FAIL
+
+
+if __name__ == "__main__":
+    cli.run(main)
