@@ -31,13 +31,14 @@ def main() -> int:
         "--no-emit-index-url",
         "--no-emit-find-links",
         "--resolver=backtracking",
-        "--custom-compile-command=tools/bazel run //python:requirements_update",
         "--output-file=requirements_lock.txt",
         "requirements.in",
         *sys.argv[1:],
     ]
     print("requirements_update:", " ".join(cmd[1:]), flush=True)
-    return subprocess.call(cmd, cwd=python_dir)
+    # pip-compile names this command in the lock's header.
+    env = dict(os.environ, CUSTOM_COMPILE_COMMAND="tools/bazel run //python:requirements_update")
+    return subprocess.call(cmd, cwd=python_dir, env=env)
 
 
 if __name__ == "__main__":
