@@ -47,3 +47,30 @@ def dumps_json(obj: Any) -> str:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
+
+
+def npz_bytes(arrays: "dict") -> bytes:
+    """A compressed .npz whose bytes depend only on the arrays (numpy's savez stamps the time).
+
+    Entries are written in sorted key order with a fixed timestamp, so equal data gives equal
+    files and equal sha256s.
+    """
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(info, member.getvalue(), compresslevel=9)
+    return buf.getvalue()
+
+
+def atomic_write_npz(path: PathLike, arrays: "dict") -> None:
+    atomic_write_bytes(path, npz_bytes(arrays))

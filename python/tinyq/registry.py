@@ -402,3 +402,26 @@ def load(path: Path) -> Registry:
     if findings or registry is None:
         raise RegistryInvalid(Path(path), findings)
     return registry
+
+
+def upsert(path: Path, entry: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds or replaces the entry with entry["id"], keeping its quantisation fields; atomic.
+
+    Returns the entry as written. The registry is rewritten in the one tinyq JSON layout.
+    """
+    from tinyq.fileio import atomic_write_json
+
+    path = Path(path)
+    data = _load_json(path) if path.exists() else {"$schema": "./registry.schema.json", "schema_version": 1, "models": []}
+    models = data.setdefault("models", [])
+    for i, m in enumerate(models):
+        if m.get("id") == entry["id"]:
+            kept = {k: v for k, v in m.items() if k.startswith("quant_") or k == "int8_sha256"}
+            models[i] = {**entry, **kept}
+            written = models[i]
+            break
+    else:
+        models.append(dict(entry))
+        written = models[-1]
+    atomic_write_json(path, data)
+    return written

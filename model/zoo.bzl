@@ -1,0 +1,13 @@
+"""The zoo's model ids, for macros that declare one target per model.
+
+//model:zoo_io_test checks this list against model/tiny/registry.json.
+"""
+
+ZOO_MODEL_IDS = [
+    "vmaf_tiny_v2",
+    "vmaf_tiny_v3",
+    "vmaf_tiny_v4",
+    "nr_metric_v1",
+    "fr_patch_v1",
+    "learned_filter_v1",
+]

@@ -1,0 +1,90 @@
+"""Writes each zoo model's calibration set (train split) and soak fixture (soak split, with targets).
+
+Usage: tools/bazel run //python:build_calibration_set -- [--models a,b] [--n-calibration N] [--n-soak N]
+
+  model/tiny/calibration/<id>.npz   one [N, ...] float32 array per ONNX input, from the train split
+  model/tiny/fixtures/<id>.soak.npz the same for the soak split, plus "target" (VMAF, or the
+                                    reference luma for the filter)
+
+Input names and shapes are checked against each model's ONNX graph before anything is written.
+"""
+
+import sys
+
+import numpy as np
+from absl import flags
+
+from tinyq import calibration, cli, corpus, provenance, registry, train, zoo
+from tinyq.fileio import atomic_write_npz
+
+_MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
+_N_CAL = flags.DEFINE_integer("n-calibration", 256, "Calibration samples per model.", lower_bound=1)
+_N_SOAK = flags.DEFINE_integer("n-soak", 768, "At most this many soak samples per model.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for the sample selection.")
+_CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
+_REPORT = flags.DEFINE_string("report-out", None, "Write a JSON report with run_provenance here.")
+
+
+def _pick(n_total: int, n: int, seed: int) -> np.ndarray:
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    ws = cli.workspace_dir()
+    corpus_path = cli.resolve_user_path(_CORPUS.value) if _CORPUS.value else ws / corpus.DEFAULT_PATH
+    reg_path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else ws / registry.DEFAULT_REGISTRY
+    try:
+        reg = registry.load(reg_path)
+    except (registry.RegistryReadError, registry.RegistryInvalid) as e:
+        raise cli.UsageError(f"the registry must be valid first:\n{e}") from None
+    ids = _MODELS.value or [m.id for m in reg.models if m.id in zoo.SPECS]
+    data = corpus.load(corpus_path)
+    outputs = []
+    for mid in ids:
+        try:
+            entry, spec = reg.get(mid), zoo.spec(mid)
+        except KeyError as e:
+            raise cli.UsageError(str(e.args[0])) from None
+        inputs = calibration.graph_inputs(entry.onnx)
+        names = [i.name for i in inputs]
+        if names != [i.name for i in spec.inputs]:
+            raise cli.UsageError(f"{entry.onnx}: graph inputs {names} differ from the zoo spec's {[i.name for i in spec.inputs]}")
+
+        cal = train.dataset(spec, data, "train")
+        cal = cal.subset(_pick(len(cal), _N_CAL.value, _SEED.value))
+        cal_arrays = dict(zip(names, cal.inputs))
+        soak = train.dataset(spec, data, "soak")
+        soak = soak.subset(_pick(len(soak), _N_SOAK.value, _SEED.value + 1))
+        soak_arrays = {**dict(zip(names, soak.inputs)), calibration.TARGET_KEY: soak.target.astype(np.float32)}
+        for path, arrays, extra in (
+            (calibration.calibration_path(reg.root, mid), cal_arrays, ()),
+            (calibration.fixture_path(reg.root, mid), soak_arrays, (calibration.TARGET_KEY,)),
+        ):
+            problems = calibration.check_arrays(arrays, inputs, extra)
+            if problems:
+                raise cli.UsageError("\n".join(f"{path}: {p}" for p in problems))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_npz(path, arrays)
+            outputs.append((path, "calibration_set" if not extra else "soak_fixture"))
+            shapes = {k: list(v.shape) for k, v in arrays.items()}
+            print(f"{mid}: wrote {path} {shapes}")
+    if _REPORT.value:
+        report = {
+            "schema": "tinyq-build-calibration-set-report-v1",
+            "models": ids,
+            "run_provenance": provenance.absl_provenance(
+                tool="build_calibration_set", main_module=sys.modules[__name__],
+                inputs=[(corpus_path, "corpus"), (reg_path, "registry")], outputs=outputs,
+            ),
+        }
+        provenance.write_report(cli.resolve_user_path(_REPORT.value), report)
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

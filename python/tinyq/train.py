@@ -1,0 +1,243 @@
+"""Seeded, deterministic training of the zoo models, task metrics, and ONNX export.
+
+Training uses the corpus's train split, picks the epoch with the best validation metric, and
+never sees the soak split, which is kept for the numbers in the model cards.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from tinyq import zoo
+from tinyq.corpus import Corpus
+
+NUM_THREADS = 2  # fixed, so reductions run in the same order on every run
+
+
+def set_determinism(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(NUM_THREADS)
+
+
+@dataclass
+class Dataset:
+    inputs: Tuple[np.ndarray, ...]  # float32, one per model input
+    target: np.ndarray  # VMAF [N] for metrics, reference luma [N, 1, H, W] for the filter
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        return Dataset(tuple(x[idx] for x in self.inputs), self.target[idx])
+
+
+def dataset(s: zoo.ModelSpec, corpus: Corpus, split: str) -> Dataset:
+    if s.data == "frames":
+        x, y = corpus.frames(split)
+        return Dataset((x.astype(np.float32),), y.astype(np.float32))
+    ref, dist, vmaf = corpus.patches(split)
+    if s.kind == "filter":
+        return Dataset((dist,), ref)
+    if len(s.inputs) == 2:
+        return Dataset((ref, dist), vmaf)
+    return Dataset((dist,), vmaf)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def plcc(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def srocc(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()).statistic)
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    d = np.asarray(a, np.float64).ravel() - np.asarray(b, np.float64).ravel()
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-sample PSNR in dB for luma in [0, 1], with x clipped to the valid range."""
+    x = np.clip(np.asarray(x, np.float64), 0, 1)
+    mse = np.mean((x - np.asarray(ref, np.float64)) ** 2, axis=tuple(range(1, x.ndim)))
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+
+
+def task_metrics(s: zoo.ModelSpec, prediction: np.ndarray, data: Dataset) -> Dict[str, float]:
+    """What the model is for: PLCC/SROCC/RMSE against VMAF, or PSNR gain for the filter."""
+    if s.kind == "filter":
+        before = psnr(data.inputs[0], data.target)
+        after = psnr(prediction, data.target)
+        return {
+            "psnr_in_db": float(before.mean()),
+            "psnr_out_db": float(after.mean()),
+            "psnr_gain_db": float((after - before).mean()),
+        }
+    return {"plcc": plcc(prediction, data.target), "srocc": srocc(prediction, data.target), "rmse": rmse(prediction, data.target)}
+
+
+def headline(s: zoo.ModelSpec, metrics: Dict[str, float]) -> float:
+    return metrics["psnr_gain_db"] if s.kind == "filter" else metrics["plcc"]
+
+
+def luma_variance_baseline(corpus: Corpus) -> Dict[str, float]:
+    """The no-reference baseline: a linear fit of VMAF on the distorted patch's luma variance."""
+    _, dist_tr, y_tr = corpus.patches("train")
+    _, dist_so, y_so = corpus.patches("soak")
+    v_tr = dist_tr.reshape(len(dist_tr), -1).var(axis=1)
+    v_so = dist_so.reshape(len(dist_so), -1).var(axis=1)
+    a, b = np.polyfit(v_tr.astype(np.float64), y_tr.astype(np.float64), 1)
+    pred = a * v_so + b
+    return {"plcc": plcc(pred, y_so), "srocc": srocc(pred, y_so), "rmse": rmse(pred, y_so)}
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def predict_torch(model: nn.Module, inputs: Sequence[np.ndarray], batch: int = 512) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(inputs[0]), batch):
+            outs.append(model(*(torch.from_numpy(x[i : i + batch]) for x in inputs)).numpy())
+    return np.concatenate(outs)
+
+
+def _init_scales(s: zoo.ModelSpec, model: nn.Module, train: Dataset) -> None:
+    with torch.no_grad():
+        if s.data == "frames":
+            x = torch.from_numpy(train.inputs[0]).double()
+            model.input_mean.copy_(x.mean(0).float())
+            model.input_std.copy_(x.std(0).clamp_min(1e-6).float())
+        if s.kind != "filter":
+            y = torch.from_numpy(train.target).double()
+            model.output_mean.fill_(float(y.mean()))
+            model.output_std.fill_(float(y.std()))
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: List[Dict[str, float]]
+    best_epoch: int
+    wall_time_s: float
+
+
+def fit(
+    s: zoo.ModelSpec,
+    train: Dataset,
+    val: Dataset,
+    *,
+    epochs: Optional[int] = None,
+    seed: int = 0,
+    lr: Optional[float] = None,
+    model: Optional[nn.Module] = None,
+    progress: Callable[[str], None] = print,
+    phase: str = "fp32",
+) -> FitResult:
+    """Adam with a cosine schedule; returns the weights of the epoch with the best val metric."""
+    set_determinism(seed)
+    start = time.monotonic()
+    if model is None:
+        model = s.build()
+        _init_scales(s, model, train)
+    epochs = s.epochs if epochs is None else epochs
+    opt = torch.optim.Adam(model.parameters(), lr=lr or s.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.from_numpy(x) for x in train.inputs]
+    y = torch.from_numpy(train.target)
+    scale = 1.0 if s.kind == "filter" else float(train.target.std())
+    best, best_state, best_epoch, history = -np.inf, copy.deepcopy(model.state_dict()), 0, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for i in range(0, len(y), s.batch_size):
+            idx = order[i : i + s.batch_size]
+            pred = model(*(x[idx] for x in xs))
+            target = y[idx].reshape(pred.shape)
+            loss = torch.mean(((pred - target) / scale) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        sched.step()
+        metrics = task_metrics(s, predict_torch(model, val.inputs), val)
+        score = headline(s, metrics)
+        history.append({"epoch": epoch, "loss": total / len(y), **{f"val_{k}": v for k, v in metrics.items()}})
+        if score > best:
+            best, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+        name = "val_psnr_gain_db" if s.kind == "filter" else "val_plcc"
+        progress(f"{s.id} [{phase}] epoch {epoch}/{epochs} loss {total / len(y):.6f} {name} {score:.5f}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, history, best_epoch, time.monotonic() - start)
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def export_onnx(s: zoo.ModelSpec, model: nn.Module) -> bytes:
+    """ONNX opset 17 with dynamic batch (and spatial) axes; the same weights give the same bytes."""
+    model.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            zoo.example_inputs(s),
+            buf,
+            input_names=[i.name for i in s.inputs],
+            output_names=[o.name for o in s.outputs],
+            dynamic_axes=zoo.dynamic_axes(s),
+            opset_version=zoo.OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    # Initialisers are not graph I/O; annotating them in value_info is the trap that later
+    # breaks quantize_dynamic ("Inferred shape and existing shape differ").
+    inits = {t.name for t in proto.graph.initializer}
+    kept = [v for v in proto.graph.value_info if v.name not in inits]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    proto.producer_name = "tinyq"
+    proto.producer_version = ""
+    proto.doc_string = f"{s.id}: {s.description}"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def predict_onnx(model_bytes_or_path, inputs: Sequence[np.ndarray], names: Sequence[str], batch: int = 512) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = NUM_THREADS
+    sess = ort.InferenceSession(
+        model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
+    outs = []
+    for i in range(0, len(inputs[0]), batch):
+        outs.append(sess.run(None, {n: x[i : i + batch] for n, x in zip(names, inputs)})[0])
+    return np.concatenate(outs)
