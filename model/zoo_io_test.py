@@ -1,6 +1,5 @@
 """Each shipped model loads in onnxruntime and matches the I/O its sidecar declares."""
 
-import ast
 import json
 from pathlib import Path
 
@@ -9,15 +8,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tinyq import registry
+from tinyq import registry, starlark
 
 REGISTRY = Path("model/tiny/registry.json")
 
 
 def zoo_ids():
-    tree = ast.parse(Path("model/zoo.bzl").read_text())
-    assign = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ZOO_MODEL_IDS")
-    return ast.literal_eval(assign.value)
+    return starlark.constant(Path("model/zoo.bzl"), "ZOO_MODEL_IDS")
 
 
 REG = registry.load(REGISTRY)

@@ -44,7 +44,7 @@ def test_good_arrays_pass(mlp_inputs, tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda a: a.pop("features") and a.update(feats=np.zeros((8, 6), np.float32)), "missing key 'features'"),
+        (lambda a: a.update(feats=a.pop("features")), "missing key 'features'"),
         (lambda a: a.update(extra=np.zeros((8, 6), np.float32)), "extra key 'extra'"),
         (lambda a: a.update(features=a["features"].astype(np.float64)), "dtype float64"),
         (lambda a: a.update(features=a["features"][:, :, None]), "has rank 3"),

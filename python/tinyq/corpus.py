@@ -4,7 +4,8 @@ Each source photograph (bundled with scikit-image) becomes a short clip with a s
 zoom, at two resolutions. Each clip is encoded with x264, x265, AV1 (libaom) and VP9 at six
 quality points by the ffmpeg bundled in imageio-ffmpeg, decoded, and scored against its
 reference with that ffmpeg's libvmaf. Per frame the corpus keeps the canonical-6 features and
-the VMAF score; per clip it keeps 48x48 reference and distorted luma patches from two frames.
+the VMAF score; per clip it keeps 48x48 reference and distorted luma patches from two frames,
+each with its own VMAF (libvmaf on the patch's region) and its frame's VMAF.
 
 Sources are split into train, val and soak by source, so no photograph is in two splits.
 Every step is seeded and single-threaded, so the same command gives the same bytes.
@@ -182,6 +183,26 @@ def _raw(width: int, height: int) -> List[str]:
     return ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}", "-r", str(FPS)]
 
 
+def _patch_vmaf(decoded: Path, ref_yuv: Path, pos: List[Tuple[int, int, int]], width: int, height: int, stem: Path) -> np.ndarray:
+    """VMAF of each patch's own region: libvmaf on the crop, read at the patch's frame."""
+    n = len(pos)
+    graph = [f"[0:v]split={n}" + "".join(f"[d{i}]" for i in range(n)), f"[1:v]split={n}" + "".join(f"[r{i}]" for i in range(n))]
+    outputs: List[str] = []
+    logs = [stem.with_name(f"{stem.name}_patch{i}.json") for i in range(n)]
+    for i, (_, y, x) in enumerate(pos):
+        graph.append(f"[d{i}]crop={PATCH}:{PATCH}:{x}:{y}[dc{i}]")
+        graph.append(f"[r{i}]crop={PATCH}:{PATCH}:{x}:{y}[rc{i}]")
+        graph.append(f"[dc{i}][rc{i}]libvmaf=log_fmt=json:log_path={logs[i]}:n_threads=1[o{i}]")
+        outputs += ["-map", f"[o{i}]", "-f", "null", "-"]
+    _ffmpeg([*_raw(width, height), "-i", str(decoded), *_raw(width, height), "-i", str(ref_yuv),
+             "-filter_complex", ";".join(graph), *outputs])
+    scores = []
+    for (t, _, _), log in zip(pos, logs):
+        scores.append(json.loads(log.read_text())["frames"][t]["metrics"]["vmaf"])
+        log.unlink()
+    return np.array(scores, np.float32)
+
+
 def run_job(job: Job, ref_yuv: Path, workdir: Path) -> Dict[str, np.ndarray]:
     """Encodes, decodes and scores one (clip, codec, quality); returns its frames and patches."""
     args, _ = CODECS[job.codec]
@@ -201,12 +222,13 @@ def run_job(job: Job, ref_yuv: Path, workdir: Path) -> Dict[str, np.ndarray]:
         ]
     )
     frames = json.loads(log.read_text())["frames"]
+    pos = patch_positions(job.source, job.width, job.height)
+    patch_vmaf = _patch_vmaf(decoded, ref_yuv, pos, job.width, job.height, stem)
     if len(frames) != N_FRAMES:
         raise RuntimeError(f"{job}: libvmaf scored {len(frames)} frames, expected {N_FRAMES}")
     features = np.array([[f["metrics"][k] for k in _VMAF_KEYS] for f in frames], np.float32)
     vmaf = np.array([f["metrics"]["vmaf"] for f in frames], np.float32)
     dist = luma_of_yuv420p(decoded.read_bytes(), job.width, job.height)
-    pos = patch_positions(job.source, job.width, job.height)
     patches = np.stack([dist[t, y : y + PATCH, x : x + PATCH] for t, y, x in pos])
     bitrate = encoded.stat().st_size * 8 * FPS / N_FRAMES
     for p in (encoded, decoded, log):
@@ -215,7 +237,8 @@ def run_job(job: Job, ref_yuv: Path, workdir: Path) -> Dict[str, np.ndarray]:
         "features": features,
         "vmaf": vmaf,
         "patches": patches,
-        "patch_vmaf": vmaf[[t for t, _, _ in pos]],
+        "patch_vmaf": patch_vmaf,
+        "patch_frame_vmaf": vmaf[[t for t, _, _ in pos]],
         "bitrate": np.float32(bitrate),
     }
 
@@ -282,7 +305,7 @@ def assemble(results: List[Dict]) -> Dict[str, np.ndarray]:
     codec_index = {c: i for i, c in enumerate(CODEC_NAMES)}
     res_index = {r: i for i, r in enumerate(RESOLUTIONS)}
     frames: Dict[str, list] = {k: [] for k in ("features", "vmaf", "source", "split", "codec", "resolution", "quality", "frame", "clip")}
-    patches: Dict[str, list] = {k: [] for k in ("dist", "ref", "vmaf", "source", "split", "codec", "resolution", "quality", "clip")}
+    patches: Dict[str, list] = {k: [] for k in ("dist", "ref", "vmaf", "frame_vmaf", "source", "split", "codec", "resolution", "quality", "clip")}
     for clip_id, r in enumerate(results):
         job: Job = r["job"]
         meta = {
@@ -302,6 +325,7 @@ def assemble(results: List[Dict]) -> Dict[str, np.ndarray]:
         patches["dist"].append(r["patches"])
         patches["ref"].append(r["ref_patches"])
         patches["vmaf"].append(r["patch_vmaf"])
+        patches["frame_vmaf"].append(r["patch_frame_vmaf"])
         for k, v in meta.items():
             patches[k].append(np.full(n, v))
     out: Dict[str, np.ndarray] = {
@@ -311,6 +335,7 @@ def assemble(results: List[Dict]) -> Dict[str, np.ndarray]:
         "patch_dist": np.concatenate(patches["dist"]).astype(np.uint8),
         "patch_ref": np.concatenate(patches["ref"]).astype(np.uint8),
         "patch_vmaf": np.concatenate(patches["vmaf"]).astype(np.float32),
+        "patch_frame_vmaf": np.concatenate(patches["frame_vmaf"]).astype(np.float32),
     }
     for k in ("source", "split", "codec", "resolution", "quality", "clip"):
         out[f"frame_{k}"] = np.concatenate(frames[k]).astype(np.int16)
@@ -355,7 +380,7 @@ class Corpus:
         return self.arrays["frame_features"][m], self.arrays["frame_vmaf"][m]
 
     def patches(self, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(reference, distorted) luma in [0, 1] as float32 [N, 1, P, P], and the frame VMAF [N]."""
+        """(reference, distorted) luma in [0, 1] as float32 [N, 1, P, P], and the patch's VMAF [N]."""
         m = self.split_mask("patch", split)
         ref = self.arrays["patch_ref"][m][:, None].astype(np.float32) / 255.0
         dist = self.arrays["patch_dist"][m][:, None].astype(np.float32) / 255.0

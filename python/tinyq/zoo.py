@@ -45,18 +45,30 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> List[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
 
 
+def local_contrast_normalise(x: torch.Tensor, size: int = 7, c: float = 1.0 / 255) -> torch.Tensor:
+    """MSCN coefficients, (x - local mean) / (local std + c), as in BRISQUE and Kang et al. 2014."""
+    pool = nn.functional.avg_pool2d
+    mu = pool(x, size, stride=1, padding=size // 2, count_include_pad=False)
+    var = pool((x - mu) ** 2, size, stride=1, padding=size // 2, count_include_pad=False)
+    return (x - mu) / (torch.sqrt(var + 1e-8) + c)
+
+
 class NrMetric(nn.Module):
-    """No-reference metric: distorted luma -> VMAF, fully convolutional with global pooling."""
+    """No-reference metric: distorted luma -> VMAF, fully convolutional with global pooling.
+
+    It sees the luma and its local-contrast-normalised (MSCN) coefficients, computed in-graph.
+    """
 
     def __init__(self):
         super().__init__()
-        self.trunk = nn.Sequential(*_conv(1, 16), *_conv(16, 32, 2), *_conv(32, 32), *_conv(32, 64, 2), *_conv(64, 64))
+        self.trunk = nn.Sequential(*_conv(2, 16), *_conv(16, 32, 2), *_conv(32, 32), *_conv(32, 64, 2), *_conv(64, 64))
         self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
         self.register_buffer("output_mean", torch.zeros(1))
         self.register_buffer("output_std", torch.ones(1))
 
     def forward(self, dist: torch.Tensor) -> torch.Tensor:
-        pooled = self.trunk(dist - 0.5).mean(dim=(2, 3))
+        x = torch.cat([dist - 0.5, local_contrast_normalise(dist) * 0.25], dim=1)
+        pooled = self.trunk(x).mean(dim=(2, 3))
         return self.head(pooled) * self.output_std + self.output_mean
 
 
@@ -112,6 +124,7 @@ class ModelSpec:
     batch_size: int
     description: str
     hidden: Tuple[int, ...] = field(default=())
+    weight_decay: float = 0.0
 
     def build(self) -> nn.Module:
         name = self.arch["name"]
@@ -156,10 +169,12 @@ SPECS: Dict[str, ModelSpec] = {
             data="patches",
             inputs=(Io("dist", _LUMA),),
             outputs=(Io("vmaf", (BATCH, 1)),),
-            arch={"name": "nr_cnn", "convs": [16, 32, 32, 64, 64], "head": [64, 32, 1], "pool": "global_mean"},
-            epochs=60,
+            arch={"name": "nr_cnn", "input": ["luma", "mscn_7x7"], "convs": [16, 32, 32, 64, 64], "head": [64, 32, 1],
+                  "pool": "global_mean"},
+            epochs=30,
             lr=1e-3,
-            batch_size=64,
+            batch_size=32,
+            weight_decay=0.01,
             description="No-reference CNN: distorted luma (any size) -> VMAF",
         ),
         ModelSpec(
@@ -169,9 +184,10 @@ SPECS: Dict[str, ModelSpec] = {
             inputs=(Io("ref", _LUMA), Io("dist", _LUMA)),
             outputs=(Io("vmaf", (BATCH, 1)),),
             arch={"name": "fr_patch_cnn", "convs": [16, 32, 32, 64], "head": [64, 32, 1], "pool": "global_mean"},
-            epochs=60,
+            epochs=40,
             lr=1e-3,
             batch_size=64,
+            weight_decay=0.01,
             description="Full-reference CNN: reference and distorted luma patches -> VMAF",
         ),
         ModelSpec(
@@ -181,7 +197,7 @@ SPECS: Dict[str, ModelSpec] = {
             inputs=(Io("dist", _LUMA),),
             outputs=(Io("restored", _LUMA),),
             arch={"name": "residual_filter", "width": 32, "depth": 3, "residual": True},
-            epochs=60,
+            epochs=40,
             lr=1e-3,
             batch_size=32,
             description="Residual restoration CNN: compressed luma -> restored luma, same shape",
