@@ -65,6 +65,8 @@ _FIXES = {
     "otherwise restore the file",
     "int8_sha256_mismatch": "rebuild the int8 artefact and run `tools/bazel run //model:update_pins`; "
     "otherwise restore the file",
+    "int8_not_smaller": "an int8 artefact must be smaller than its fp32 model; try another encoding "
+    "(ptq_dynamic --encoding=weight_only) or keep the model fp32",
     "sidecar_missing": "write the sidecar JSON beside the model (the training target writes it)",
     "sidecar_invalid": "fix the sidecar so it is a JSON object matching model/tiny/sidecar.schema.json",
     "sidecar_mismatch": "make the sidecar agree with the registry entry (the registry is the trust root)",
@@ -293,10 +295,16 @@ class _Checker:
         mode = m.get("quant_mode", DEFAULT_QUANT_MODE)
         if onnx is not None:
             self.check_hash("sha256_mismatch", entry, f"{base}/sha256", onnx, m["sha256"], "model")
+            int8 = int8_path_for(onnx)
             if mode != "fp32":
-                self.check_hash(
-                    "int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8_path_for(onnx), m["int8_sha256"], "int8 model"
-                )
+                self.check_hash("int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8, m["int8_sha256"], "int8 model")
+                if int8.is_file() and onnx.is_file() and int8.stat().st_size >= onnx.stat().st_size:
+                    self.add(
+                        "int8_not_smaller",
+                        entry,
+                        f"{base}/quant_mode",
+                        f"int8 model {int8.name} ({int8.stat().st_size} B) is not smaller than {onnx.name} ({onnx.stat().st_size} B)",
+                    )
             self.check_sidecar(entry, base, m, sidecar_path_for(onnx))
 
         calib = paths.get("quant_calibration_set")

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tinyq.fileio import sha256_file
 
 
-def tiny_mlp(seed: int, n_in: int = 6, hidden: int = 8) -> bytes:
+def tiny_mlp(seed: int, n_in: int = 6, hidden: int = 16) -> bytes:
     """A real ONNX MLP (MatMul-Add-Relu-MatMul-Add), opset 17, dynamic batch."""
     rng = np.random.default_rng(seed)
     inits = [
@@ -68,7 +68,7 @@ def make_tree(root: Path) -> Path:
         }
         if mode != "fp32":
             # Any real bytes do for the registry's hash checks; the quantisers are tested elsewhere.
-            entry["int8_sha256"] = _write(tiny / f"{mid}.int8.onnx", tiny_mlp(100 + seed))
+            entry["int8_sha256"] = _write(tiny / f"{mid}.int8.onnx", tiny_mlp(100 + seed, hidden=4))
         if mode == "static":
             calib = tiny / "calibration" / f"{mid}.npz"
             calib.parent.mkdir(exist_ok=True)
@@ -131,6 +131,16 @@ def _sidecar_mismatch(reg: Path) -> None:
     _write_json(p, sidecar)
 
 
+def _int8_larger(reg: Path) -> None:
+    p = reg.parent / "m_dyn.int8.onnx"
+    p.write_bytes(tiny_mlp(9, hidden=64))
+    edit_registry(reg, lambda d: _model(d, "m_dyn").update(int8_sha256=sha256_file(p)))
+    sidecar = reg.parent / "m_dyn.json"
+    data = json.loads(sidecar.read_text())
+    data["int8_sha256"] = sha256_file(p)
+    _write_json(sidecar, data)
+
+
 class BadCase(NamedTuple):
     name: str
     mutate: Callable[[Path], None]
@@ -153,6 +163,7 @@ BAD_CASES = [
             "/models/2/quant_calibration_set"),
     BadCase("dynamic_without_int8_sha256", _drop("m_dyn", "int8_sha256"), "int8_sha256_missing", "/models/1/int8_sha256"),
     BadCase("int8_sha256_mismatch", _set("m_dyn", int8_sha256="0" * 64), "int8_sha256_mismatch", "/models/1/int8_sha256"),
+    BadCase("int8_not_smaller", _int8_larger, "int8_not_smaller", "/models/1/quant_mode"),
     BadCase("missing_sidecar", lambda reg: (reg.parent / "m_dyn.json").unlink(), "sidecar_missing", "/models/1"),
     BadCase("sidecar_mismatch", _sidecar_mismatch, "sidecar_mismatch", "/models/1/quant_mode"),
     BadCase("duplicate_ids", _duplicate, "duplicate_id", "/models/3/id"),

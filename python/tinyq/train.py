@@ -209,7 +209,7 @@ def fit(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         metrics = task_metrics(s, predict_torch(model, val.inputs), val)
         score = headline(s, metrics)

@@ -1,0 +1,73 @@
+"""Refreshes the int8 pins after an intentional change: tools/bazel run //model:update_pins
+
+For every model with a recipe in model/zoo.bzl (ZOO_INT8) it copies the freshly built
+//model:<id>_int8 artefact to model/tiny/<id>.int8.onnx (QAT artefacts are already there),
+then records quant_mode, int8_sha256, the fp32 sha256 and, for static models, the calibration set
+in the registry, and mirrors them into each sidecar. Models without a recipe go back to fp32.
+It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
+validating the registry (exit 1 if anything is still wrong). Nobody edits hashes by hand.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from tinyq import cli, quantize, registry, sidecar, starlark
+from tinyq.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+
+BUILT = Path("model") / "int8"  # in this target's runfiles
+
+
+def main() -> int:
+    ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not ws:
+        print("update_pins: run me with `tools/bazel run //model:update_pins`", file=sys.stderr)
+        return cli.EXIT_USAGE
+    recipes = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
+    tiny = Path(ws) / "model" / "tiny"
+    reg_path = tiny / "registry.json"
+    data = registry._load_json(reg_path)
+    for entry in data["models"]:
+        mid = entry["id"]
+        fp32 = tiny / entry["onnx"]
+        int8 = registry.int8_path_for(fp32)
+        entry["sha256"] = sha256_file(fp32)
+        recipe = recipes.get(mid)
+        if recipe is None:
+            entry["quant_mode"] = "fp32"
+            entry.pop("int8_sha256", None)
+            entry.pop("quant_calibration_set", None)
+            if int8.exists():
+                int8.unlink()
+                print(f"update_pins: {mid}: fp32, removed {int8.name}")
+            continue
+        if recipe["mode"] != "qat":
+            built = BUILT / f"{mid}.int8.onnx"
+            payload = built.read_bytes()
+            if not int8.exists() or int8.read_bytes() != payload:
+                atomic_write_bytes(int8, payload)
+        size, fp32_size = int8.stat().st_size, quantize.model_bytes_on_disk(fp32)
+        if size >= fp32_size:
+            print(f"update_pins: {mid}: {int8.name} ({size} B) is not smaller than {fp32.name} ({fp32_size} B); refusing to pin it",
+                  file=sys.stderr)
+            return quantize.EXIT_LARGER
+        entry["quant_mode"] = recipe["mode"]
+        entry["int8_sha256"] = sha256_file(int8)
+        if recipe["mode"] == "static":
+            entry["quant_calibration_set"] = f"calibration/{mid}.npz"
+        else:
+            entry.pop("quant_calibration_set", None)
+        print(f"update_pins: {mid}: {recipe['mode']}, {fp32_size} -> {size} B (x{fp32_size / size:.2f}), int8 sha256 {entry['int8_sha256']}")
+    atomic_write_json(reg_path, data)
+    for entry in data["models"]:
+        side_path = registry.sidecar_path_for(tiny / entry["onnx"])
+        atomic_write_json(side_path, sidecar.sync(registry._load_json(side_path), entry))
+
+    _, findings = registry.check(reg_path)
+    for f in findings:
+        print(f.format(reg_path), file=sys.stderr)
+    return cli.EXIT_FAIL if findings else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
