@@ -20,3 +20,44 @@ def train_targets(model_ids, src, deps, data = []):
             data = data,
             deps = deps,
         )
+
+def int8_artefacts(recipes):
+    """One genrule //model:<id>_int8 per quantised model, and //model:all_int8 collecting them.
+
+    Each runs the model's quantiser on the fp32 file (and, for static, its calibration set) and
+    writes int8/<id>.int8.onnx. QAT artefacts are trained outside the build and committed, so
+    they get no genrule; //model:int8_pins_test checks them like the others.
+
+    Args:
+      recipes: {model_id: {"mode": "dynamic" | "static" | "qat", "args": [tool flags]}}.
+    """
+    built = []
+    for model_id, recipe in recipes.items():
+        mode = recipe["mode"]
+        if mode == "qat":
+            continue
+        src = "tiny/%s.onnx" % model_id
+        srcs = [src]
+        if mode == "static":
+            calibration = "tiny/calibration/%s.npz" % model_id
+            srcs.append(calibration)
+            tool = "//python:ptq_static"
+            extra = ["--calibration=$(location %s)" % calibration]
+        elif mode == "dynamic":
+            tool = "//python:ptq_dynamic"
+            extra = []
+        else:
+            fail("%s: unknown quant mode %r in the recipe" % (model_id, mode))
+        native.genrule(
+            name = model_id + "_int8",
+            srcs = srcs,
+            outs = ["int8/%s.int8.onnx" % model_id],
+            tools = [tool],
+            cmd = " ".join(["$(location %s) $(location %s) --output=$@" % (tool, src)] + extra + recipe["args"]),
+            message = "Quantising %s (%s)" % (model_id, mode),
+        )
+        built.append(":%s_int8" % model_id)
+    native.filegroup(
+        name = "all_int8",
+        srcs = built,
+    )
