@@ -52,10 +52,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     reg_path = cli.workspace_dir() / registry.DEFAULT_REGISTRY
-    try:
-        reg = registry.load(reg_path)
-    except (registry.RegistryReadError, registry.RegistryInvalid) as e:
-        raise cli.UsageError(str(e)) from None
+    reg = cli.load_valid_registry(reg_path)
     ids = _MODELS.value or [m.id for m in reg.models]
     rows = []
     print("| model | variant | int8 B | fp32/int8 size | soak drop | int8/fp32 latency b1 | int8/fp32 latency b256 |")

@@ -28,7 +28,7 @@ def main(argv):
     unknown = sorted(set(sources) - set(corpus.SOURCES))
     if unknown:
         raise cli.UsageError(f"--sources: unknown {unknown}; known: {', '.join(corpus.SOURCES)}")
-    out = cli.resolve_user_path(_OUT.value) if _OUT.value else cli.workspace_dir() / corpus.DEFAULT_PATH
+    out = cli.path_or_default(_OUT.value, corpus.DEFAULT_PATH)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.monotonic()

@@ -32,13 +32,9 @@ def evaluate(reg: registry.Registry, data: corpus.Corpus, split: str):
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    ws = cli.workspace_dir()
-    corpus_path = cli.resolve_user_path(_CORPUS.value) if _CORPUS.value else ws / corpus.DEFAULT_PATH
-    reg_path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else ws / registry.DEFAULT_REGISTRY
-    try:
-        reg = registry.load(reg_path)
-    except (registry.RegistryReadError, registry.RegistryInvalid) as e:
-        raise cli.UsageError(f"the registry must be valid first:\n{e}") from None
+    corpus_path = cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH)
+    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    reg = cli.load_valid_registry(reg_path)
     data = corpus.load(corpus_path)
     rows = evaluate(reg, data, _SPLIT.value)
     baseline = train.luma_variance_baseline(data, _SPLIT.value)

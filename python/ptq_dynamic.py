@@ -40,11 +40,7 @@ def main(argv):
 
     for r in repairs:
         print(f"ptq_dynamic: repaired {r.code}: {r.detail}")
-    sizes = quantize.size_fields(src, encoded.size)
-    print(f"ptq_dynamic: wrote {out} ({encoded.encoding}, {sizes['fp32_bytes']} -> {sizes['int8_bytes']} B, x{sizes['size_ratio']:.2f})")
-    warning = quantize.size_warning(src, out, sizes)
-    if warning:
-        print(warning, file=sys.stderr)
+    sizes, code = quantize.announce("ptq_dynamic", src, out, encoded.size, encoded.encoding)
     if _REPORT.value:
         report = {
             "schema": "tinyq-ptq-dynamic-report-v1",
@@ -59,7 +55,7 @@ def main(argv):
             ),
         }
         provenance.write_report(cli.resolve_user_path(_REPORT.value), report)
-    return quantize.EXIT_LARGER if warning else cli.EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-repo
 
 
 def _registry_calibration(src):
-    path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else cli.workspace_dir() / registry.DEFAULT_REGISTRY
+    path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
     try:
         reg, _ = registry.check(path)
     except registry.RegistryReadError as e:
@@ -60,11 +60,7 @@ def main(argv):
 
     for r in repairs:
         print(f"ptq_static: repaired {r.code}: {r.detail}")
-    sizes = quantize.size_fields(src, len(int8))
-    print(f"ptq_static: wrote {out} (QDQ, {sizes['fp32_bytes']} -> {sizes['int8_bytes']} B, x{sizes['size_ratio']:.2f})")
-    warning = quantize.size_warning(src, out, sizes)
-    if warning:
-        print(warning, file=sys.stderr)
+    sizes, code = quantize.announce("ptq_static", src, out, len(int8), "QDQ")
     if _REPORT.value:
         report = {
             "schema": "tinyq-ptq-static-report-v1",
@@ -87,7 +83,7 @@ def main(argv):
             ),
         }
         provenance.write_report(cli.resolve_user_path(_REPORT.value), report)
-    return quantize.EXIT_LARGER if warning else cli.EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ def main(argv):
     if not _MODEL.value:
         raise cli.UsageError("--model is required; one of " + ", ".join(zoo.SPECS))
     spec = zoo.spec(_MODEL.value)
-    ws = cli.workspace_dir()
-    corpus_path = cli.resolve_user_path(_CORPUS.value) if _CORPUS.value else ws / corpus.DEFAULT_PATH
-    out_dir = cli.resolve_user_path(_OUT_DIR.value) if _OUT_DIR.value else ws / "model" / "tiny"
+    corpus_path = cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH)
+    out_dir = cli.path_or_default(_OUT_DIR.value, registry.DEFAULT_REGISTRY.parent)
     registry_path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else out_dir / "registry.json"
     if not corpus_path.is_file():
         raise cli.UsageError(f"{corpus_path}: corpus not found; build it with `tools/bazel run //python:build_corpus`")

@@ -59,3 +59,18 @@ def resolve_user_path(path: str) -> Path:
     """A path given on the command line, resolved against the caller's directory."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else caller_dir() / p
+
+
+def path_or_default(flag_value: str, default: Path) -> Path:
+    """A path flag resolved against the caller's directory, or `default` inside the workspace."""
+    return resolve_user_path(flag_value) if flag_value else workspace_dir() / default
+
+
+def load_valid_registry(path: Path):
+    """The validated registry, or a UsageError listing every finding (tools need a valid one)."""
+    from tinyq import registry
+
+    try:
+        return registry.load(path)
+    except (registry.RegistryReadError, registry.RegistryInvalid) as e:
+        raise UsageError(f"the registry must be valid first:\n{e}") from None

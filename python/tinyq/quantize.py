@@ -345,10 +345,20 @@ def size_fields(fp32: Path, int8_bytes: int) -> Dict[str, object]:
     }
 
 
-def size_warning(fp32: Path, out: Path, sizes: Dict[str, object]) -> Optional[str]:
+def announce(tool: str, fp32: Path, out: Path, int8_bytes: int, what: str) -> Tuple[Dict[str, object], int]:
+    """Prints what was written, and loudly when it is not smaller than its source.
+
+    Returns the report's size fields and the tool's exit code (0, or EXIT_LARGER).
+    """
+    import sys
+
+    sizes = size_fields(fp32, int8_bytes)
+    print(f"{tool}: wrote {out} ({what}, {sizes['fp32_bytes']} -> {sizes['int8_bytes']} B, x{sizes['size_ratio']:.2f})")
     if not sizes["larger_than_fp32"]:
-        return None
-    return (
+        return sizes, 0
+    print(
         f"WARNING: {out} ({sizes['int8_bytes']} B) is NOT SMALLER than its fp32 source {fp32} ({sizes['fp32_bytes']} B); "
-        f"tinyq will not register it. Try --encoding=weight_only, or keep the model fp32."
+        f"tinyq will not register it. Try --encoding=weight_only, or keep the model fp32.",
+        file=sys.stderr,
     )
+    return sizes, EXIT_LARGER
