@@ -1,6 +1,6 @@
 """Macros that expand the zoo's model list into per-model targets."""
 
-load("@rules_python//python:defs.bzl", "py_binary")
+load("@rules_python//python:defs.bzl", "py_binary", "py_test")
 
 def train_targets(model_ids, src, deps, data = []):
     """One `bazel run //python:train_<id>` target per zoo model, all over the same tool.
@@ -61,3 +61,39 @@ def int8_artefacts(recipes):
         name = "all_int8",
         srcs = built,
     )
+
+def gate_tests(recipes):
+    """One test //model:<id>_gate_test per quantised model: the accuracy gate on the built artefact.
+
+    Each depends on the fp32 model, its int8 artefact (the genrule's output, or the committed
+    file for QAT), the soak fixture and the gate's code, so Bazel re-runs a gate only when one
+    of them changes.
+
+    Args:
+      recipes: the same dict int8_artefacts() takes.
+    """
+    for model_id, recipe in recipes.items():
+        int8 = ":%s_int8" % model_id if recipe["mode"] != "qat" else "tiny/%s.int8.onnx" % model_id
+        py_test(
+            name = model_id + "_gate_test",
+            srcs = ["//python:measure_quant_drop.py"],
+            main = "//python:measure_quant_drop.py",
+            args = [
+                "--id=" + model_id,
+                "--int8=$(rootpath %s)" % int8,
+                "--nolatency",
+            ],
+            data = [
+                int8,
+                ":registry",
+            ],
+            deps = [
+                "//python/tinyq:calibration",
+                "//python/tinyq:cli",
+                "//python/tinyq:gate",
+                "//python/tinyq:provenance",
+                "//python/tinyq:registry",
+            ],
+            python_version = "PY3",
+            size = "small",
+        )

@@ -20,6 +20,7 @@ from torch import nn
 
 from tinyq import zoo
 from tinyq.corpus import Corpus
+from tinyq.metrics import filter_metrics, quality_metrics
 
 NUM_THREADS = 2  # fixed, so reductions run in the same order on every run
 
@@ -57,41 +58,11 @@ def dataset(s: zoo.ModelSpec, corpus: Corpus, split: str) -> Dataset:
 # --- metrics -------------------------------------------------------------------------------
 
 
-def plcc(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def srocc(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()).statistic)
-
-
-def rmse(a: np.ndarray, b: np.ndarray) -> float:
-    d = np.asarray(a, np.float64).ravel() - np.asarray(b, np.float64).ravel()
-    return float(np.sqrt(np.mean(d * d)))
-
-
-def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per-sample PSNR in dB for luma in [0, 1], with x clipped to the valid range."""
-    x = np.clip(np.asarray(x, np.float64), 0, 1)
-    mse = np.mean((x - np.asarray(ref, np.float64)) ** 2, axis=tuple(range(1, x.ndim)))
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
-
-
 def task_metrics(s: zoo.ModelSpec, prediction: np.ndarray, data: Dataset) -> Dict[str, float]:
     """What the model is for: PLCC/SROCC/RMSE against VMAF, or PSNR gain for the filter."""
     if s.kind == "filter":
-        before = psnr(data.inputs[0], data.target)
-        after = psnr(prediction, data.target)
-        return {
-            "psnr_in_db": float(before.mean()),
-            "psnr_out_db": float(after.mean()),
-            "psnr_gain_db": float((after - before).mean()),
-        }
-    return {"plcc": plcc(prediction, data.target), "srocc": srocc(prediction, data.target), "rmse": rmse(prediction, data.target)}
+        return filter_metrics(prediction, data.inputs[0], data.target)
+    return quality_metrics(prediction, data.target)
 
 
 def headline(s: zoo.ModelSpec, metrics: Dict[str, float]) -> float:
@@ -105,8 +76,7 @@ def luma_variance_baseline(corpus: Corpus, split: str = "soak") -> Dict[str, flo
     v_tr = dist_tr.reshape(len(dist_tr), -1).var(axis=1)
     v_so = dist_so.reshape(len(dist_so), -1).var(axis=1)
     a, b = np.polyfit(v_tr.astype(np.float64), y_tr.astype(np.float64), 1)
-    pred = a * v_so + b
-    return {"plcc": plcc(pred, y_so), "srocc": srocc(pred, y_so), "rmse": rmse(pred, y_so)}
+    return quality_metrics(a * v_so + b, y_so)
 
 
 # --- training ------------------------------------------------------------------------------

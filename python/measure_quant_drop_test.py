@@ -1,0 +1,133 @@
+"""//python:measure_quant_drop fails when it should: over budget, NaN, missing files, open shapes."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tinyq import quantize, testutil
+
+TOOL = Path.cwd() / "python" / "measure_quant_drop"
+TINY = Path.cwd() / "model" / "tiny"
+
+
+def run(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
+    return subprocess.run([str(TOOL), "--nolatency", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_shipped_models_pass_with_reports(tmp_path):
+    r = run("--id", "vmaf_tiny_v3", "--out-json", tmp_path / "g.json", "--out-md", tmp_path / "g.md")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["gate_pass"] is True and report["run_provenance"]["tool"]["name"] == "measure_quant_drop"
+    row = report["models"][0]
+    assert [s["input_set"] for s in row["sets"]] == ["soak", "synthetic"]
+    assert row["sets"][0]["samples"] == 768 and row["sets"][1]["samples"] == 16
+    assert row["task"]["fp32"]["plcc"] > 0.999 and row["task"]["int8"]["plcc"] > 0.999
+    assert "| vmaf_tiny_v3 | soak | 768 |" in (tmp_path / "g.md").read_text()
+    assert (tmp_path / "vmaf_tiny_v3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_perturbed_int8_weights_fail_the_budget(tmp_path):
+    model, _ = quantize.load_for_quantization(TINY / "vmaf_tiny_v3.onnx")
+    int8 = onnx.load_from_string(quantize.encode(model, "weight_only", False).model_bytes)
+    rng = np.random.default_rng(0)
+    for t in int8.graph.initializer:
+        if t.data_type == TensorProto.INT8:
+            w = numpy_helper.to_array(t).astype(np.int32)
+            t.CopyFrom(numpy_helper.from_array(np.clip(w + rng.integers(-60, 61, w.shape), -127, 127).astype(np.int8), t.name))
+    path = tmp_path / "perturbed.int8.onnx"
+    onnx.save(int8, str(path))
+    r = run("--id", "vmaf_tiny_v3", "--int8", path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "[FAIL] vmaf_tiny_v3" in r.stdout and "> budget 0.01" in r.stdout
+
+
+def _mlp_pair(tmp_path, bias):
+    fp32 = tmp_path / "m.onnx"
+    fp32.write_bytes(testutil.tiny_mlp(0))
+    model = onnx.load(str(fp32))
+    for t in model.graph.initializer:
+        if t.name == "b1":
+            t.CopyFrom(numpy_helper.from_array(np.array([bias], np.float32), "b1"))
+    int8 = tmp_path / "m.int8.onnx"
+    onnx.save(model, str(int8))
+    return fp32, int8
+
+
+def test_nan_output_fails_the_model(tmp_path):
+    fp32, int8 = _mlp_pair(tmp_path, np.nan)
+    r = run("--fp32", fp32, "--int8", int8)
+    assert r.returncode == 1
+    assert "int8 output 'score' has 16 NaN or infinite values" in r.stdout
+
+
+def test_two_input_model_with_dynamic_spatial_dims(tmp_path):
+    # From the registry: shapes come from the soak fixture (48x48), never forced to 1.
+    assert run("--id", "fr_patch_v1").returncode == 0
+    # As a foreign pair: both inputs need their spatial size.
+    pair = ["--fp32", TINY / "fr_patch_v1.onnx", "--int8", TINY / "fr_patch_v1.int8.onnx"]
+    r = run(*pair)
+    assert r.returncode == 2 and "input 'ref' has a dynamic dimension" in r.stderr and "--input-shape ref=" in r.stderr
+    r = run(*pair, "--input-shape", "ref=16,1,40,56", "--input-shape", "dist=16,1,40,56", "--out-json", tmp_path / "g.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "g.json").read_text())["models"][0]["sets"][0]["samples"] == 16
+
+
+def test_foreign_model_needs_input_shape(tmp_path):
+    pair = ["--fp32", TINY / "nr_metric_v1.onnx", "--int8", TINY / "nr_metric_v1.int8.onnx"]
+    r = run(*pair)
+    assert r.returncode == 2 and "pass --input-shape dist=<d0,d1,...>" in r.stderr
+    assert run(*pair, "--input-shape", "dist=16,1,64,48").returncode == 0
+    r = run(*pair, "--input-shape", "dist=16,3,64,48")
+    assert r.returncode == 2 and "does not fit the input's declared shape" in r.stderr
+    assert run(*pair, "--input-shape", "dist=16,x").returncode == 2
+
+
+def test_missing_int8_exits_2_naming_the_model(tmp_path):
+    r = run("--id", "vmaf_tiny_v2", "--int8", tmp_path / "none.onnx")
+    assert r.returncode == 2 and "vmaf_tiny_v2: int8 model" in r.stderr and "does not exist" in r.stderr
+
+
+def test_unloadable_int8_exits_2(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    r = run("--id", "vmaf_tiny_v2", "--int8", bad)
+    assert r.returncode == 2 and "fails to load in onnxruntime" in r.stderr
+
+
+def _constant_pair(tmp_path, c8):
+    def model(c, name):
+        graph = helper.make_graph(
+            [helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])], "const",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+            initializer=[numpy_helper.from_array(np.zeros(3, np.float32), "zero"), numpy_helper.from_array(np.full(3, c, np.float32), "c")],
+        )
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    return model(0.5, "c.onnx"), model(c8, "c.int8.onnx")
+
+
+def test_constant_output_is_judged_by_absolute_delta(tmp_path):
+    fp32, int8 = _constant_pair(tmp_path, 0.5)
+    r = run("--fp32", fp32, "--int8", int8, "--out-json", tmp_path / "g.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads((tmp_path / "g.json").read_text())["models"][0]["sets"][0]["outputs"][0]
+    assert out["constant"] is True and out["drop"] is None and "Pearson r undefined" in out["reason"]
+    fp32, int8 = _constant_pair(tmp_path, 0.6)
+    r = run("--fp32", fp32, "--int8", int8)
+    assert r.returncode == 1 and "constant output" in r.stdout and "> tolerance 0.001" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["--fp32", "a.onnx"], ["--all", "--id", "x"], [], ["--all", "--int8", "b.onnx"]])
+def test_usage_errors_exit_2(args):
+    assert run(*args).returncode == 2
