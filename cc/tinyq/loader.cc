@@ -1,0 +1,154 @@
+// tinyq verified loader: picks the file to load for a model and never returns it unverified.
+#include "cc/tinyq/loader.h"
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+namespace {
+
+void SetStatus(tinyq_status* status, tinyq_code code, const std::string& message) {
+  if (status == nullptr) return;
+  status->code = code;
+  std::snprintf(status->message, sizeof(status->message), "%s", message.c_str());
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool Exists(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return false;
+  std::fclose(f);
+  return true;
+}
+
+// The canonical path with every symlink resolved, or "" when it does not exist.
+std::string RealPath(const std::string& path) {
+  std::unique_ptr<char, void (*)(void*)> real(realpath(path.c_str(), nullptr), &std::free);
+  return real ? std::string(real.get()) : std::string();
+}
+
+// True when path, symlinks resolved, lies inside jail (already canonical).
+bool InsideJail(const std::string& path, const std::string& jail) {
+  if (jail.empty()) return true;
+  const std::string real = RealPath(path);
+  if (real.empty()) return false;
+  return real == jail || (real.size() > jail.size() && real.compare(0, jail.size(), jail) == 0 && real[jail.size()] == '/');
+}
+
+// Verifies path against the expected hash; fills reason on failure.
+tinyq_code Verify(const std::string& path, const char* expected, const std::string& jail, const char* what,
+                  tinyq_code missing_code, char actual[65], std::string* reason) {
+  if (!Exists(path)) {
+    *reason = std::string(what) + " " + path + " is missing";
+    return missing_code;
+  }
+  if (!InsideJail(path, jail)) {
+    *reason = std::string(what) + " " + path + " resolves outside the model directory " + jail;
+    return TINYQ_E_PATH_ESCAPE;
+  }
+  tinyq_status st{};
+  if (tinyq_sha256_file(path.c_str(), actual, &st) != TINYQ_OK) {
+    *reason = st.message;
+    return st.code;
+  }
+  if (expected == nullptr || expected[0] == '\0') {
+    *reason = std::string(what) + " " + path + " has no pinned sha256 in the sidecar";
+    return TINYQ_E_HASH_MISMATCH;
+  }
+  if (std::strcmp(actual, expected) != 0) {
+    *reason = std::string(what) + " " + path + " has sha256 " + actual + ", the sidecar pins " + expected;
+    return TINYQ_E_HASH_MISMATCH;
+  }
+  return TINYQ_OK;
+}
+
+void Fill(tinyq_resolution* out, const std::string& path, tinyq_quant_mode mode, const char sha[65], const std::string& reason) {
+  std::snprintf(out->path, sizeof(out->path), "%s", path.c_str());
+  out->mode = mode;
+  std::snprintf(out->sha256, sizeof(out->sha256), "%s", sha);
+  std::snprintf(out->reason, sizeof(out->reason), "%s", reason.c_str());
+}
+
+}  // namespace
+
+extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
+                                    tinyq_status* status) {
+  if (status != nullptr) std::memset(status, 0, sizeof(*status));
+  if (fp32_path == nullptr || out == nullptr) {
+    SetStatus(status, TINYQ_E_INVALID_ARGUMENT, "NULL argument");
+    return TINYQ_E_INVALID_ARGUMENT;
+  }
+  std::memset(out, 0, sizeof(*out));
+  const std::string fp32(fp32_path);
+  if (fp32.size() > TINYQ_MAX_PATH_BYTES || (jail_dir != nullptr && std::strlen(jail_dir) > TINYQ_MAX_PATH_BYTES)) {
+    SetStatus(status, TINYQ_E_LIMIT, "a path is over 4096 bytes");
+    return TINYQ_E_LIMIT;
+  }
+  if (!EndsWith(fp32, ".onnx")) {
+    SetStatus(status, TINYQ_E_INVALID_ARGUMENT, fp32 + ": expected the fp32 model's .onnx path");
+    return TINYQ_E_INVALID_ARGUMENT;
+  }
+  std::string jail;
+  if (jail_dir != nullptr) {
+    jail = RealPath(jail_dir);
+    if (jail.empty()) {
+      SetStatus(status, TINYQ_E_IO, std::string(jail_dir) + ": the model directory does not exist");
+      return TINYQ_E_IO;
+    }
+  }
+  const std::string base = fp32.substr(0, fp32.size() - 5);
+  const std::string sidecar_path = base + ".json";
+  const std::string int8 = base + ".int8.onnx";
+  if (!InsideJail(sidecar_path, jail) && Exists(sidecar_path)) {
+    SetStatus(status, TINYQ_E_PATH_ESCAPE, sidecar_path + " resolves outside the model directory " + jail);
+    return TINYQ_E_PATH_ESCAPE;
+  }
+
+  tinyq_sidecar* raw = nullptr;
+  tinyq_status parse{};
+  const tinyq_code parsed = tinyq_sidecar_load(sidecar_path.c_str(), &raw, &parse);
+  if (parsed != TINYQ_OK) {
+    SetStatus(status, parsed, parse.message);
+    return parsed;
+  }
+  std::unique_ptr<tinyq_sidecar, void (*)(tinyq_sidecar*)> sc(raw, &tinyq_sidecar_free);
+  if (status != nullptr && parse.has_warning) {
+    status->has_warning = 1;
+    std::snprintf(status->warning, sizeof(status->warning), "%s", parse.warning);
+  }
+  out->requested_mode = sc->quant_mode;
+
+  char actual[65] = {0};
+  std::string why;
+  if (sc->quant_mode != TINYQ_QUANT_FP32) {
+    const tinyq_code c = Verify(int8, sc->has_int8_sha256 ? sc->int8_sha256 : nullptr, jail, "int8 model", TINYQ_E_INT8_MISSING, actual, &why);
+    if (c == TINYQ_OK) {
+      Fill(out, int8, sc->quant_mode, actual, std::string("int8 model verified (") + tinyq_quant_mode_name(sc->quant_mode) + ")");
+      SetStatus(status, TINYQ_OK, out->reason);
+      return TINYQ_OK;
+    }
+    if (policy == TINYQ_FAIL_CLOSED) {
+      SetStatus(status, c, why + "; refusing it (FAIL_CLOSED)");
+      std::snprintf(out->reason, sizeof(out->reason), "%s", status->message);
+      return c;
+    }
+    out->fell_back = 1;
+  }
+  std::string why_fp32;
+  const tinyq_code c = Verify(fp32, sc->sha256, jail, "fp32 model", TINYQ_E_IO, actual, &why_fp32);
+  if (c != TINYQ_OK) {
+    SetStatus(status, c, (why.empty() ? "" : why + "; ") + why_fp32);
+    std::snprintf(out->reason, sizeof(out->reason), "%s", status->message);
+    return c;
+  }
+  Fill(out, fp32, TINYQ_QUANT_FP32, actual,
+       out->fell_back ? why + "; fell back to the verified fp32 model (FALLBACK_FP32)" : std::string("fp32 model verified"));
+  SetStatus(status, TINYQ_OK, out->reason);
+  return TINYQ_OK;
+}

@@ -1,0 +1,37 @@
+/* tinyq verified loader: which file to load for a model, never an unverified one. */
+#ifndef TINYQ_LOADER_H_
+#define TINYQ_LOADER_H_
+
+#include "cc/tinyq/sidecar.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  TINYQ_FAIL_CLOSED = 0,   /* a missing or mismatching int8 file is an error */
+  TINYQ_FALLBACK_FP32 = 1, /* ... or load the fp32 file, once its own hash is verified */
+} tinyq_policy;
+
+typedef struct {
+  char path[TINYQ_MAX_PATH_BYTES + 1]; /* the verified file to load */
+  tinyq_quant_mode mode;               /* the mode actually used: FP32 after a fallback */
+  tinyq_quant_mode requested_mode;     /* the sidecar's quant_mode */
+  int fell_back;
+  char sha256[65]; /* the verified hash of path */
+  char reason[512];
+} tinyq_resolution;
+
+/* Resolves the file to load for the fp32 model at fp32_path (its sidecar is <basename>.json).
+ * When quant_mode is not FP32 the <basename>.int8.onnx beside it must match int8_sha256;
+ * otherwise FAIL_CLOSED returns the error and FALLBACK_FP32 returns the fp32 file after
+ * verifying it against sha256, with the reason. jail_dir (or NULL) is a directory that every
+ * path, once symlinks are resolved, must stay inside. */
+tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
+                         tinyq_status* status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TINYQ_LOADER_H_ */

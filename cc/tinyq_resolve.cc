@@ -1,0 +1,64 @@
+// tinyq_resolve: prints which file to load for a model, its mode, the hash verdict and why.
+//
+// Usage: bazel run //cc:tinyq_resolve -- model/tiny/<id>.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]
+// Exit codes: 0 a verified file to load, 1 refused (missing or mismatching file, path escape,
+// bad sidecar), 2 usage error.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cc/tinyq/loader.h"
+
+namespace {
+
+int Usage(const char* message) {
+  std::fprintf(stderr, "tinyq_resolve: %s\nusage: tinyq_resolve MODEL.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]\n",
+               message);
+  return 2;
+}
+
+// Relative paths resolve against the directory `bazel run` was called from.
+std::string FromCaller(const std::string& path) {
+  const char* dir = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || dir == nullptr || dir[0] == '\0') return path;
+  return std::string(dir) + "/" + path;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, jail;
+  tinyq_policy policy = TINYQ_FAIL_CLOSED;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--policy=fail-closed") {
+      policy = TINYQ_FAIL_CLOSED;
+    } else if (arg == "--policy=fallback-fp32") {
+      policy = TINYQ_FALLBACK_FP32;
+    } else if (arg.rfind("--jail=", 0) == 0) {
+      jail = FromCaller(arg.substr(7));
+    } else if (arg.rfind("--", 0) == 0) {
+      return Usage(("unknown flag " + arg).c_str());
+    } else if (model.empty()) {
+      model = FromCaller(arg);
+    } else {
+      return Usage("expected one model path");
+    }
+  }
+  if (model.empty()) return Usage("missing the model path");
+
+  tinyq_resolution res;
+  tinyq_status status;
+  const tinyq_code code = tinyq_resolve(model.c_str(), policy, jail.empty() ? nullptr : jail.c_str(), &res, &status);
+  if (status.has_warning) std::fprintf(stderr, "tinyq_resolve: warning: %s\n", status.warning);
+  std::printf("policy: %s\n", policy == TINYQ_FAIL_CLOSED ? "fail-closed" : "fallback-fp32");
+  if (code != TINYQ_OK) {
+    std::printf("verdict: refused (%s)\nreason: %s\n", tinyq_code_name(code), status.message);
+    return 1;
+  }
+  std::printf("path: %s\nmode: %s\nrequested_mode: %s\nsha256: %s\nverdict: verified%s\nreason: %s\n", res.path,
+              tinyq_quant_mode_name(res.mode), tinyq_quant_mode_name(res.requested_mode), res.sha256,
+              res.fell_back ? " (fell back)" : "", res.reason);
+  return 0;
+}

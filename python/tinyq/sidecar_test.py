@@ -1,0 +1,62 @@
+"""tinyq.sidecar.read against the vectors the C++ parser is tested on (cc/sidecar_test.cc)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinyq import sidecar
+
+VECTORS = Path("tests/vectors/sidecars")
+CASES = sorted(p.name[: -len(".expect.json")] for p in VECTORS.glob("*.expect.json"))
+
+
+def test_there_are_vectors():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_vector(name, tmp_path):
+    expect = json.loads((VECTORS / f"{name}.expect.json").read_text())
+    path = VECTORS / f"{name}.json"
+    if "generate_bytes" in expect:
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(b" " * expect["generate_bytes"])
+    if expect["status"] != "ok":
+        with pytest.raises(sidecar.SidecarError) as e:
+            sidecar.read(path)
+        assert e.value.code == expect["status"]
+        assert str(path) in str(e.value)
+        return
+    sc = sidecar.read(path)
+    checks = {
+        "quant_mode": sc.quant_mode,
+        "warning": bool(sc.warnings),
+        "opset": sc.opset,
+        "id": sc.id,
+        "budget": sc.quant_accuracy_budget_plcc,
+        "n_features": len(sc.features),
+        "n_params": sc.n_params,
+        "has_int8_sha256": sc.int8_sha256 is not None,
+        "input_names": [n for n, _ in sc.inputs],
+        "input_shapes": [s for _, s in sc.inputs],
+        "output_names": [n for n, _ in sc.outputs],
+        "output_shapes": [s for _, s in sc.outputs],
+    }
+    for key, value in expect.items():
+        if key != "status":
+            assert checks[key] == value, key
+
+
+def test_every_shipped_sidecar_reads():
+    for path in Path("model/tiny").glob("*.json"):
+        if path.name == "registry.json" or "schema" in path.name:
+            continue
+        sc = sidecar.read(path)
+        assert sc.opset == 17 and sc.quant_mode != "fp32" and sc.int8_sha256 and sc.inputs
+
+
+def test_missing_file_is_an_io_error(tmp_path):
+    with pytest.raises(sidecar.SidecarError) as e:
+        sidecar.read(tmp_path / "none.json")
+    assert e.value.code == "io_error"

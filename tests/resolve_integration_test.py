@@ -1,0 +1,77 @@
+"""//cc:tinyq_resolve on a shipped zoo model: the verified int8 path, and what a flipped byte does."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tinyq import registry
+
+TOOL = Path.cwd() / "cc" / "tinyq_resolve"
+REG = registry.load(Path("model/tiny/registry.json"))
+
+
+def resolve(model, *flags):
+    r = subprocess.run([str(TOOL), str(model), *flags], capture_output=True, text=True)
+    fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+    return r.returncode, fields, r.stderr
+
+
+@pytest.mark.parametrize("entry", REG.quantised(), ids=lambda e: e.id)
+def test_shipped_model_resolves_to_its_verified_int8(entry):
+    code, out, err = resolve(entry.onnx)
+    assert code == 0, out
+    assert out["path"].endswith(f"{entry.id}.int8.onnx") and out["mode"] == entry.quant_mode
+    assert out["sha256"] == entry.int8_sha256 and out["verdict"] == "verified"
+
+
+@pytest.fixture
+def copied(tmp_path):
+    entry = REG.get("vmaf_tiny_v3")
+    for p in (entry.onnx, entry.sidecar, entry.int8_onnx):
+        shutil.copyfile(p, tmp_path / p.name)
+    return tmp_path, entry
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_int8_byte_is_refused_or_falls_back(copied):
+    d, entry = copied
+    model = d / entry.onnx.name
+    assert resolve(model, f"--jail={d}")[0] == 0
+    flip_byte(d / entry.int8_onnx.name)
+    code, out, _ = resolve(model, "--policy=fail-closed", f"--jail={d}")
+    assert code == 1 and out["verdict"] == "refused (hash_mismatch)" and "refusing it (FAIL_CLOSED)" in out["reason"]
+    code, out, _ = resolve(model, "--policy=fallback-fp32", f"--jail={d}")
+    assert code == 0 and out["path"] == str(model) and out["mode"] == "fp32" and out["requested_mode"] == "dynamic"
+    assert out["verdict"] == "verified (fell back)" and "fell back to the verified fp32 model" in out["reason"]
+    assert out["sha256"] == entry.sha256
+
+
+def test_missing_int8_and_a_bad_fp32(copied):
+    d, entry = copied
+    model = d / entry.onnx.name
+    (d / entry.int8_onnx.name).unlink()
+    assert resolve(model)[1]["verdict"] == "refused (int8_missing)"
+    flip_byte(model)
+    code, out, _ = resolve(model, "--policy=fallback-fp32")
+    assert code == 1 and out["verdict"] == "refused (hash_mismatch)"
+
+
+def test_int8_linked_from_outside_the_jail(copied, tmp_path_factory):
+    d, entry = copied
+    outside = tmp_path_factory.mktemp("outside") / entry.int8_onnx.name
+    shutil.move(d / entry.int8_onnx.name, outside)
+    (d / entry.int8_onnx.name).symlink_to(outside)
+    assert resolve(d / entry.onnx.name, f"--jail={d}")[1]["verdict"] == "refused (path_escape)"
+    assert resolve(d / entry.onnx.name)[0] == 0  # no jail asked for: the link is followed and verified
+
+
+def test_usage_errors_exit_2():
+    assert resolve("a.onnx", "--policy=maybe")[0] == 2
+    assert subprocess.run([str(TOOL)], capture_output=True).returncode == 2
