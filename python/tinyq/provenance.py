@@ -8,6 +8,7 @@ versions of the numeric stack and the lock file's hash, and the host's CPU and I
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import sys
@@ -48,15 +49,15 @@ Artefact = Tuple[Any, str]  # (path, kind)
 
 
 def normalise(value: Any) -> Any:
-    """A JSON-ready copy: paths and tuples become strings and lists, mapping keys strings."""
+    """A JSON-ready copy: paths and tuples become strings and lists, mapping keys strings, NaN and inf None."""
     if isinstance(value, Mapping):
         return {str(k): normalise(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
         return [normalise(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, float) and value != value:
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN and inf are not JSON
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

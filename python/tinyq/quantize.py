@@ -212,13 +212,23 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.doc_string = ""
     del graph.value_info[:]
 
-    # Share identical small initialisers.
+    # Share identical small initialisers, but only those read by QuantizeLinear/DequantizeLinear
+    # alone: onnxruntime's x64quantprecision transformer rewrites an int8 kernel's initialisers
+    # in place and fails on shared ones ("Attempt to replace the existing tensor").
+    consumers: Dict[str, set] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    shareable = {n for n, ops in consumers.items() if ops <= {"QuantizeLinear", "DequantizeLinear"}}
     canonical: Dict[Tuple[int, Tuple[int, ...], bytes], str] = {}
     alias: Dict[str, str] = {}
     kept = []
     for t in graph.initializer:
         arr = numpy_helper.to_array(t)
         key = (t.data_type, tuple(arr.shape), arr.tobytes())
+        if t.name not in shareable:
+            kept.append(t)
+            continue
         if arr.size <= 64 and key in canonical:
             alias[t.name] = canonical[key]
             continue

@@ -123,3 +123,12 @@ def test_auto_keeps_the_smallest(mlp):
     sizes = {e: quantize.encode(model, e, True).size for e in ("weight_only", "dynamic")}
     auto = quantize.encode(model, "auto", True)
     assert auto.size == min(sizes.values()) and sizes[auto.encoding] == auto.size
+
+
+@pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
+def test_encodings_load_with_precise_x64_int8_kernels(mlp, encoding):
+    # Shared initialisers once broke onnxruntime's x64quantprecision transformer.
+    model, _ = quantize.load_for_quantization(mlp)
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    ort.InferenceSession(quantize.encode(model, encoding, False).model_bytes, opts, providers=["CPUExecutionProvider"])
