@@ -89,16 +89,19 @@ def _row(model_id, fp32, int8, budget, fixture, variant, shapes):
     drops = [o.drop for s in sets for o in s.outputs if o.drop is not None]
     failures = [f"{s.input_set} {o.name}: {o.reason}" for s in sets for o in s.outputs if not o.passed]
     placement = r8.placement
+    status = "pass" if all(s.passed for s in sets) else "fail"
+    if status == "pass" and (r32.placement.fell_back or placement.fell_back):
+        status = "fell-back"  # the numbers are real, but they are not the requested provider's
     return {
         **row,
-        "status": "pass" if all(s.passed for s in sets) else "fail",
+        "status": status,
         "reason": "; ".join(failures),
         "worst_drop": max(drops) if drops else None,
         "worst_abs_delta": max(o.worst_abs_delta for s in sets for o in s.outputs),
         "ran_on": placement.ran_on,
         "precision": placement.precision,
         "node_placement": placement.nodes,
-        "flags": sorted(set(r32.placement.flags + placement.flags)),
+        "flags": [f"fp32: {f}" for f in r32.placement.flags] + [f"int8: {f}" for f in placement.flags],
         "sets": [{"input_set": s.input_set, "samples": s.samples, "aggregate_drop": s.aggregate_drop, "pass": s.passed,
                   "outputs": [o.__dict__ for o in s.outputs]} for s in sets],
     }

@@ -63,7 +63,7 @@ def test_openvino_f16_hint_reports_what_actually_ran(zoo):
     for r in results(zoo)["rows"]:
         if r["provider"] == "openvino-cpu-f16":
             if r["precision"] != "f16":
-                assert f"requested f16; the CPU plugin infers in {r['precision']}" in r["flags"]
+                assert f"int8: requested f16; the CPU plugin infers in {r['precision']}" in r["flags"]
             assert sum(r["node_placement"].values()) > 0
 
 

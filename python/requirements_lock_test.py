@@ -11,10 +11,10 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_entries():
-    """{name: (version, [hashes])} from requirements_lock.txt."""
+def lock_entries(lock="requirements_lock.txt"):
+    """{name: (version, [hashes])} from a lock file."""
     entries, current = {}, None
-    for line in (PYTHON / "requirements_lock.txt").read_text().splitlines():
+    for line in (PYTHON / lock).read_text().splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -29,9 +29,9 @@ def lock_entries():
     return entries
 
 
-def direct_requirements():
+def direct_requirements(source="requirements.in"):
     names = []
-    for line in (PYTHON / "requirements.in").read_text().splitlines():
+    for line in (PYTHON / source).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(canonical(_NAME.match(line).group(1)))
@@ -64,3 +64,14 @@ def test_torch_is_the_cpu_wheel_and_no_cuda_packages():
     assert len(hashes) == 1, "torch must pin exactly the one CPU wheel"
     cuda = sorted(n for n in entries if n.startswith(("nvidia-", "cuda-", "triton")))
     assert not cuda, f"CUDA packages crept into the CPU lock: {cuda}"
+
+
+def test_cuda_set_swaps_onnxruntime_for_onnxruntime_gpu_and_nothing_else():
+    cpu, cuda = direct_requirements(), direct_requirements("requirements_cuda.in")
+    assert "onnxruntime-gpu" not in cpu and "onnxruntime" not in cuda
+    assert [n if n != "onnxruntime" else "onnxruntime-gpu" for n in cpu] == cuda
+    cpu_lock, cuda_lock = lock_entries(), lock_entries("requirements_cuda_lock.txt")
+    for name, (_, hashes) in cuda_lock.items():
+        assert hashes, f"{name} has no --hash in requirements_cuda_lock.txt"
+    assert set(cuda_lock) - set(cpu_lock) == {"onnxruntime-gpu"}
+    assert set(cpu_lock) - set(cuda_lock) == {"onnxruntime"}

@@ -1,6 +1,8 @@
 """Regenerates python/requirements_lock.txt from python/requirements.in, every pin hashed.
 
-Usage: tools/bazel run //python:requirements_update [-- extra pip-compile flags, e.g. --upgrade]
+Usage: tools/bazel run //python:requirements_update [-- [--cuda] extra pip-compile flags, e.g. --upgrade]
+
+--cuda regenerates the CUDA set instead: requirements_cuda.in -> requirements_cuda_lock.txt.
 
 Runs pip-compile (pip-tools, itself locked) inside the hermetic venv, against the package
 indexes and find-links of this machine's pip configuration, where the CPU torch wheel lies.
@@ -18,6 +20,10 @@ def main() -> int:
         sys.stderr.write("requirements_update: run me with `tools/bazel run //python:requirements_update`\n")
         return 2
     python_dir = Path(workspace) / "python"
+    args = sys.argv[1:]
+    cuda = "--cuda" in args
+    args = [a for a in args if a != "--cuda"]
+    source, lock = ("requirements_cuda.in", "requirements_cuda_lock.txt") if cuda else ("requirements.in", "requirements_lock.txt")
     cmd = [
         sys.executable,
         "-m",
@@ -31,13 +37,14 @@ def main() -> int:
         "--no-emit-index-url",
         "--no-emit-find-links",
         "--resolver=backtracking",
-        "--output-file=requirements_lock.txt",
-        "requirements.in",
-        *sys.argv[1:],
+        f"--output-file={lock}",
+        source,
+        *args,
     ]
     print("requirements_update:", " ".join(cmd[1:]), flush=True)
     # pip-compile names this command in the lock's header.
-    env = dict(os.environ, CUSTOM_COMPILE_COMMAND="tools/bazel run //python:requirements_update")
+    command = "tools/bazel run //python:requirements_update" + (" -- --cuda" if cuda else "")
+    env = dict(os.environ, CUSTOM_COMPILE_COMMAND=command)
     return subprocess.call(cmd, cwd=python_dir, env=env)
 
 

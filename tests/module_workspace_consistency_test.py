@@ -53,10 +53,16 @@ def test_local_repositories_are_identical():
             assert mod[name] == (rule, kw), f"{name} differs: WORKSPACE {kw}, MODULE.bazel {mod[name][1]}"
 
 
-def test_same_lock_file():
+def test_same_lock_files():
     ws, mod = workspace_repos(), module_repos()
-    assert ws["tinyq_venv"][0] == "tinyq_venv"
-    assert ws["tinyq_venv"][1]["lock"] == mod["tinyq_venv"][1]["lock"] == "//python:requirements_lock.txt"
+    venvs = {name: kw["lock"] for name, (rule, kw) in ws.items() if rule == "tinyq_venv"}
+    assert venvs == {"tinyq_venv": "//python:requirements_lock.txt", "tinyq_venv_cuda": "//python:requirements_cuda_lock.txt"}
+    assert {name: mod[name][1]["lock"] for name in venvs} == venvs
+
+
+def test_module_uses_every_venv_repo():
+    text = Path("MODULE.bazel").read_text()
+    assert 'use_repo(venv, "tinyq_venv", "tinyq_venv_cuda")' in text
 
 
 def test_same_toolchains():

@@ -65,6 +65,7 @@ class Placement:
     nodes: Dict[str, int] = field(default_factory=dict)  # provider or runtime precision -> node count
     precision: Optional[str] = None
     flags: List[str] = field(default_factory=list)
+    fell_back: bool = False  # the session does not run on the requested provider at all
 
 
 class OrtRunner:
@@ -119,6 +120,7 @@ class OrtRunner:
                 counts[provider] = counts.get(provider, 0) + 1
         self.placement.nodes = counts
         if self.placement.ran_on[:1] != [self.want]:
+            self.placement.fell_back = True
             self.placement.flags.append(f"requested {self.want}, the session runs on {self.placement.ran_on}")
         elsewhere = {p: n for p, n in counts.items() if p != self.want}
         if elsewhere:
