@@ -26,7 +26,7 @@ def main() -> int:
     recipes = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
     tiny = Path(ws) / "model" / "tiny"
     reg_path = tiny / "registry.json"
-    data = registry._load_json(reg_path)
+    data = registry.read_json(reg_path)
     for entry in data["models"]:
         mid = entry["id"]
         fp32 = tiny / entry["onnx"]
@@ -61,7 +61,7 @@ def main() -> int:
     atomic_write_json(reg_path, data)
     for entry in data["models"]:
         side_path = registry.sidecar_path_for(tiny / entry["onnx"])
-        atomic_write_json(side_path, sidecar.sync(registry._load_json(side_path), entry))
+        atomic_write_json(side_path, sidecar.sync(registry.read_json(side_path), entry))
 
     _, findings = registry.check(reg_path)
     for f in findings:

@@ -87,13 +87,7 @@ def gate_tests(recipes):
                 int8,
                 ":registry",
             ],
-            deps = [
-                "//python/tinyq:calibration",
-                "//python/tinyq:cli",
-                "//python/tinyq:gate",
-                "//python/tinyq:provenance",
-                "//python/tinyq:registry",
-            ],
+            deps = ["//python:measure_quant_drop_lib"],
             python_version = "PY3",
             size = "small",
         )

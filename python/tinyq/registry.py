@@ -164,7 +164,8 @@ def _pointer(parts: Iterable[Any]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _load_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file, strictly UTF-8."""
     with open(path, "rb") as f:
         raw = f.read()
     return json.loads(raw.decode("utf-8"))
@@ -175,7 +176,7 @@ _schema_cache: Dict[Path, jsonschema.protocols.Validator] = {}
 
 def _validator(schema_path: Path) -> jsonschema.protocols.Validator:
     if schema_path not in _schema_cache:
-        schema = _load_json(schema_path)
+        schema = read_json(schema_path)
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(schema)
         _schema_cache[schema_path] = cls(schema)
@@ -317,7 +318,7 @@ class _Checker:
             self.add("sidecar_missing", entry, base, f"sidecar {sidecar} does not exist")
             return
         try:
-            data = _load_json(sidecar)
+            data = read_json(sidecar)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} is not valid UTF-8 JSON: {e}")
             return
@@ -420,7 +421,7 @@ def upsert(path: Path, entry: Dict[str, Any]) -> Dict[str, Any]:
     from tinyq.fileio import atomic_write_json
 
     path = Path(path)
-    data = _load_json(path) if path.exists() else {"$schema": "./registry.schema.json", "schema_version": 1, "models": []}
+    data = read_json(path) if path.exists() else {"$schema": "./registry.schema.json", "schema_version": 1, "models": []}
     models = data.setdefault("models", [])
     for i, m in enumerate(models):
         if m.get("id") == entry["id"]:
