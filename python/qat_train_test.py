@@ -1,0 +1,57 @@
+"""//python:qat_train: the smoke round trip writes a loadable QDQ model; bad configs are refused."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+TOOL = Path.cwd() / "python" / "qat_train"
+CONFIG = Path.cwd() / "python" / "configs" / "fr_patch_v1_qat.yaml"
+
+
+def run(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
+    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_smoke_round_trip_writes_a_loadable_qdq_model(tmp_path):
+    out, report = tmp_path / "fr.int8.onnx", tmp_path / "r.json"
+    r = run("--config", CONFIG, "--output", out, "--report-out", report, "--smoke")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rep = json.loads(report.read_text())
+    assert rep["schema"] == "tinyq-qat-report-v1" and rep["smoke"] is True and rep["n_params"] == 34945
+    assert rep["phases"]["qat"]["epochs"] == 0 and rep["phases"]["fake_quant"]["weights"] == "int8 symmetric per-channel"
+    assert rep["phases"]["export"]["calibration"] == "64 samples of the train split"
+    assert set(rep["fp32_to_static_ptq"]["drop"]) == set(rep["fp32_to_qat"]["drop"]) == {"soak", "synthetic"}
+    assert len(rep["outputs"]["fp32"]) == len(rep["outputs"]["int8"]) == 16
+    assert rep["run_provenance"]["outputs"][0]["path"] == str(out)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: fr_patch_v1\nqat:\n  epochs_qat: ten\n", "qat.epochs_qat must be an integer"),
+        ("model: fr_patch_v1\nqat:\n  epochs_qatt: 3\n", "unknown key qat.epochs_qatt"),
+        ("model: fr_patch_v1\ntrain:\n  lr: fast\n", "train.lr must be a number"),
+        ("model: fr_patch_v1\nextra: 1\n", "unknown key extra"),
+        ("model: nope\n", "is not a zoo model"),
+        ("qat: {}\n", "model is required"),
+        ("model: fr_patch_v1\nqat:\n  calibrate_method: guess\n", "calibrate_method must be"),
+        ("model: [\n", "not valid YAML"),
+    ],
+    ids=["wrong_type", "unknown_qat_key", "wrong_train_type", "unknown_top_key", "unknown_model", "no_model",
+         "bad_method", "bad_yaml"],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    r = run("--config", config, "--output", tmp_path / "o.onnx", "--smoke")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert str(config) in r.stderr and not (tmp_path / "o.onnx").exists()
