@@ -165,6 +165,7 @@ def fit(
     scale = 1.0 if s.kind == "filter" else float(train.target.std())
     best, best_state, best_epoch, history = -np.inf, copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(1, epochs + 1):
+        epoch_start = time.monotonic()
         model.train()
         order = torch.randperm(len(y), generator=gen)
         total = 0.0
@@ -183,7 +184,8 @@ def fit(
         sched.step()
         metrics = task_metrics(s, predict_torch(model, val.inputs), val)
         score = headline(s, metrics)
-        history.append({"epoch": epoch, "loss": total / len(y), **{f"val_{k}": v for k, v in metrics.items()}})
+        history.append({"epoch": epoch, "loss": total / len(y), "wall_time_s": round(time.monotonic() - epoch_start, 3),
+                        **{f"val_{k}": v for k, v in metrics.items()}})
         if score > best:
             best, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         name = "val_psnr_gain_db" if s.kind == "filter" else "val_plcc"
