@@ -10,10 +10,11 @@ Phases:
      and quantised with onnxruntime's static QDQ, calibrated on `n_calibration` samples of the
      real train split (never random tensors). A check confirms the QDQ nodes survived.
 
-Fake-quant backend: torch.ao.quantization's FX path (prepare_qat_fx). The maintained PT2E path
-lives in torchao, which is not in the lock (torchao 0.18.0 is on PyPI; its compatibility with
-torch 2.13 is unverified), while prepare_qat_fx imports and works with the locked torch 2.13.
-Only insert_fake_quant() knows the backend, so the swap to PT2E is this one function.
+Fake-quant backend: torchao's PT2E (torch.export, prepare_qat_pt2e), the maintained path;
+torch.ao.quantization's FX prepare_qat_fx is deprecated upstream. torchao 0.18.0 works with the
+locked torch 2.13 (it is in the lock). There is no XNNPACK quantizer in torchao any more (it moved
+to ExecuTorch), so X86InductorQuantizer's QAT config is used with symmetric activations. Only
+insert_fake_quant() knows the backend, so changing it is this one function.
 """
 
 from __future__ import annotations
@@ -150,19 +151,38 @@ def load_onnx_weights(model: torch.nn.Module, onnx_path: Path) -> None:
     model.load_state_dict({k: torch.from_numpy(np.array(inits[k])) for k in state})
 
 
-def insert_fake_quant(model: torch.nn.Module, example_inputs) -> torch.nn.Module:
-    """The one place that knows the fake-quant backend (torch.ao FX; see the module docstring)."""
-    from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, QConfig, QConfigMapping
-    from torch.ao.quantization import default_per_channel_weight_fake_quant
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+def insert_fake_quant(model: torch.nn.Module, example_inputs, spec: zoo.ModelSpec) -> torch.nn.Module:
+    """The one place that knows the fake-quant backend: torchao's PT2E (see the module docstring).
 
-    activation = FakeQuantize.with_args(
-        observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
-        qscheme=torch.per_tensor_symmetric, reduce_range=False,
+    X86InductorQuantizer's QAT config, with its activation specs made symmetric per-tensor int8;
+    its weights are already symmetric per-channel int8.
+    """
+    import dataclasses
+
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
     )
-    qconfig = QConfig(activation=activation, weight=default_per_channel_weight_fake_quant)
-    model.train()
-    return prepare_qat_fx(model, QConfigMapping().set_global(qconfig), example_inputs)
+
+    config = get_default_x86_inductor_quantization_config(is_qat=True)
+    symmetric = dataclasses.replace(config.input_activation, dtype=torch.int8, quant_min=-128, quant_max=127,
+                                    qscheme=torch.per_tensor_symmetric)
+    config = dataclasses.replace(config, input_activation=symmetric,
+                                 output_activation=symmetric if config.output_activation is not None else None)
+    # The exported graph keeps the model's dynamic axes (batch; height and width for the CNNs).
+    dims = {d: torch.export.Dim(d, min=1 if d == zoo.BATCH else 8, max=1 << 16) for d in (zoo.BATCH, zoo.HEIGHT, zoo.WIDTH)}
+    dynamic = tuple({axis: dims[d] for axis, d in enumerate(io.shape) if isinstance(d, str)} for io in spec.inputs)
+    exported = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic).module()
+    prepared = prepare_qat_pt2e(exported, X86InductorQuantizer().set_global(config))
+    allow_exported_model_train_eval(prepared)  # so the fp32 training loop can switch modes
+    schemes = {(m.qscheme, m.dtype) for m in prepared.modules() if hasattr(m, "qscheme") and hasattr(m, "fake_quant_enabled")}
+    want = {(torch.per_tensor_symmetric, torch.int8), (torch.per_channel_symmetric, torch.int8)}
+    if not schemes or not schemes <= want:
+        raise RuntimeError(f"unexpected fake-quant schemes {schemes}; expected {want}")
+    prepared.train()
+    return prepared
 
 
 def copy_conditioned_weights(qat_model: torch.nn.Module, fresh: torch.nn.Module) -> None:
@@ -217,8 +237,8 @@ def run_qat(cfg: QatConfig, data: corpus.Corpus, *, shipped_onnx: Optional[Path]
         phases["fp32"]["epoch_time_s"] = None
 
     # Phase 2: fake-quant insertion.
-    qat_model = insert_fake_quant(copy.deepcopy(model), zoo.example_inputs(spec))
-    phases["fake_quant"] = {"backend": "torch.ao.quantization FX prepare_qat_fx", "activations": "int8 symmetric per-tensor",
+    qat_model = insert_fake_quant(copy.deepcopy(model), zoo.example_inputs(spec), spec)
+    phases["fake_quant"] = {"backend": "torchao PT2E prepare_qat_pt2e (X86InductorQuantizer)", "activations": "int8 symmetric per-tensor",
                             "weights": "int8 symmetric per-channel"}
 
     # Phase 3: QAT fine-tune at the reduced learning rate.
