@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from absl import flags
 
-from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry
+from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, train, zoo
 from tinyq.fileio import atomic_write_bytes
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
@@ -81,7 +81,7 @@ def main(argv):
 
     # The baseline: static PTQ of the shipped fp32 model with the same calibration settings.
     model, _ = quantize.load_for_quantization(entry.onnx)
-    train_set = qat.train.dataset(qat.zoo.spec(cfg.model), data, "train")
+    train_set = train.dataset(zoo.spec(cfg.model), data, "train")
     idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), cfg.n_calibration, replace=False))
     arrays = {i.name: x[idx] for i, x in zip(calibration.graph_inputs(model), train_set.inputs)}
     static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel)
