@@ -64,7 +64,7 @@ def main(argv):
         feeds = gate.inputs_only(calibration.load_npz(fixture, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,)), names)
         fp32_sess = gate.session(entry.onnx)
         ref = gate.run_all(fp32_sess, feeds)
-        lat32 = {b: gate.median_latency_ms(fp32_sess, feeds, b, _REPEATS.value if b == 1 else max(5, _REPEATS.value // 10)) for b in (1, 256)}
+        lat32 = gate.latency_table(fp32_sess, feeds, _REPEATS.value)
         fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         variants = {"ort_default": _ort_default(entry.onnx)}
         if entry.quantised:
@@ -75,7 +75,7 @@ def main(argv):
             sess = gate.session(blob)
             out = gate.run_all(sess, feeds)
             drop = gate.pearson_drop(np.concatenate([r.ravel() for r in ref]), np.concatenate([o.ravel() for o in out]))
-            lat = {b: gate.median_latency_ms(sess, feeds, b, _REPEATS.value if b == 1 else max(5, _REPEATS.value // 10)) for b in (1, 256)}
+            lat = gate.latency_table(sess, feeds, _REPEATS.value)
             row = {
                 "id": mid, "variant": name, "fp32_bytes": fp32_bytes, "int8_bytes": len(blob),
                 "size_ratio": fp32_bytes / len(blob), "soak_drop": drop, "budget": entry.budget_plcc,
@@ -84,7 +84,7 @@ def main(argv):
             }
             rows.append(row)
             print(f"| {mid} | {name} | {len(blob)} | x{row['size_ratio']:.2f} | {drop:.2e} | "
-                  f"{row['latency_ratio'][1]:.2f} | {row['latency_ratio'][256]:.2f} |", flush=True)
+                  f"{row['latency_ratio']['1']:.2f} | {row['latency_ratio']['256']:.2f} |", flush=True)
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-bench-ptq-v1", "rows": rows,

@@ -12,7 +12,6 @@ that fails to load).
 """
 
 import sys
-from pathlib import Path
 
 from absl import flags
 

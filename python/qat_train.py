@@ -17,8 +17,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import onnx
 from absl import flags
 
 from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, train, zoo
@@ -81,9 +79,8 @@ def main(argv):
 
     # The baseline: static PTQ of the shipped fp32 model with the same calibration settings.
     model, _ = quantize.load_for_quantization(entry.onnx)
-    train_set = train.dataset(zoo.spec(cfg.model), data, "train")
-    idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), cfg.n_calibration, replace=False))
-    arrays = {i.name: x[idx] for i, x in zip(calibration.graph_inputs(model), train_set.inputs)}
+    spec = zoo.spec(cfg.model)
+    arrays = qat.calibration_arrays(cfg, spec, train.dataset(spec, data, "train"))
     static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel)
     with tempfile.TemporaryDirectory() as tmp:
         m_static, _ = _measure(cfg.model, entry.onnx, static, entry.budget_plcc, entry.kind, fixture, tmp)

@@ -8,8 +8,6 @@ then reports the exported ONNX model's task accuracy on the soak split (via onnx
 """
 
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 from absl import flags

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 
-from tinyq import corpus, gate, quantize, train, zoo
+from tinyq import corpus, quantize, train, zoo
 
 
 class ConfigError(Exception):
@@ -195,6 +196,12 @@ def copy_conditioned_weights(qat_model: torch.nn.Module, fresh: torch.nn.Module)
     fresh.load_state_dict({k: qat_state[k].detach().clone() for k in target})
 
 
+def calibration_arrays(cfg: QatConfig, spec: zoo.ModelSpec, train_set: train.Dataset) -> Dict[str, np.ndarray]:
+    """`n_calibration` seeded samples of the real train split, one array per model input."""
+    idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), cfg.n_calibration, replace=False))
+    return {io.name: x[idx] for io, x in zip(spec.inputs, train_set.inputs)}
+
+
 @dataclass
 class QatResult:
     int8_bytes: bytes
@@ -208,8 +215,7 @@ def run_qat(cfg: QatConfig, data: corpus.Corpus, *, shipped_onnx: Optional[Path]
             progress: Callable[[str], None] = print) -> QatResult:
     """The four phases; smoke skips both training phases for a fast round trip."""
     spec = zoo.spec(cfg.model)
-    spec = zoo.ModelSpec(**{**asdict(spec), "inputs": spec.inputs, "outputs": spec.outputs,
-                            "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "weight_decay": cfg.train.weight_decay})
+    spec = dataclasses.replace(spec, lr=cfg.train.lr, batch_size=cfg.train.batch_size, weight_decay=cfg.train.weight_decay)
     train_set, val_set = train.dataset(spec, data, "train"), train.dataset(spec, data, "val")
     phases: Dict[str, Dict[str, Any]] = {}
 
@@ -260,8 +266,7 @@ def run_qat(cfg: QatConfig, data: corpus.Corpus, *, shipped_onnx: Optional[Path]
     fresh = spec.build()
     copy_conditioned_weights(qat_model, fresh)
     fp32_bytes = train.export_onnx(spec, fresh)
-    cal = train_set.subset(np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_set), cfg.n_calibration, replace=False)))
-    arrays = {io.name: x for io, x in zip(spec.inputs, cal.inputs)}
+    arrays = calibration_arrays(cfg, spec, train_set)
     int8 = quantize.quantize_static_qdq(onnx.load_from_string(fp32_bytes), arrays, method=cfg.calibrate_method,
                                         per_channel=cfg.per_channel)
     ops = [n.op_type for n in onnx.load_from_string(int8).graph.node]

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from tinyq import zoo
+from tinyq import gate, zoo
 from tinyq.corpus import Corpus
 from tinyq.metrics import filter_metrics, quality_metrics
 
@@ -230,16 +230,6 @@ def export_onnx(s: zoo.ModelSpec, model: nn.Module) -> bytes:
 
 
 def predict_onnx(model_bytes_or_path, inputs: Sequence[np.ndarray], names: Sequence[str], batch: int = 512) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = NUM_THREADS
-    sess = ort.InferenceSession(
-        model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path),
-        opts,
-        providers=["CPUExecutionProvider"],
-    )
-    outs = []
-    for i in range(0, len(inputs[0]), batch):
-        outs.append(sess.run(None, {n: x[i : i + batch] for n, x in zip(names, inputs)})[0])
-    return np.concatenate(outs)
+    """The first output of an ONNX model on onnxruntime's CPU provider."""
+    model = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
+    return gate.run_all(gate.session(model, threads=NUM_THREADS), dict(zip(names, inputs)), batch)[0]
