@@ -1,18 +1,21 @@
 """The accuracy gate's comparison on every execution provider: ORT CPU (two int8 kernel
 variants), ORT CUDA, and OpenVINO's runtime at f32 and f16 precision hints.
 
-Usage: bazel run //python:measure_quant_drop_per_ep -- --out DIR [--eps cpu cuda openvino]
+Usage: bazel run //python:measure_quant_drop_per_ep -- --out DIR [--eps cpu cuda openvino] [--id ID]
            [--openvino-device CPU|GPU.0] [--extra-fp32 A.onnx ...] [--extra-int8 A.int8.onnx ...]
-           [--extra-budget 0.01] [--hw TAG] [--gate]
+           [--extra-data A.npz ...] [--extra-budget 0.01] [--hw TAG] [--gate]
 
-Every quantised registry model, plus each --extra-fp32 model (with the int8 model given by
---extra-int8 at the same position, else a dynamic-PTQ one made on the fly), is run in fp32 and
-int8 on each provider, on its soak fixture and the seed-0 synthetic set; every output is
-compared with tinyq.gate's metrics. Writes DIR/results.json (with run_provenance) and
-DIR/results.md. A provider that is missing or has no device is a row marked `unavailable`; one
-that did not really run the graph (ORT falling back to its CPU provider, OpenVINO running an f16
-hint in bf16) is flagged. Without --gate the exit code is always 0; with --gate it is 1 when any
-available (model, provider) pair exceeds its budget or gives NaN/inf.
+Every quantised registry model (or only --id), plus each --extra-fp32 model (with the int8 model
+given by --extra-int8 at the same position, else a dynamic-PTQ one made on the fly, and the real
+data given by --extra-data at the same position), is run in fp32 and int8 on each provider and
+judged exactly as the gate judges it (tinyq.gate.judge): the budget on real data (the soak
+fixture, or --extra-data), the seed-0 synthetic set as a stress check. Extra models are labelled
+by their file name. Writes DIR/results.json (with run_provenance) and DIR/results.md, and leaves
+no temporary files behind. A provider that is missing or has no device is a row marked
+`unavailable`; one that did not really run the graph (ORT falling back to its CPU provider,
+OpenVINO running an f16 hint in bf16) is flagged. Without --gate the exit code is always 0; with
+--gate it is 1 when any available (model, provider) pair exceeds its budget or gives NaN/inf, and
+5 when no pair could be judged at all (e.g. only --eps cuda on a machine without CUDA).
 """
 
 import socket
@@ -25,32 +28,64 @@ from absl import flags
 from tinyq import calibration, cli, eps, gate, provenance, quantize, registry
 from tinyq.fileio import atomic_write_bytes
 
+EXIT_NOTHING_JUDGED = 5  # --gate, but no (model, provider) pair ran
+
 _EPS = flags.DEFINE_multi_enum("eps", ["cpu", "cuda", "openvino"], ["cpu", "cuda", "openvino"], "Providers to run.")
 _OV_DEVICE = flags.DEFINE_string("openvino-device", "CPU", "OpenVINO device: CPU, GPU.0, ...")
 _EXTRA = flags.DEFINE_multi_string("extra-fp32", [], "An fp32 model outside the registry (repeatable).")
 _EXTRA_INT8 = flags.DEFINE_multi_string("extra-int8", [], "The int8 model for the --extra-fp32 at the same position.")
+_EXTRA_DATA = flags.DEFINE_multi_string("extra-data", [], "Real data (.npz) for the --extra-fp32 at the same position.")
 _EXTRA_BUDGET = flags.DEFINE_float("extra-budget", registry.DEFAULT_BUDGET_PLCC, "Budget for --extra-fp32 models.", lower_bound=0)
 _SHAPES = flags.DEFINE_multi_string("input-shape", [], "NAME=d0,d1,... for an extra model's dynamic dimensions.")
 _OUT = flags.DEFINE_string("out", None, "Directory for results.json and results.md.")
 _HW = flags.DEFINE_string("hw", None, "Hardware tag for the results (default: the host name and CPU model).")
 _GATE = flags.DEFINE_bool("gate", False, "Exit 1 if any available (model, provider) pair is over budget.")
 _DISABLE = flags.DEFINE_multi_enum("disable-ep", [], ["cpu", "cuda", "openvino"], "Treat a provider as not installed.")
+_ID = flags.DEFINE_string("id", None, "Only this registry model.")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 
 
-def _models(tmp: Path, shapes):
-    """(id, fp32, int8, budget, fixture or None)."""
-    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+def _registry_models(reg_path):
     reg = cli.load_valid_registry(reg_path)
+    try:
+        entries = [reg.get(_ID.value)] if _ID.value else reg.quantised()
+    except KeyError as e:
+        raise cli.UsageError(str(e.args[0])) from None
     out = []
-    for e in reg.quantised():
-        fixture_path = calibration.fixture_path(reg.root, e.id)
-        fixture = calibration.load_npz(fixture_path, calibration.graph_inputs(e.onnx), (calibration.TARGET_KEY,))
-        out.append((e.id, e.onnx, e.int8_onnx, e.budget_plcc, fixture))
-    if _EXTRA_INT8.value and len(_EXTRA_INT8.value) != len(_EXTRA.value):
-        raise cli.UsageError("--extra-int8 needs one entry per --extra-fp32")
+    for e in entries:
+        if not e.quantised:
+            raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to compare")
+        fixture = _load_data(e.id, e.onnx, calibration.fixture_path(reg.root, e.id))
+        budgets = gate.Budgets(e.budget_plcc, e.raw.get("quant_synthetic_budget_plcc"),
+                               e.raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET))
+        out.append((e.id, e.onnx, e.int8_onnx, budgets, fixture, "soak"))
+    return out
+
+
+def _load_data(model_id, fp32, path):
+    try:
+        return calibration.load_npz(path, calibration.graph_inputs(fp32), (calibration.TARGET_KEY,))
+    except calibration.CalibrationError as e:
+        raise cli.UsageError(f"{model_id}: real data unusable:\n{e}") from None
+
+
+def _label(fp32: Path, taken) -> str:
+    """An extra model's label: its file name without .onnx, numbered if another model has it."""
+    base = label = fp32.name.removesuffix(".onnx")
+    n = 2
+    while label in taken:
+        label, n = f"{base}-{n}", n + 1
+    return label
+
+
+def _extra_models(tmp: Path, taken):
+    for flag in (_EXTRA_INT8, _EXTRA_DATA):
+        if flag.value and len(flag.value) != len(_EXTRA.value):
+            raise cli.UsageError(f"--{flag.name} needs one entry per --extra-fp32")
+    out = []
     for i, value in enumerate(_EXTRA.value):
         fp32 = cli.resolve_user_path(value)
+        label = _label(fp32, taken | {m[0] for m in out})
         if _EXTRA_INT8.value:
             int8 = cli.resolve_user_path(_EXTRA_INT8.value[i])
         else:
@@ -60,50 +95,55 @@ def _models(tmp: Path, shapes):
                 atomic_write_bytes(int8, quantize.encode(model, "dynamic", False).model_bytes)
             except quantize.QuantizeError as e:
                 raise cli.UsageError(str(e)) from None
-        out.append((fp32.name.removesuffix(".onnx"), fp32, int8, _EXTRA_BUDGET.value, None))
-    return reg_path, out
+        data = _load_data(label, fp32, cli.resolve_user_path(_EXTRA_DATA.value[i])) if _EXTRA_DATA.value else None
+        out.append((label, fp32, int8, gate.Budgets(_EXTRA_BUDGET.value), data, "data"))
+    return out
 
 
-def _row(model_id, fp32, int8, budget, fixture, variant, shapes):
+def _models(tmp: Path):
+    """(registry path, [(label, fp32, int8, budgets, real data or None, its label)])."""
+    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    models = _registry_models(reg_path)
+    return reg_path, models + _extra_models(tmp, {m[0] for m in models})
+
+
+def _row(model_id, fp32, int8, budgets, real, real_label, variant, shapes):
     row = {"model": model_id, "provider": variant.name, "ep": variant.ep, "description": variant.description,
-           "budget": budget, "fp32": str(fp32), "int8": str(int8)}
+           "budget": budgets.plcc, "fp32": str(fp32), "int8": str(int8)}
     try:
-        r32 = eps.runner(str(fp32), variant, _OV_DEVICE.value, _DISABLE.value)
-        r8 = eps.runner(str(int8), variant, _OV_DEVICE.value, _DISABLE.value)
+        with eps.runner(str(fp32), variant, _OV_DEVICE.value, _DISABLE.value) as r32, \
+                eps.runner(str(int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
+            result, _ = gate.judge(model_id, str(fp32), str(int8), r32, r8, budgets, real=real, real_label=real_label,
+                                   input_shapes=shapes)
+            placement32, placement8 = r32.placement, r8.placement
     except eps.Unavailable as e:
         return {**row, "status": "unavailable", "reason": str(e)}
     except eps.SessionFailed as e:
         return {**row, "status": "error", "reason": str(e)}
-    sets = []
-    try:
-        sample_shapes = {}
-        if fixture is not None:
-            names = [i.name for i in r32.get_inputs()]
-            feeds = {n: fixture[n] for n in names}
-            sample_shapes = {n: tuple(v.shape[1:]) for n, v in feeds.items()}
-            sets.append(gate.judge_set("soak", r32, r8, feeds, budget, gate.DEFAULT_CONSTANT_ATOL)[0])
-        synth = gate.synthetic_inputs(r32, model_id, sample_shapes, shapes)
-        sets.append(gate.judge_set("synthetic", r32, r8, synth, budget, gate.DEFAULT_CONSTANT_ATOL)[0])
     except Exception as e:  # a provider that loads but cannot run the graph
         return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
-    drops = [o.drop for s in sets for o in s.outputs if o.drop is not None]
-    failures = [f"{s.input_set} {o.name}: {o.reason}" for s in sets for o in s.outputs if not o.passed]
-    placement = r8.placement
-    status = "pass" if all(s.passed for s in sets) else "fail"
-    if status == "pass" and (r32.placement.fell_back or placement.fell_back):
+    status = "pass" if result.passed else "fail"
+    if status == "pass" and (placement32.fell_back or placement8.fell_back):
         status = "fell-back"  # the numbers are real, but they are not the requested provider's
+    failures = [f"{s.input_set} {o.name}: {o.reason}" for s in result.sets for o in s.outputs if not o.passed]
+    if result.task_check is not None and not result.task_check.passed:
+        failures.append(result.task_check.reason)
+    report = gate.as_row(result)
+    deltas = [o.worst_abs_delta for s in result.sets for o in s.outputs if o.worst_abs_delta is not None]
     return {
         **row,
         "status": status,
-        "reason": "; ".join(failures),
-        "worst_drop": max(drops) if drops else None,
-        "worst_abs_delta": max(o.worst_abs_delta for s in sets for o in s.outputs),
-        "ran_on": placement.ran_on,
-        "precision": placement.precision,
-        "node_placement": placement.nodes,
-        "flags": [f"fp32: {f}" for f in r32.placement.flags] + [f"int8: {f}" for f in placement.flags],
-        "sets": [{"input_set": s.input_set, "samples": s.samples, "aggregate_drop": s.aggregate_drop, "pass": s.passed,
-                  "outputs": [o.__dict__ for o in s.outputs]} for s in sets],
+        "reason": "; ".join(failures + result.notes),
+        "judged_on": result.judged_on,
+        "worst_drop": result.worst_drop,
+        "worst_abs_delta": max(deltas) if deltas else None,
+        "ran_on": placement8.ran_on,
+        "precision": placement8.precision,
+        "node_placement": placement8.nodes,
+        "flags": [f"fp32: {f}" for f in placement32.flags] + [f"int8: {f}" for f in placement8.flags],
+        "sets": report["sets"],
+        "task": report["task"],
+        "task_check": report["task_check"],
     }
 
 
@@ -120,6 +160,17 @@ def _markdown(hw, rows):
         notes = "; ".join([*r.get("flags", []), r.get("reason", "")]).strip("; ").replace("|", "\\|")
         lines.append(f"| {r['model']} | {r['provider']} | {r['status']} | {drop} | {delta} | {r['budget']:g} | {ran} | {notes} |")
     return "\n".join(lines) + "\n"
+
+
+def _exit_code(rows) -> int:
+    if not _GATE.value:
+        return cli.EXIT_OK
+    judged = [r for r in rows if r["status"] in ("pass", "fail", "fell-back")]
+    if not judged:
+        sys.stderr.write("measure_quant_drop_per_ep: --gate judged nothing: every (model, provider) pair is "
+                         "unavailable or errored; see results.md\n")
+        return EXIT_NOTHING_JUDGED
+    return cli.EXIT_FAIL if any(r["status"] in ("fail", "error") for r in rows) else cli.EXIT_OK
 
 
 def main(argv):
@@ -141,30 +192,29 @@ def main(argv):
     variants = eps.variants(requested, _OV_DEVICE.value)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyq_ep_") as tmp:
-        reg_path, models = _models(Path(tmp), shapes)
-        for model_id, fp32, int8, budget, fixture in models:
+        reg_path, models = _models(Path(tmp))
+        for model_id, fp32, int8, budgets, real, real_label in models:
             for v in variants:
-                row = _row(model_id, fp32, int8, budget, fixture, v, shapes)
+                row = _row(model_id, fp32, int8, budgets, real, real_label, v, shapes)
                 rows.append(row)
                 extra = f" ({row['reason']})" if row.get("reason") else ""
                 flag = f" [flagged: {'; '.join(row['flags'])}]" if row.get("flags") else ""
                 print(f"{model_id:20s} {v.name:28s} {row['status']}{flag}{extra}", flush=True)
-        atomic_write_bytes(out / "results.md", _markdown(hw, rows).encode())
-        provenance.write_report(out / "results.json", {
-            "schema": "tinyq-ep-results-v1",
-            "hw": hw,
-            "eps": requested,
-            "openvino_device": _OV_DEVICE.value,
-            "rows": rows,
-            "run_provenance": provenance.absl_provenance(
-                tool="measure_quant_drop_per_ep", main_module=sys.modules[__name__],
-                inputs=[(reg_path, "registry")] + [(m[1], "fp32_model") for m in models if Path(m[1]).is_file()],
-                outputs=[(out / "results.md", "results_md")],
-            ),
-        })
+    atomic_write_bytes(out / "results.md", _markdown(hw, rows).encode())
+    provenance.write_report(out / "results.json", {
+        "schema": "tinyq-ep-results-v2",
+        "hw": hw,
+        "eps": requested,
+        "openvino_device": _OV_DEVICE.value,
+        "rows": rows,
+        "run_provenance": provenance.absl_provenance(
+            tool="measure_quant_drop_per_ep", main_module=sys.modules[__name__],
+            inputs=[(reg_path, "registry")] + [(m[1], "fp32_model") for m in models if Path(m[1]).is_file()],
+            outputs=[(out / "results.md", "results_md")],
+        ),
+    })
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    over = [r for r in rows if r["status"] in ("fail", "error")]
-    return cli.EXIT_FAIL if _GATE.value and over else cli.EXIT_OK
+    return _exit_code(rows)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_two_input_model_with_dynamic_spatial_dims(tmp_path):
 def test_foreign_model_needs_input_shape(tmp_path):
     pair = ["--fp32", TINY / "nr_metric_v1.onnx", "--int8", TINY / "nr_metric_v1.int8.onnx"]
     r = run(*pair)
-    assert r.returncode == 2 and "pass --input-shape dist=<d0,d1,...>" in r.stderr
+    assert r.returncode == 2 and "pass --data X.npz (real inputs) or --input-shape dist=<d0,d1,...>" in r.stderr
     assert run(*pair, "--input-shape", "dist=16,1,64,48").returncode == 0
     r = run(*pair, "--input-shape", "dist=16,3,64,48")
     assert r.returncode == 2 and "does not fit the input's declared shape" in r.stderr
@@ -105,10 +105,11 @@ def test_unloadable_int8_exits_2(tmp_path):
 def _constant_pair(tmp_path, c8):
     def model(c, name):
         graph = helper.make_graph(
-            [helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])], "const",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+            [helper.make_node("MatMul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])], "const",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-            initializer=[numpy_helper.from_array(np.zeros(3, np.float32), "zero"), numpy_helper.from_array(np.full(3, c, np.float32), "c")],
+            initializer=[numpy_helper.from_array(np.zeros((2, 3), np.float32), "zero"),
+                         numpy_helper.from_array(np.full(3, c, np.float32), "c")],
         )
         path = tmp_path / name
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -131,3 +132,29 @@ def test_constant_output_is_judged_by_absolute_delta(tmp_path):
 @pytest.mark.parametrize("args", [["--fp32", "a.onnx"], ["--all", "--id", "x"], [], ["--all", "--int8", "b.onnx"]])
 def test_usage_errors_exit_2(args):
     assert run(*args).returncode == 2
+
+
+def _one_model_registry(tmp_path, model_id, **fields):
+    """A registry tree holding one zoo model (its files copied), with extra entry fields."""
+    import shutil
+
+    tiny = tmp_path / "tiny"
+    (tiny / "fixtures").mkdir(parents=True)
+    for name in (f"{model_id}.onnx", f"{model_id}.int8.onnx", f"{model_id}.json", "registry.schema.json", "sidecar.schema.json"):
+        shutil.copy(TINY / name, tiny / name)
+    shutil.copy(TINY / "fixtures" / f"{model_id}.soak.npz", tiny / "fixtures")
+    data = json.loads((TINY / "registry.json").read_text())
+    data["models"] = [{**m, **fields} for m in data["models"] if m["id"] == model_id]
+    (tiny / "registry.json").write_text(json.dumps(data))
+    return tiny / "registry.json"
+
+
+def test_registry_synthetic_budget_judges_the_stress_set(tmp_path):
+    reg = _one_model_registry(tmp_path, "vmaf_tiny_v3")
+    r = run("--id", "vmaf_tiny_v3", "--registry", reg, "--out-json", tmp_path / "a.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    sets = json.loads((tmp_path / "a.json").read_text())["models"][0]["sets"]
+    assert [(s["input_set"], s["budget"]) for s in sets] == [("soak", 0.01), ("synthetic", None)]
+    reg = _one_model_registry(tmp_path / "b", "vmaf_tiny_v3", quant_synthetic_budget_plcc=1e-9)
+    r = run("--id", "vmaf_tiny_v3", "--registry", reg)
+    assert r.returncode == 1 and "synthetic output 'vmaf'" in r.stdout and "> budget 1e-09" in r.stdout

@@ -35,10 +35,10 @@ _CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpu
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 
 
-def _measure(model_id, fp32, int8_bytes, budget, kind, fixture, tmp):
+def _measure(model_id, fp32, int8_bytes, budget, fixture, tmp):
     path = Path(tmp) / f"{model_id}.{len(int8_bytes)}.onnx"
     path.write_bytes(int8_bytes)
-    r = gate.gate_model(model_id, fp32, path, budget, kind=kind, fixture=fixture, latency=False)
+    r = gate.gate_model(model_id, fp32, path, gate.Budgets(budget), real=fixture, latency=False)
     return {
         "int8_bytes": len(int8_bytes),
         "drop": {s.input_set: s.aggregate_drop for s in r.sets},
@@ -83,12 +83,12 @@ def main(argv):
     arrays = qat.calibration_arrays(cfg, spec, train.dataset(spec, data, "train"))
     static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel)
     with tempfile.TemporaryDirectory() as tmp:
-        m_static, _ = _measure(cfg.model, entry.onnx, static, entry.budget_plcc, entry.kind, fixture, tmp)
-        m_qat, qat_path = _measure(cfg.model, entry.onnx, result.int8_bytes, entry.budget_plcc, entry.kind, fixture, tmp)
+        m_static, _ = _measure(cfg.model, entry.onnx, static, entry.budget_plcc, fixture, tmp)
+        m_qat, qat_path = _measure(cfg.model, entry.onnx, result.int8_bytes, entry.budget_plcc, fixture, tmp)
         # What QAT optimises: the int8 model against its own QAT-conditioned fp32 model.
         conditioned = Path(tmp) / "conditioned.fp32.onnx"
         conditioned.write_bytes(result.fp32_bytes)
-        m_self, _ = _measure(cfg.model, conditioned, result.int8_bytes, entry.budget_plcc, entry.kind, fixture, tmp)
+        m_self, _ = _measure(cfg.model, conditioned, result.int8_bytes, entry.budget_plcc, fixture, tmp)
         names = [i.name for i in calibration.graph_inputs(entry.onnx)]
         feeds = {n: fixture[n][:16] for n in names}
         fp32_out = gate.run_all(gate.session(entry.onnx), feeds)[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -68,8 +69,22 @@ class Placement:
     fell_back: bool = False  # the session does not run on the requested provider at all
 
 
-class OrtRunner:
-    """An onnxruntime session on the requested provider, with its placement read back."""
+class _Runner:
+    """A context manager: `with runner(...) as r:` releases the runner's resources on exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
+class OrtRunner(_Runner):
+    """An onnxruntime session on the requested provider, with its placement read back. Its
+    profile goes to a private temporary directory, removed by close()."""
 
     def __init__(self, model: str, variant: Variant):
         import onnxruntime as ort
@@ -88,6 +103,7 @@ class OrtRunner:
         try:
             self._sess = ort.InferenceSession(model, opts, providers=[want] + ([ORT_CPU] if want != ORT_CPU else []))
         except Exception as e:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
             raise SessionFailed(f"{want} could not create a session: {e}") from None
         self.want = want
         self.placement = Placement(ran_on=list(self._sess.get_providers()))
@@ -106,13 +122,17 @@ class OrtRunner:
             self._read_profile()
         return out
 
+    def close(self) -> None:
+        """Stops profiling (ORT would write its file when the session dies) and removes the directory."""
+        if not self._profiled:
+            self._profiled = True
+            self._sess.end_profiling()
+        shutil.rmtree(self._profile_dir, ignore_errors=True)
+
     def _read_profile(self) -> None:
         path = self._sess.end_profiling()
-        try:
-            events = json.loads(open(path).read())
-        finally:
-            if os.path.exists(path):
-                os.unlink(path)
+        with open(path) as f:
+            events = json.load(f)
         counts: Dict[str, int] = {}
         for e in events:
             provider = e.get("args", {}).get("provider")
@@ -127,7 +147,7 @@ class OrtRunner:
             self.placement.flags.append(f"{sum(elsewhere.values())} nodes ran on {', '.join(elsewhere)}, not {self.want}")
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(_Runner):
     """OpenVINO's own runtime (not the ORT EP) on a device, with its precision read back."""
 
     def __init__(self, model: str, variant: Variant, device: str):
@@ -166,7 +186,9 @@ class OpenVinoRunner:
 
     def run(self, names, feeds):
         result = self._request.infer({i.name: feeds[i.name] for i in self._inputs})
-        return [np.asarray(result[p]) for p in self._compiled.outputs]
+        wanted = names or [o.name for o in self._outputs]
+        by_name = {o.name: np.asarray(result[p]) for o, p in zip(self._outputs, self._compiled.outputs)}
+        return [by_name[n] for n in wanted]
 
 
 def variants(eps: Sequence[str], openvino_device: str) -> List[Variant]:
