@@ -122,7 +122,7 @@ def _load_real(model_id, fp32, path, label):
 def _print_verdict(r: gate.ModelResult) -> None:
     verdict = "PASS" if r.passed else "FAIL"
     worst = "n/a" if r.worst_drop is None else f"{r.worst_drop:.3e}"
-    on = "SYNTHETIC DATA ONLY" if r.synthetic_only else f"{r.judged_on} data"
+    on = {"synthetic": "SYNTHETIC DATA ONLY", "soak": "the soak fixture", "data": "the --data set"}[r.judged_on]
     print(f"[{verdict}] {r.id}: worst drop {worst} on {on} (budget {r.budget:g})")
     for s in r.sets:
         for o in s.outputs:

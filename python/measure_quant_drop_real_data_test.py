@@ -110,7 +110,7 @@ def test_a_false_pass_on_noise_fails_on_real_data(tmp_path):
     np.savez(tmp_path / "real.npz", x=(3 + 2 * rng.random((128, 8))).astype(np.float32))
     assert run("--fp32", fp32, "--int8", int8).returncode == 0
     r = run("--fp32", fp32, "--int8", int8, "--data", tmp_path / "real.npz")
-    assert r.returncode == 1 and "[FAIL] mlp" in r.stdout and "on data data" in r.stdout
+    assert r.returncode == 1 and "[FAIL] mlp" in r.stdout and "on the --data set" in r.stdout
 
 
 def test_bad_data_file_exits_2_naming_the_key(narrow_range_pair, tmp_path):
