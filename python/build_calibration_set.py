@@ -1,10 +1,14 @@
-"""Writes each zoo model's calibration set (train split) and soak fixture (soak split, with targets).
+"""Writes each zoo model's calibration set (train split), validation set (val split) and soak
+fixture (soak split).
 
-Usage: tools/bazel run //python:build_calibration_set -- [--models a,b] [--n-calibration N] [--n-soak N]
+Usage: tools/bazel run //python:build_calibration_set -- [--models a,b] [--n-calibration N]
+           [--n-validation N] [--n-soak N]
 
-  model/tiny/calibration/<id>.npz   one [N, ...] float32 array per ONNX input, from the train split
-  model/tiny/fixtures/<id>.soak.npz the same for the soak split, plus "target" (VMAF, or the
-                                    reference luma for the filter)
+  model/tiny/calibration/<id>.npz     one [N, ...] float32 array per ONNX input, from the train split
+  model/tiny/validation/<id>.val.npz  the same for the val split, plus "target": what quantisation
+                                      choices (ptq_auto) are made on
+  model/tiny/fixtures/<id>.soak.npz   the same for the soak split, plus "target" (VMAF, or the
+                                      reference luma for the filter): held out, it only judges
 
 Input names and shapes are checked against each model's ONNX graph before anything is written.
 """
@@ -19,6 +23,7 @@ from tinyq.fileio import atomic_write_npz
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
 _N_CAL = flags.DEFINE_integer("n-calibration", 256, "Calibration samples per model.", lower_bound=1)
+_N_VAL = flags.DEFINE_integer("n-validation", 512, "At most this many validation samples per model.", lower_bound=1)
 _N_SOAK = flags.DEFINE_integer("n-soak", 768, "At most this many soak samples per model.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the sample selection.")
 _CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
@@ -54,19 +59,22 @@ def main(argv):
         cal = train.dataset(spec, data, "train")
         cal = cal.subset(_pick(len(cal), _N_CAL.value, _SEED.value))
         cal_arrays = dict(zip(names, cal.inputs))
-        soak = train.dataset(spec, data, "soak")
-        soak = soak.subset(_pick(len(soak), _N_SOAK.value, _SEED.value + 1))
-        soak_arrays = {**dict(zip(names, soak.inputs)), calibration.TARGET_KEY: soak.target.astype(np.float32)}
+        held = {}
+        for split, n, seed in (("val", _N_VAL.value, _SEED.value + 2), ("soak", _N_SOAK.value, _SEED.value + 1)):
+            ds = train.dataset(spec, data, split)
+            ds = ds.subset(_pick(len(ds), n, seed))
+            held[split] = {**dict(zip(names, ds.inputs)), calibration.TARGET_KEY: ds.target.astype(np.float32)}
         for path, arrays, extra in (
             (calibration.calibration_path(reg.root, mid), cal_arrays, ()),
-            (calibration.fixture_path(reg.root, mid), soak_arrays, (calibration.TARGET_KEY,)),
+            (calibration.validation_path(reg.root, mid), held["val"], (calibration.TARGET_KEY,)),
+            (calibration.fixture_path(reg.root, mid), held["soak"], (calibration.TARGET_KEY,)),
         ):
             problems = calibration.check_arrays(arrays, inputs, extra)
             if problems:
                 raise cli.UsageError("\n".join(f"{path}: {p}" for p in problems))
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_npz(path, arrays)
-            outputs.append((path, "calibration_set" if not extra else "soak_fixture"))
+            outputs.append((path, path.parent.name))
             shapes = {k: list(v.shape) for k, v in arrays.items()}
             print(f"{mid}: wrote {path} {shapes}")
     if _REPORT.value:

@@ -1,7 +1,8 @@
 """Calibration sets and soak fixtures: .npz files with one [N, ...] array per ONNX input.
 
 A calibration set (model/tiny/calibration/<id>.npz) holds representative inputs from the
-train split; a soak fixture (model/tiny/fixtures/<id>.soak.npz) holds held-out inputs plus
+train split; a validation set (model/tiny/validation/<id>.val.npz) holds val-split inputs with
+their ground truth, for quantisation choices; a soak fixture (model/tiny/fixtures/<id>.soak.npz) holds held-out inputs plus
 their ground truth under the key "target". Both are checked against the model's graph.
 """
 
@@ -113,6 +114,11 @@ def load_npz(path: Path, inputs: Sequence[GraphInput], extra_keys: Sequence[str]
 
 def calibration_path(model_dir: Path, model_id: str) -> Path:
     return Path(model_dir) / "calibration" / f"{model_id}.npz"
+
+
+def validation_path(model_dir: Path, model_id: str) -> Path:
+    """Real held-out data from the val split, with targets: what quantisation choices are made on."""
+    return Path(model_dir) / "validation" / f"{model_id}.val.npz"
 
 
 def fixture_path(model_dir: Path, model_id: str) -> Path:
