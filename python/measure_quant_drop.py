@@ -12,15 +12,18 @@ stress check beside it: it must stay finite, and its drop is judged only against
 --synthetic-budget (or the registry's quant_synthetic_budget_plcc). Without real data the verdict
 rests on the synthetic set and says so (`judged_on: synthetic`). Latency is on by default for
 registry models and off for a foreign pair; it never changes the exit code.
+--speed-gate times every artefact meant for speed against its fp32 model on the machine at hand.
 Exit codes: 0 every model within budget, 1 any model over budget (or with NaN/inf output, or a
-filter that loses its gain), 2 error (missing file, bad data or shapes, a session that fails).
+filter that loses its gain), 2 error (missing file, bad data or shapes, a session that fails),
+7 (--speed-gate, accuracy within budget) an artefact meant for speed is slower than fp32 beyond
+the noise margin.
 """
 
 import sys
 
 from absl import flags
 
-from tinyq import calibration, cli, gate, provenance, registry
+from tinyq import auto, calibration, cli, gate, provenance, registry
 from tinyq.fileio import atomic_write_bytes
 
 _ALL = flags.DEFINE_bool("all", False, "Gate every non-fp32 model in the registry.")
@@ -41,6 +44,9 @@ _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR
 _ATOL = flags.DEFINE_float("constant-atol", gate.DEFAULT_CONSTANT_ATOL, "Worst |delta| allowed for a constant output.")
 _LATENCY = flags.DEFINE_bool("latency", None, "Measure fp32 and int8 latency at batch 1 and 256 (informs, never gates; "
                              "default: on for registry models, off for --fp32/--int8).")
+_SPEED_GATE = flags.DEFINE_bool("speed-gate", False, "Also time every artefact meant for speed (registry quant_purpose "
+                                 "speed; a --fp32/--int8 pair always) against fp32, interleaved on one thread; exit 7 when "
+                                 "one is slower than fp32 beyond the noise margin.")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 
 
@@ -77,11 +83,11 @@ def _budgets(entry=None) -> gate.Budgets:
 
 
 def _jobs():
-    """(registry path or None, [(id, fp32, int8, budgets, real data path or None, its label)])."""
+    """(registry path or None, [(id, fp32, int8, budgets, real data path or None, its label, purpose)])."""
     data = cli.resolve_user_path(_DATA.value) if _DATA.value else None
     if _FP32.value:
         fp32, int8 = cli.resolve_user_path(_FP32.value), cli.resolve_user_path(_INT8.value)
-        return None, [(fp32.name.removesuffix(".onnx"), fp32, int8, _budgets(), data, "data")]
+        return None, [(fp32.name.removesuffix(".onnx"), fp32, int8, _budgets(), data, "data", "speed")]
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
     try:
         reg, _ = registry.check(reg_path)
@@ -99,7 +105,7 @@ def _jobs():
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to gate (pass --int8 B.onnx)")
         int8 = cli.resolve_user_path(_INT8.value) if _INT8.value else e.int8_onnx
         real, label = (data, "data") if data else (calibration.fixture_path(reg.root, e.id), "soak")
-        jobs.append((e.id, e.onnx, int8, _budgets(e), real, label))
+        jobs.append((e.id, e.onnx, int8, _budgets(e), real, label, e.raw.get("quant_purpose")))
     if not jobs:
         raise cli.UsageError(f"{reg_path}: no quantised model to gate")
     return reg_path, jobs
@@ -117,6 +123,25 @@ def _load_real(model_id, fp32, path, label):
         raise cli.UsageError(f"{model_id}: {what} unusable{fix}:\n{e}") from None
     except Exception as e:  # onnx cannot parse the fp32 model
         raise cli.UsageError(f"{model_id}: cannot read the inputs of {fp32}: {e}") from None
+
+
+EXIT_SLOWER = 7
+
+
+def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
+    """Times int8 against fp32 (tinyq.auto.LatencyMeter: interleaved, one thread, medians)."""
+    sess32, sess8 = gate.session(str(fp32)), gate.session(str(int8))
+    feeds = {i.name: real[i.name] for i in sess32.get_inputs()} if real is not None else \
+        gate.synthetic_inputs(sess32, model_id, {}, shapes)
+    timing = auto.LatencyMeter(sess32, feeds, {1: 50, 256: 9})(sess8)
+    margin = max(auto.MIN_MARGIN, 2 * max(t.fp32_spread for t in timing.values()))
+    ok = True
+    for b, t in sorted(timing.items()):
+        fast = t.int8_ms <= t.fp32_ms * (1 + margin)
+        ok = ok and fast
+        print(f"    speed: batch {b}: fp32 {t.fp32_ms:.3f} ms, int8 {t.int8_ms:.3f} ms, x{t.speedup:.2f} "
+              f"({'ok' if fast else f'SLOWER than fp32 beyond the {margin:.0%} margin'})")
+    return ok
 
 
 def _print_verdict(r: gate.ModelResult) -> None:
@@ -167,8 +192,8 @@ def main(argv):
         plots.mkdir(parents=True, exist_ok=True)
     reg_path, jobs = _jobs()
     latency = _LATENCY.value if _LATENCY.value is not None else not _FP32.value
-    results = []
-    for mid, fp32, int8, budgets, real_path, label in jobs:
+    results, slower = [], []
+    for mid, fp32, int8, budgets, real_path, label, purpose in jobs:
         real = _load_real(mid, fp32, real_path, label)
         try:
             r = gate.gate_model(mid, fp32, int8, budgets, real=real, real_label=label, input_shapes=shapes,
@@ -177,9 +202,13 @@ def main(argv):
             raise cli.UsageError(str(e)) from None
         results.append(r)
         _print_verdict(r)
+        if _SPEED_GATE.value and purpose == "speed" and not _speed_ok(mid, fp32, int8, real, shapes):
+            slower.append(mid)
     gate_pass = all(r.passed for r in results)
     _write_reports(results, reg_path, gate_pass)
-    return cli.EXIT_OK if gate_pass else cli.EXIT_FAIL
+    if not gate_pass:
+        return cli.EXIT_FAIL
+    return EXIT_SLOWER if slower else cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -288,15 +288,30 @@ def encode(model: onnx.ModelProto, encoding: str, per_channel: bool) -> Encoded:
     return Encoded(encoding, compact(out).SerializeToString())
 
 
+# Ops given quantisers by static QDQ: those with int8 kernels in onnxruntime's CPU provider
+# (QLinearConv, QGemm, QLinearMatMul, QLinearAdd/Mul, QLinearAveragePool, QLinearGlobalAveragePool,
+# QLinearConcat, int8 MaxPool), plus Relu and Clip, which fuse into the int8 kernel before them.
+STATIC_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool", "Concat",
+                   "Relu", "Clip")
+
+
 def quantize_static_qdq(
     model: onnx.ModelProto,
     calibration: Dict[str, np.ndarray],
     *,
     method: str = "minmax",
     per_channel: bool = False,
+    exclude_nodes: Sequence[str] = (),
+    calibration_cache: Optional[Path] = None,
     batch: int = 32,
 ) -> bytes:
-    """onnxruntime's quantize_static in QDQ format, calibrated on the arrays (one per input)."""
+    """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
+    STATIC_OP_TYPES, calibrated on the arrays (one per input); exclude_nodes stay fp32.
+
+    calibration_cache: onnxruntime's own cache of the ranges (written on the first call, read on
+    the next), so that candidates differing only in granularity or fp32 nodes share one
+    calibration; the ranges and so the bytes are the same as without it.
+    """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -317,11 +332,14 @@ def quantize_static_qdq(
             str(dst),
             Reader(),
             quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(STATIC_OP_TYPES),
+            nodes_to_exclude=list(exclude_nodes),
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             extra_options={"CalibTensorRangeSymmetric": False},
+            calibration_cache_path=calibration_cache,
         )
         return compact(onnx.load(str(dst))).SerializeToString()
 

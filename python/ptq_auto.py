@@ -1,0 +1,161 @@
+"""Auto mode: searches int8 configurations and picks the fastest one within the accuracy budget.
+
+Usage: bazel run //python:ptq_auto -- --id ID
+       bazel run //python:ptq_auto -- --fp32 A.onnx --calibration C.npz --validation V.npz
+           [--budget X] [--task-budget X] [--no-speedup size-only|fp32]
+           [--report-out R.json] [--recipe-out P.json] [--plot-out P.png]
+
+Candidates: weight-only; static QDQ (uint8 activations, int8 symmetric weights) per-tensor and
+per-channel with MinMax, Entropy and Percentile ranges; each with subsets of fp32 fallback groups
+(tinyq.auto). Each is judged on the validation set (a registry model's val-split data in
+model/tiny/validation/<id>.val.npz, or --validation; never the soak fixture, which stays the
+held-out judge), inspected in onnxruntime's optimised graph for unfused compute ops, and timed
+against fp32 at batch 1 and 256, interleaved, on one thread. The choice: the fastest fully fused
+candidate within budget that beats fp32 by more than the noise margin, ties to the smaller file;
+else weight-only as a size-only artefact (or fp32, --no-speedup fp32).
+
+ptq_auto builds no artefact: it prints the candidate table and the recipe, the line for
+model/zoo.bzl from which //model:<id>_int8 rebuilds the artefact byte for byte.
+Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget (nothing is written;
+the message names the next step, quantisation-aware training).
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import flags
+
+from tinyq import auto, auto_report, calibration, cli, gate, provenance, quantize, registry
+from tinyq.fileio import atomic_write_bytes, dumps_json
+
+EXIT_NONE_WITHIN_BUDGET = 6
+
+_ID = flags.DEFINE_string("id", None, "A registry model.")
+_FP32 = flags.DEFINE_string("fp32", None, "An fp32 model outside the registry (with --calibration and --validation).")
+_CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (train data; default: the registry's).")
+_VALIDATION = flags.DEFINE_string("validation", None, "Validation .npz with real val data, optional `target` "
+                                  "(default: model/tiny/validation/<id>.val.npz).")
+_BUDGET = flags.DEFINE_float("budget", None, "Drop budget (default: the registry's, else 0.01).", lower_bound=0)
+_TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose.", lower_bound=0, upper_bound=1)
+_NO_SPEEDUP = flags.DEFINE_enum("no-speedup", "size-only", ["size-only", "fp32"],
+                                "When no candidate is faster than fp32: ship weight-only as size-only, or stay fp32.")
+_REPORT = flags.DEFINE_string("report-out", None, "Write the tinyq-ptq-auto-report-v1 JSON (every candidate) here.")
+_RECIPE = flags.DEFINE_string("recipe-out", None, "Write the chosen recipe JSON here.")
+_PLOT = flags.DEFINE_string("plot-out", None, "Write the drop-against-latency PNG here.")
+_REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
+_REPEATS = {1: 50, 256: 9}
+
+
+def _inputs():
+    """(label, fp32 path, calibration path, validation path, budgets)."""
+    if bool(_ID.value) == bool(_FP32.value):
+        raise cli.UsageError("give --id ID, or --fp32 A.onnx --calibration C.npz --validation V.npz")
+    if _FP32.value:
+        if not (_CALIBRATION.value and _VALIDATION.value):
+            raise cli.UsageError("--fp32 needs --calibration C.npz (train data) and --validation V.npz (real val data)")
+        fp32 = cli.resolve_user_path(_FP32.value)
+        raw, plcc, label = {}, registry.DEFAULT_BUDGET_PLCC, fp32.name.removesuffix(".onnx")
+        cal, val = cli.resolve_user_path(_CALIBRATION.value), cli.resolve_user_path(_VALIDATION.value)
+    else:
+        reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
+        try:
+            entry = reg.get(_ID.value)
+        except KeyError as e:
+            raise cli.UsageError(str(e.args[0])) from None
+        fp32, raw, plcc, label = entry.onnx, entry.raw, entry.budget_plcc, entry.id
+        cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
+            entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
+        val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
+    task = _TASK_BUDGET.value if _TASK_BUDGET.value is not None else raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET)
+    budgets = gate.Budgets(_BUDGET.value if _BUDGET.value is not None else plcc, task=float(task))
+    return label, fp32, cal, val, budgets
+
+
+def _load(fp32, cal_path, val_path):
+    try:
+        model, _ = quantize.load_for_quantization(fp32)
+        inputs = calibration.graph_inputs(model)
+        cal = calibration.load_npz(cal_path, inputs)
+        val = calibration.load_npz(val_path, inputs, (calibration.TARGET_KEY,))
+    except (quantize.QuantizeError, calibration.CalibrationError) as e:
+        raise cli.UsageError(str(e)) from None
+    return model, cal, val
+
+
+def _search(label, model, cal, val, budgets, workdir):
+    groups = auto.fallback_groups(model)
+    print(f"ptq_auto: {label}: {len(groups)} fp32 fallback group(s): " + "; ".join(
+        f"{g.name} ({len(g.quantizable)} quantisable ops)" for g in groups), flush=True)
+    sess32 = gate.session(model.SerializeToString())
+    feeds = {i.name: val[i.name] for i in sess32.get_inputs()}
+    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets),
+                           auto.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
+    return measure, auto.search(measure, groups)
+
+
+def _no_candidate(label, budgets, rows) -> int:
+    best = min((r.accuracy.drop for r in rows if r.accuracy.drop is not None), default=None)
+    sys.stderr.write(
+        f"ptq_auto: {label}: no candidate is within budget {budgets.plcc:g} on the validation set "
+        f"(best drop {best if best is None else f'{best:.3g}'}); nothing was written. Next step: quantisation-aware "
+        f"training, e.g. tools/bazel run //python:qat_train -- --config python/configs/{label}_qat.yaml "
+        f"--output /tmp/{label}.qat.int8.onnx --report-out /tmp/{label}.qat.json\n")
+    return EXIT_NONE_WITHIN_BUDGET
+
+
+def _json(obj) -> bytes:
+    return dumps_json(provenance.normalise(obj)).encode()
+
+
+def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, wall):
+    outputs = {}
+    if _PLOT.value:
+        outputs[cli.resolve_user_path(_PLOT.value)] = auto_report.plot_png(label, rows, choice, budgets.plcc)
+    if _RECIPE.value:
+        outputs[cli.resolve_user_path(_RECIPE.value)] = _json({"id": label, **rec})
+    if _REPORT.value:
+        report = {
+            "schema": "tinyq-ptq-auto-report-v1",
+            "id": label,
+            "budget": budgets.plcc,
+            "task_budget": budgets.task,
+            "noise_margin": choice.margin,
+            "fallback_groups": [g.__dict__ for g in auto.fallback_groups(measure.builder.model)],
+            "exhaustive_groups_limit": auto.EXHAUSTIVE_GROUPS,
+            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
+            "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],
+            "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason},
+            "search_wall_time_s": round(wall, 1),
+            "run_provenance": provenance.absl_provenance(
+                tool="ptq_auto", main_module=sys.modules[__name__],
+                inputs=[(fp32, "fp32_model"), (cal, "calibration_set"), (val, "validation_set")]),
+        }
+        outputs[cli.resolve_user_path(_REPORT.value)] = _json(report)
+    for path, data in outputs.items():  # TODO(merge #13): fileio.atomic_write_all
+        atomic_write_bytes(path, data)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    label, fp32, cal_path, val_path, budgets = _inputs()
+    model, cal, val = _load(fp32, cal_path, val_path)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tinyq_auto_") as tmp:
+        measure, rows = _search(label, model, cal, val, budgets, Path(tmp))
+    wall = time.monotonic() - start
+    choice = auto.choose(rows, _NO_SPEEDUP.value)
+    print(auto_report.table(rows, choice), end="")
+    if choice is None:
+        return _no_candidate(label, budgets, rows)
+    rec = auto_report.recipe(choice, measure.builder)
+    print(f"choice: {choice.row.candidate.name if choice.row else 'fp32'} ({choice.purpose}): {choice.reason}")
+    print(f"search took {wall:.0f} s over {len(rows)} candidates; model/zoo.bzl recipe:\n    {auto_report.zoo_entry(label, rec)}")
+    _write_outputs(label, fp32, cal_path, val_path, budgets, measure, rows, choice, rec, wall)
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

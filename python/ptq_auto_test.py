@@ -1,0 +1,137 @@
+"""//python:ptq_auto: fp32 fallback for regions with no int8 kernel, an unreachable budget, and
+the soak fixture held out from selection."""
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+TOOL = Path.cwd() / "python" / "ptq_auto"
+SIZE = 24  # image side: large enough for int8 kernels to beat fp32
+
+
+def run(*args, env=None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
+    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, env={**base, **(env or {})})
+
+
+def mscn_cnn(path: Path) -> Path:
+    """luma -> [luma, MSCN(luma)] -> Conv-Relu-Conv-Relu -> mean -> score. The MSCN block (local
+    mean, x - mu, its square, local variance, sqrt, division) has Sub, Pow, Sqrt and Div, which
+    have no int8 kernel; quantising the pools and adds inside it wrecks the normalisation."""
+    rng = np.random.default_rng(0)
+    c = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)
+    pool = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
+    nodes = [
+        helper.make_node("AveragePool", ["x"], ["mu"], name="mu", **pool),
+        helper.make_node("Sub", ["x", "mu"], ["d"], name="d"),
+        helper.make_node("Pow", ["d", "two"], ["d2"], name="d2"),
+        helper.make_node("AveragePool", ["d2"], ["var"], name="var", **pool),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="var_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["sigma"], name="sigma"),
+        helper.make_node("Div", ["d", "sigma"], ["mscn"], name="mscn"),
+        helper.make_node("Concat", ["x", "mscn"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("ReduceMean", ["r2"], ["m"], name="pool", axes=[1, 2, 3], keepdims=0),
+    ]
+    inits = [c("two", 2.0), c("eps", 1e-6), c("w0", rng.standard_normal((16, 2, 3, 3)) * 0.4), c("b0", np.zeros(16)),
+             c("w1", rng.standard_normal((32, 16, 3, 3)) * 0.1), c("b1", np.zeros(32)),
+             c("w2", rng.standard_normal((32, 32, 3, 3)) * 0.07), c("b2", np.zeros(32))]
+    graph = helper.make_graph(nodes, "mscn_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, ["n"])], initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def images(n, seed):
+    """Smooth luma with one sharp edge and faint noise: the local variance spans orders of
+    magnitude, which an 8-bit range for it cannot hold (what makes MSCN's division fragile)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    out = []
+    for f, g, edge in rng.random((n, 3)):
+        img = 0.4 + 0.1 * np.sin(2 * np.pi * (f * xx + g * yy)) + 0.4 * (xx > 0.25 + 0.5 * edge)
+        out.append(img + 0.002 * rng.standard_normal(img.shape))
+    return np.stack(out).astype(np.float32)[:, None]
+
+
+def foreign(tmp_path):
+    fp32 = mscn_cnn(tmp_path / "mscn.onnx")
+    np.savez(tmp_path / "cal.npz", x=images(64, 0))
+    np.savez(tmp_path / "val.npz", x=images(96, 1))
+    return fp32, tmp_path / "cal.npz", tmp_path / "val.npz"
+
+
+def test_region_without_int8_kernels_goes_back_to_fp32(tmp_path):
+    fp32, cal, val = foreign(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("--fp32", fp32, "--calibration", cal, "--validation", val, "--budget", "0.02",
+            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((out / "r.json").read_text())
+    groups = {g["name"]: g for g in report["fallback_groups"]}
+    mscn = next(g for g in groups.values() if "mscn" in g["nodes"])
+    assert {"mu", "var", "var_eps"} <= set(mscn["quantizable"]), mscn
+    rows = {row["candidate"]: row for row in report["candidates"]}
+    assert rows["qdq_minmax_pt"]["within_budget"] is False  # all-int8 breaks the normalisation
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["mode"] == "static" and recipe["purpose"] == "speed", recipe
+    fp32_nodes = next(a for a in recipe["args"] if a.startswith("--fp32-nodes=")).split("=", 1)[1].split(",")
+    assert {"mu", "var", "var_eps"} <= set(fp32_nodes)
+    assert report["run_provenance"]["tool"]["name"] == "ptq_auto"
+    assert (out / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| candidate | bytes |" in r.stdout and "choice: " in r.stdout
+
+
+def test_unreachable_budget_exits_6_and_writes_nothing(tmp_path):
+    fp32, cal, val = foreign(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("--fp32", fp32, "--calibration", cal, "--validation", val, "--budget", "0",
+            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+    assert r.returncode == 6, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "no candidate is within budget" in r.stderr and "//python:qat_train" in r.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_soak_fixture_is_never_read_during_selection(tmp_path):
+    """Every file the tool opens is logged by an audit hook; the soak fixture is not among them,
+    while the validation set is (the hook works)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    log = tmp_path / "opened.txt"
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import atexit, sys
+        _opened = []
+        def _log(event, args):
+            if event == "open" and isinstance(args[0], (str, bytes)):
+                _opened.append(str(args[0]))
+        def _dump():
+            with open({str(log)!r}, "a") as f:
+                f.write("\\n".join(_opened) + "\\n")
+        sys.addaudithook(_log)
+        atexit.register(_dump)
+    """))
+    pythonpath = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    r = run("--id", "vmaf_tiny_v2", env={"PYTHONPATH": pythonpath})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    opened = log.read_text().splitlines()
+    assert any(p.endswith("validation/vmaf_tiny_v2.val.npz") for p in opened)
+    assert not [p for p in opened if "fixtures" in p or p.endswith(".soak.npz")]
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run().returncode == 2
+    assert run("--fp32", tmp_path / "a.onnx").returncode == 2
+    assert run("--id", "no_such_model").returncode == 2

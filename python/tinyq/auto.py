@@ -1,0 +1,433 @@
+"""Auto mode: the fastest int8 configuration that stays within the accuracy budget.
+
+Small classes with one job each, after NNCF's accuracy-control design:
+  - fallback_groups(): the regions that must go back to fp32 together (ops with no int8 kernel,
+    and the quantisable ops caught between them, e.g. an MSCN block from x**2 through its division);
+  - CandidateBuilder: one int8 model per Candidate (weight-only, or static QDQ with uint8
+    activations and int8 symmetric weights, per-tensor or per-channel, MinMax/Entropy/Percentile
+    ranges computed once per method through onnxruntime's calibration cache, some groups in fp32);
+  - Evaluator: the drop on the validation set (real val-split data, never the soak fixture),
+    judged with the gate's own code, and a filter's kept PSNR gain;
+  - fusion(): how many compute ops still run as DequantizeLinear -> fp32 op in onnxruntime's
+    optimised graph;
+  - LatencyMeter: fp32 and int8 runs interleaved at batch 1 and 256 on a fixed thread count, medians;
+  - search(): every subset of groups while there are at most EXHAUSTIVE_GROUPS groups, a greedy
+    search over the groups ranked by their own accuracy gain beyond that;
+  - choose(): the fastest candidate within budget, ties (within the noise margin) to the smaller file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import onnx
+
+from tinyq import gate, quantize
+
+# Ops with int8 kernels in onnxruntime's CPU provider (QLinearConv, QGemm, QLinearMatMul,
+# QLinearAdd/Mul, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, int8 MaxPool) get
+# quantisers; Relu and Clip are fused into the preceding int8 kernel.
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool", "Concat")
+OP_TYPES_TO_QUANTIZE = COMPUTE_OPS + ("Relu", "Clip")
+# Ops that move or reshape data, or reduce it, without arithmetic that int8 would break.
+_NEUTRAL_OPS = {"Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather",
+                "Cast", "ReduceMean", "Slice", "Split", "Expand", "Pad", "Resize"}
+# Quantisable ops that join a region when they only feed it or only read from it.
+_EDGE_OPS = {"Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool", "Relu", "Clip"}
+MAX_GAP = 3  # quantisable ops between two no-int8 ops that still make one region
+EXHAUSTIVE_GROUPS = 3  # every subset of up to 3 groups (8 subsets); a ranked greedy search beyond
+METHODS = ("minmax", "entropy", "percentile")
+LATENCY_BATCHES = (1, 256)
+MIN_MARGIN = 0.05  # a speed-up must beat fp32 by more than this (or the measured noise, if larger)
+
+
+# --- fallback groups ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FallbackGroup:
+    name: str  # "<first node>..<last node>"
+    nodes: Tuple[str, ...]  # every node of the region, in graph order
+    quantizable: Tuple[str, ...]  # the ones that would otherwise get quantisers
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.nodes = list(model.graph.node)
+        inits = {t.name for t in model.graph.initializer}
+        constants = {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
+        self.static = inits | constants
+        self.producer = {o: i for i, n in enumerate(self.nodes) for o in n.output}
+        self.consumers: Dict[str, List[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for t in n.input:
+                self.consumers.setdefault(t, []).append(i)
+
+    def successors(self, i: int) -> List[int]:
+        return sorted({c for o in self.nodes[i].output for c in self.consumers.get(o, [])})
+
+    def activation_producers(self, i: int) -> Set[int]:
+        return {self.producer[t] for t in self.nodes[i].input if t and t not in self.static and t in self.producer}
+
+    def no_int8(self, i: int) -> bool:
+        op = self.nodes[i].op_type
+        return op not in OP_TYPES_TO_QUANTIZE and op not in _NEUTRAL_OPS
+
+
+def _paths_to_no_int8(g: _Graph, start: int) -> Iterable[Tuple[int, List[int]]]:
+    """(end, nodes between) for each no-int8 node reachable from start through at most MAX_GAP others."""
+    stack = [(s, []) for s in g.successors(start)]
+    while stack:
+        node, between = stack.pop()
+        if g.no_int8(node):
+            yield node, between
+        elif len(between) < MAX_GAP:
+            stack.extend((s, between + [node]) for s in g.successors(node))
+
+
+def _grow(g: _Graph, members: Set[int]) -> None:
+    """Adds edge ops that only feed the region, or only read from it, until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for i, n in enumerate(g.nodes):
+            if i in members or n.op_type not in _EDGE_OPS:
+                continue
+            feeds = set(g.successors(i))
+            reads = g.activation_producers(i)
+            if (feeds and feeds <= members) or (reads and reads <= members):
+                members.add(i)
+                changed = True
+
+
+_LAYER_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+def _stem(g: _Graph, graph_inputs: Sequence[str]) -> Set[int]:
+    """Every node from the graph inputs up to the first Conv/Gemm/MatMul on each path, with the
+    Relu/Clip fused after it: the input layer, whose few input channels gain least from int8."""
+    members: Set[int] = set()
+    stack = [c for name in graph_inputs for c in g.consumers.get(name, [])]
+    while stack:
+        i = stack.pop()
+        if i in members:
+            continue
+        members.add(i)
+        if g.nodes[i].op_type in _LAYER_OPS:
+            members.update(s for s in g.successors(i) if g.nodes[s].op_type in ("Relu", "Clip"))
+        else:
+            stack.extend(g.successors(i))
+    return members
+
+
+def _group(g: _Graph, members: Set[int], prefix: str = "") -> Optional[FallbackGroup]:
+    order = sorted(members)
+    quantizable = tuple(g.nodes[i].name for i in order if g.nodes[i].op_type in OP_TYPES_TO_QUANTIZE)
+    if not quantizable:
+        return None
+    names = tuple(g.nodes[i].name for i in order)
+    return FallbackGroup(f"{prefix}{names[0]}..{names[-1]}", names, quantizable)
+
+
+def fallback_groups(model: onnx.ModelProto) -> List[FallbackGroup]:
+    """Regions that may go back to fp32: each region of ops with no int8 kernel (with the
+    quantisable ops caught in it), and the input stem. Only those holding a quantisable op."""
+    g = _Graph(model)
+    parent = list(range(len(g.nodes)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seeds = [i for i in range(len(g.nodes)) if g.no_int8(i)]
+    extra: Dict[int, Set[int]] = {}
+    for u in seeds:
+        for v, between in _paths_to_no_int8(g, u):
+            parent[find(v)] = find(u)
+            extra.setdefault(u, set()).update(between)
+    regions: Dict[int, Set[int]] = {}
+    for u in seeds:
+        regions.setdefault(find(u), set()).update({u, *extra.get(u, ())})
+    for members in regions.values():
+        _grow(g, members)
+    inputs = [i.name for i in model.graph.input if i.name not in g.static]
+    found = [_group(g, m) for m in regions.values()] + [_group(g, _stem(g, inputs), "stem:")]
+    unique = {grp.quantizable: grp for grp in found if grp is not None}
+    return sorted(unique.values(), key=lambda grp: grp.nodes)
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    encoding: str  # "weight_only" or "qdq"
+    method: Optional[str] = None  # calibration: minmax, entropy, percentile
+    per_channel: bool = False
+    fp32_groups: Tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        if self.encoding == "weight_only":
+            return "weight_only"
+        base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}"
+        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups)
+
+
+def base_candidates() -> List[Candidate]:
+    return [Candidate("weight_only")] + [Candidate("qdq", m, pc) for m in METHODS for pc in (False, True)]
+
+
+def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
+    return Candidate(base.encoding, base.method, base.per_channel, tuple(groups))
+
+
+class CandidateBuilder:
+    """Builds each candidate's int8 bytes; calibration ranges are computed once per method and
+    cached by onnxruntime (quantize_static's calibration_cache_path), then reused."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: Dict[str, np.ndarray], groups: Sequence[FallbackGroup], workdir: Path):
+        self.model = model
+        self.calibration = calibration
+        self.groups = {g.name: g for g in groups}
+        self.workdir = workdir
+
+    def exclude(self, candidate: Candidate) -> List[str]:
+        return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable})
+
+    def build(self, candidate: Candidate) -> bytes:
+        if candidate.encoding == "weight_only":
+            return quantize.encode(self.model, "weight_only", True).model_bytes
+        return quantize.quantize_static_qdq(
+            self.model, self.calibration, method=candidate.method, per_channel=candidate.per_channel,
+            exclude_nodes=self.exclude(candidate), calibration_cache=self.workdir / f"ranges_{candidate.method}.json")
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def fusion(int8: bytes) -> List[str]:
+    """Compute ops that still run in fp32 on dequantised inputs (DequantizeLinear -> op) in
+    onnxruntime's optimised graph (extended level: stable across machines). Empty: all fused."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="tinyq_fusion_") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
+        optimised = onnx.load(opts.optimized_model_filepath)
+    made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
+    return [n.op_type for n in optimised.graph.node
+            if _fp32_compute(n.op_type) and any(made_by.get(i) == "DequantizeLinear" for i in n.input)]
+
+
+def _fp32_compute(op: str) -> bool:
+    """A compute op running in fp32, as onnxruntime's optimiser names it (Conv, FusedConv, NhwcFusedConv, ...)."""
+    return op in COMPUTE_OPS or op.startswith("Fused") or op.startswith("Nhwc")
+
+
+@dataclass
+class Accuracy:
+    drop: Optional[float]
+    kept_gain: Optional[float]
+    within_budget: bool
+    reason: str
+
+
+class Evaluator:
+    """The gate's judgement on the validation set: drop against the budget, a filter's kept gain."""
+
+    def __init__(self, fp32_session, validation: Dict[str, np.ndarray], budgets: gate.Budgets):
+        self.sess32 = fp32_session
+        self.budgets = budgets
+        names = [i.name for i in fp32_session.get_inputs()]
+        self.validation = validation
+        self.feeds = {n: validation[n] for n in names}
+
+    def __call__(self, sess8) -> Accuracy:
+        result, _ = gate.judge("validation", "fp32", "int8", self.sess32, sess8, self.budgets, real=self.validation,
+                               real_label="validation")
+        val = result.sets[0]
+        kept = result.task_check.kept if result.task_check is not None else None
+        ok = val.passed and (result.task_check is None or result.task_check.passed)
+        failures = [o.reason for o in val.outputs if not o.passed]
+        if result.task_check is not None and not result.task_check.passed:
+            failures.append(result.task_check.reason)
+        return Accuracy(val.aggregate_drop, kept, ok, "; ".join(failures))
+
+
+@dataclass
+class Timing:
+    fp32_ms: float
+    int8_ms: float
+    fp32_spread: float  # relative median absolute deviation of the fp32 runs
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.int8_ms
+
+
+class LatencyMeter:
+    """fp32 and int8 runs interleaved (fp32, int8, fp32, int8, ...) on one thread, medians.
+
+    With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run's time
+    is that thread's CPU time (time.thread_time): the latency on an idle core, and what other
+    processes on a shared machine disturb least (wall time on a busy 2-core machine moved
+    speed-ups by +-40 % between identical models)."""
+
+    def __init__(self, fp32_session, feeds: Dict[str, np.ndarray], repeats: Dict[int, int]):
+        self.sess32 = fp32_session
+        self.repeats = repeats
+        fixed = gate.fixed_batch(fp32_session)
+        n = len(next(iter(feeds.values())))
+        self.inputs = {b: {k: np.ascontiguousarray(v[np.arange(b) % n]) for k, v in feeds.items()}
+                       for b in ((fixed,) if fixed else LATENCY_BATCHES)}
+
+    def __call__(self, sess8) -> Dict[int, Timing]:
+        return {b: self._pair(sess8, x, self.repeats.get(b, 5)) for b, x in self.inputs.items()}
+
+    def _pair(self, sess8, x, repeats: int) -> Timing:
+        t32, t8 = [], []
+        for sess in (self.sess32, sess8):
+            sess.run(None, x)  # warm-up
+        for _ in range(repeats):
+            for sess, times in ((self.sess32, t32), (sess8, t8)):
+                start = time.thread_time()
+                sess.run(None, x)
+                times.append(time.thread_time() - start)
+        m32 = float(np.median(t32))
+        spread = float(np.median(np.abs(np.array(t32) - m32)) / m32)
+        return Timing(m32 * 1e3, float(np.median(t8)) * 1e3, spread)
+
+
+# --- the search ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    candidate: Candidate
+    bytes: int
+    accuracy: Accuracy
+    unfused: List[str]
+    timing: Dict[int, Timing] = field(default_factory=dict)
+    int8: bytes = field(default=b"", repr=False)
+    same_as: Optional[str] = None  # an earlier candidate that built byte-identical int8
+
+    @property
+    def speed_batch(self) -> int:
+        return max(self.timing)
+
+    def speedup(self, batch: Optional[int] = None) -> float:
+        return self.timing[batch or self.speed_batch].speedup
+
+
+@dataclass
+class Measure:
+    """Measures one candidate: builds it, judges its accuracy, inspects its fusion, times it."""
+
+    builder: CandidateBuilder
+    evaluator: Evaluator
+    meter: LatencyMeter
+    progress: Callable[[str], None]
+    rows: Dict[Candidate, Row] = field(default_factory=dict)
+
+    def __call__(self, candidate: Candidate) -> Row:
+        if candidate not in self.rows:
+            int8 = self.builder.build(candidate)
+            twin = next((r for r in self.rows.values() if r.int8 == int8 and r.same_as is None), None)
+            if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
+                row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name)
+            else:
+                sess8 = gate.session(int8)
+                row = Row(candidate, len(int8), self.evaluator(sess8), fusion(int8), self.meter(sess8), int8)
+            self.rows[candidate] = row
+            self.progress(_progress_line(len(self.rows), row))
+        return self.rows[candidate]
+
+
+def _progress_line(i: int, row: Row) -> str:
+    drop = "n/a" if row.accuracy.drop is None else f"{row.accuracy.drop:.2e}"
+    speed = "  ".join(f"b{b} x{t.speedup:.2f}" for b, t in sorted(row.timing.items()))
+    verdict = "within budget" if row.accuracy.within_budget else "over budget"
+    twin = f"  (same bytes as {row.same_as})" if row.same_as else ""
+    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:9s} {speed}  unfused {len(row.unfused)}  {verdict}{twin}"
+
+
+def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
+    """Every base configuration, then fp32 groups: all subsets while len(groups) <=
+    EXHAUSTIVE_GROUPS, else the groups ranked by their own accuracy gain and added greedily."""
+    bases = base_candidates()
+    for c in bases:
+        measure(c)
+    qdq = [c for c in bases if c.encoding == "qdq"]
+    names = [g.name for g in groups]
+    if len(names) <= EXHAUSTIVE_GROUPS:
+        subsets = [s for k in range(1, len(names) + 1) for s in itertools.combinations(names, k)]
+    else:
+        subsets = [tuple(_rank(measure, qdq, names)[:k]) for k in range(1, len(names) + 1)]
+    for base in qdq:
+        for subset in subsets:
+            measure(with_groups(base, subset))
+    return list(measure.rows.values())
+
+
+def _rank(measure: Measure, qdq: Sequence[Candidate], names: Sequence[str]) -> List[str]:
+    """Groups by how much the drop falls when each alone goes back to fp32, on the most accurate
+    base configuration (NNCF's ranker, on real validation data)."""
+    best = min(qdq, key=lambda c: _drop_key(measure(c)))
+    base = _drop_key(measure(best))
+    gains = {n: base - _drop_key(measure(with_groups(best, (n,)))) for n in names}
+    return sorted(names, key=lambda n: (-gains[n], n))
+
+
+def _drop_key(row: Row) -> float:
+    return np.inf if row.accuracy.drop is None else row.accuracy.drop
+
+
+# --- the choice ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    row: Optional[Row]  # None: stays fp32
+    purpose: str  # "speed", "size" or "fp32"
+    margin: float
+    reason: str
+
+
+def noise_margin(rows: Sequence[Row]) -> float:
+    """The speed-up a candidate must exceed: MIN_MARGIN, or twice the fp32 runs' measured spread."""
+    spreads = [t.fp32_spread for r in rows for t in r.timing.values()]
+    return max(MIN_MARGIN, 2 * float(np.median(spreads))) if spreads else MIN_MARGIN
+
+
+def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choice]:
+    """The fastest candidate within budget that runs fully fused and beats fp32 by more than the
+    margin; among those within the margin of the fastest, the smallest file. Otherwise the
+    weight-only artefact as size-only (or fp32, per no_speedup). None: nothing is within budget."""
+    margin = noise_margin(rows)
+    ok = [r for r in rows if r.accuracy.within_budget]
+    if not ok:
+        return None
+    fast = [r for r in ok if r.candidate.encoding == "qdq" and not r.unfused and r.speedup() > 1 + margin]
+    if fast:
+        best = min(r.timing[r.speed_batch].int8_ms for r in fast)
+        tied = [r for r in fast if r.timing[r.speed_batch].int8_ms <= best * (1 + margin)]
+        row = min(tied, key=lambda r: (r.bytes, len(r.candidate.fp32_groups), r.same_as is not None,
+                                       r.timing[r.speed_batch].int8_ms, r.candidate.name))
+        return Choice(row, "speed", margin, f"fastest within budget: x{row.speedup():.2f} at batch {row.speed_batch}, "
+                                            f"{len(tied)} within the {margin:.0%} margin, smallest file kept")
+    size = next((r for r in ok if r.candidate.encoding == "weight_only"), None)
+    why = f"no candidate within budget beats fp32 by more than the {margin:.0%} margin while fully fused"
+    if no_speedup == "size-only" and size is not None:
+        return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact")
+    return Choice(None, "fp32", margin, why + "; the model stays fp32")
