@@ -1,8 +1,8 @@
 // tinyq_resolve: prints which file to load for a model, its mode, the hash verdict and why.
 //
 // Usage: bazel run //cc:tinyq_resolve -- model/tiny/<id>.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]
-// Exit codes: 0 a verified file to load, 1 refused (missing or mismatching file, path escape,
-// bad sidecar), 2 usage error.
+// Exit codes: 0 a verified file to load (and --help), 1 refused (missing or mismatching file, path
+// escape, bad sidecar), 2 usage error.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,9 +12,20 @@
 
 namespace {
 
+constexpr char kUsage[] = "usage: tinyq_resolve MODEL.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]\n";
+
+constexpr char kHelp[] =
+    "Prints which file to load for MODEL.onnx: its <basename>.int8.onnx when the sidecar <basename>.json\n"
+    "asks for an int8 mode and the file matches the sidecar's int8_sha256, else (with --policy=fallback-fp32)\n"
+    "the fp32 model verified against sha256. No path is printed unverified.\n\n"
+    "  --policy=fail-closed    refuse when the int8 file is missing or does not match (the default)\n"
+    "  --policy=fallback-fp32  fall back to the verified fp32 model instead\n"
+    "  --jail=DIR              refuse any file that resolves outside DIR, symlinks included\n"
+    "  --help, -h              this text\n\n"
+    "Exit codes: 0 a verified file (printed as path, mode, sha256, verdict, reason), 1 refused, 2 usage error.\n";
+
 int Usage(const char* message) {
-  std::fprintf(stderr, "tinyq_resolve: %s\nusage: tinyq_resolve MODEL.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]\n",
-               message);
+  std::fprintf(stderr, "tinyq_resolve: %s\n%s", message, kUsage);
   return 2;
 }
 
@@ -32,6 +43,10 @@ int main(int argc, char** argv) {
   tinyq_policy policy = TINYQ_FAIL_CLOSED;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::printf("%s\n%s", kUsage, kHelp);
+      return 0;
+    }
     if (arg == "--policy=fail-closed") {
       policy = TINYQ_FAIL_CLOSED;
     } else if (arg == "--policy=fallback-fp32") {

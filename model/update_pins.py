@@ -1,4 +1,6 @@
-"""Refreshes the int8 pins after an intentional change: tools/bazel run //model:update_pins
+"""Refreshes the int8 pins after an intentional change.
+
+Usage: tools/bazel run //model:update_pins
 
 For every model with a recipe in model/zoo.bzl (ZOO_INT8) it copies the freshly built
 //model:<id>_int8 artefact to model/tiny/<id>.int8.onnx (QAT artefacts are already there),
@@ -19,6 +21,9 @@ BUILT = Path("model") / "int8"  # in this target's runfiles
 
 
 def main() -> int:
+    if any(a in cli.HELP_FLAGS for a in sys.argv[1:]):
+        print(__doc__)
+        return cli.EXIT_OK
     ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not ws:
         print("update_pins: run me with `tools/bazel run //model:update_pins`", file=sys.stderr)

@@ -3,11 +3,18 @@
 Usage: bazel run //python:ptq_dynamic -- path/model.onnx [--output P] [--per-channel]
            [--encoding auto|weight_only|dynamic] [--report-out R]
 
-Repairs real-export traps first (stale value_info, moved external data), refuses fp16 models and
-unsupported opsets with the fix, then writes <basename>.int8.onnx beside the input (atomically).
---encoding auto keeps the smallest data-free encoding: onnxruntime's quantize_dynamic, or int8
-weights behind DequantizeLinear. Exit codes: 0 written, 2 bad input, 3 written but not smaller
-than the fp32 model (tinyq refuses to register such an artefact).
+Repairs real-export traps first (stale value_info, moved external data), refuses fp16 models,
+already-quantised models and unsupported opsets with the fix, then writes <basename>.int8.onnx
+beside the input. --encoding auto (the default) writes weight_only (int8 weights behind
+DequantizeLinear; activations stay fp32), and onnxruntime's quantize_dynamic only when weight_only
+quantises no weight: dynamic is slower than weight_only on tiny models, so it is never picked to
+save bytes. The artefact is stripped of doc strings and metadata (no local paths), and it and the
+report are written both or neither. Both report and output say what fraction of the weights is
+int8, and which ops stayed fp32 and why.
+Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
+the input or a registry's fp32 model), nothing written; 3 written but not smaller than the fp32
+model (tinyq refuses to register it); 4 refused, the artefact would quantise no weight, nothing
+written.
 """
 
 import sys
@@ -15,8 +22,7 @@ import time
 
 from absl import flags
 
-from tinyq import cli, provenance, quantize
-from tinyq.fileio import atomic_write_bytes
+from tinyq import cli, ptq, quantize
 
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")
@@ -25,37 +31,34 @@ _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-dynamic-rep
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise cli.UsageError("expected exactly one fp32 model path")
-    src = cli.resolve_user_path(argv[1])
-    out = cli.resolve_user_path(_OUTPUT.value) if _OUTPUT.value else quantize.default_output(src)
+    p = ptq.paths(argv, _OUTPUT.value, _REPORT.value)
+    ptq.guard(p)
     start = time.monotonic()
+    model, repairs = _load(p.src)
     try:
-        model, repairs = quantize.load_for_quantization(src)
         encoded = quantize.encode(model, _ENCODING.value, _PER_CHANNEL.value)
     except quantize.QuantizeError as e:
-        raise cli.UsageError(str(e)) from None
-    atomic_write_bytes(out, encoded.model_bytes)
+        raise cli.UsageError(f"{p.src}: {e}") from None
     wall = time.monotonic() - start
-
     for r in repairs:
         print(f"ptq_dynamic: repaired {r.code}: {r.detail}")
-    sizes, code = quantize.announce("ptq_dynamic", src, out, encoded.size, encoded.encoding)
-    if _REPORT.value:
-        report = {
-            "schema": "tinyq-ptq-dynamic-report-v1",
-            "output": str(out),
-            **sizes,
-            "settings": {"encoding_requested": _ENCODING.value, "encoding": encoded.encoding, "per_channel": _PER_CHANNEL.value,
-                         "weight_type": "int8"},
-            "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
-            "quantize_wall_time_s": round(wall, 3),
-            "run_provenance": provenance.absl_provenance(
-                tool="ptq_dynamic", main_module=sys.modules[__name__], inputs=[(src, "fp32_model")], outputs=[(out, "int8_model")]
-            ),
-        }
-        provenance.write_report(cli.resolve_user_path(_REPORT.value), report)
-    return code
+    report = {
+        "schema": "tinyq-ptq-dynamic-report-v1",
+        "settings": {"encoding_requested": _ENCODING.value, "encoding": encoded.encoding, "encoding_why": encoded.why,
+                     "per_channel": _PER_CHANNEL.value, "weight_type": "int8"},
+        "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
+        "quantize_wall_time_s": round(wall, 3),
+    }
+    return ptq.finish("ptq_dynamic", p, encoded.model_bytes, encoded.coverage, encoded.encoding, report,
+                      inputs=[(p.src, "fp32_model")],
+                      larger_hint="Try --encoding=weight_only, or keep the model fp32.")
+
+
+def _load(src):
+    try:
+        return quantize.load_for_quantization(src)
+    except quantize.QuantizeError as e:
+        raise cli.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

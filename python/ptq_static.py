@@ -1,22 +1,26 @@
 """Static int8 quantisation (QDQ) of an fp32 ONNX model, calibrated on real data (quant_mode "static").
 
 Usage: bazel run //python:ptq_static -- path/model.onnx [--calibration X.npz] [--calibrate-method
-           minmax|entropy|percentile] [--per-channel] [--output P] [--report-out R]
+           minmax|entropy|percentile] [--per-channel] [--output P] [--report-out R] [--registry R]
 
 --calibration defaults to the registry's quant_calibration_set for the model. The .npz is checked
 against the graph before anything runs: every input name present, no extra keys, shapes
-compatible, float32, all finite, at least one sample. Exit codes: 0 written, 2 bad input,
-3 written but not smaller than the fp32 model.
+compatible, float32, all finite, at least one sample. Calibration feeds the model at the batch
+size it accepts: one sample at a time for a model whose batch is fixed at 1. The encoding is the
+one that runs fastest on x86: uint8 activations, int8 symmetric weights. The artefact is stripped
+of doc strings and metadata, and it and the report are written both or neither.
+Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
+an input or a registry's fp32 model), nothing written; 3 written but not smaller than the fp32
+model; 4 refused, the artefact would quantise no weight, nothing written.
 """
 
-import sys
 import time
 
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, provenance, quantize, registry
-from tinyq.fileio import atomic_write_bytes, sha256_file
+from tinyq import calibration, cli, ptq, quantize, registry
+from tinyq.fileio import sha256_file
 
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")
 _METHOD = flags.DEFINE_enum("calibrate-method", "minmax", ["minmax", "entropy", "percentile"], "Calibration method.")
@@ -25,65 +29,70 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input base
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-report-v1 JSON report here.")
 
+_LARGER_HINT = ("Static QDQ adds quantise/dequantise nodes and scales around every tensor, which a model this small "
+                "does not pay back: try `ptq_dynamic --encoding=weight_only`, or keep the model fp32.")
 
-def _registry_calibration(src):
-    path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+
+def _registry_calibration(src, reg_path):
     try:
-        reg, _ = registry.check(path)
+        reg, _ = registry.check(reg_path)
     except registry.RegistryReadError as e:
         raise cli.UsageError(f"no --calibration given and {e}") from None
     if reg is None:
-        raise cli.UsageError(f"no --calibration given and {path} is invalid; run //python:validate_registry")
+        raise cli.UsageError(f"no --calibration given and {reg_path} is invalid; run //python:validate_registry")
     for m in reg.models:
         if m.onnx.resolve() == src.resolve():
             if m.calibration_set is None:
-                raise cli.UsageError(f"{path}: {m.id} has no quant_calibration_set; pass --calibration X.npz")
+                raise cli.UsageError(f"{reg_path}: {m.id} has no quant_calibration_set; pass --calibration X.npz")
             return m.calibration_set
-    raise cli.UsageError(f"no --calibration given and {src} is not in {path}; pass --calibration X.npz")
+    raise cli.UsageError(f"no --calibration given and {src} is not in {reg_path}; pass --calibration X.npz")
 
 
-def main(argv):
-    if len(argv) != 2:
-        raise cli.UsageError("expected exactly one fp32 model path")
-    src = cli.resolve_user_path(argv[1])
-    out = cli.resolve_user_path(_OUTPUT.value) if _OUTPUT.value else quantize.default_output(src)
-    calib_path = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else _registry_calibration(src)
-    start = time.monotonic()
+def _quantise(src, calib_path):
+    """(model, repairs, arrays, batch, int8 bytes); bad input becomes a UsageError naming the file."""
     try:
         model, repairs = quantize.load_for_quantization(src)
         arrays = calibration.load_npz(calib_path, calibration.graph_inputs(model))
-        int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value)
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
-    atomic_write_bytes(out, int8)
-    wall = time.monotonic() - start
+    batch = quantize.calibration_batch(model)
+    try:
+        int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value, batch=batch)
+    except quantize.QuantizeError as e:
+        raise cli.UsageError(f"{src}: {e}") from None
+    return model, repairs, arrays, batch, int8
 
+
+def main(argv):
+    p = ptq.paths(argv, _OUTPUT.value, _REPORT.value)
+    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    calib_path = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else _registry_calibration(p.src, reg_path)
+    ptq.guard(p, [calib_path], reg_path)
+    start = time.monotonic()
+    _, repairs, arrays, batch, int8 = _quantise(p.src, calib_path)
+    wall = time.monotonic() - start
+    samples = int(len(next(iter(arrays.values()))))
     for r in repairs:
         print(f"ptq_static: repaired {r.code}: {r.detail}")
-    sizes, code = quantize.announce("ptq_static", src, out, len(int8), "QDQ")
-    if _REPORT.value:
-        report = {
-            "schema": "tinyq-ptq-static-report-v1",
-            "output": str(out),
-            **sizes,
-            "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,
-                         "activation_type": "uint8", "weight_type": "int8"},
-            "calibration": {
-                "path": str(calib_path),
-                "sha256": sha256_file(calib_path),
-                "samples": int(len(next(iter(arrays.values())))),
-                "input_names": sorted(arrays),
-                "shapes": {k: list(np.shape(v)) for k, v in sorted(arrays.items())},
-            },
-            "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
-            "quantize_wall_time_s": round(wall, 3),
-            "run_provenance": provenance.absl_provenance(
-                tool="ptq_static", main_module=sys.modules[__name__],
-                inputs=[(src, "fp32_model"), (calib_path, "calibration_set")], outputs=[(out, "int8_model")],
-            ),
-        }
-        provenance.write_report(cli.resolve_user_path(_REPORT.value), report)
-    return code
+    print(f"ptq_static: calibrated on {samples} samples from {calib_path}, {batch} at a time")
+    report = {
+        "schema": "tinyq-ptq-static-report-v1",
+        "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,
+                     "activation_type": "uint8", "weight_type": "int8", "weight_symmetric": True},
+        "calibration": {
+            "path": str(calib_path),
+            "sha256": sha256_file(calib_path),
+            "samples": samples,
+            "batch": batch,
+            "input_names": sorted(arrays),
+            "shapes": {k: list(np.shape(v)) for k, v in sorted(arrays.items())},
+        },
+        "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
+        "quantize_wall_time_s": round(wall, 3),
+    }
+    cov = quantize.coverage_of(int8, "static")
+    return ptq.finish("ptq_static", p, int8, cov, "QDQ", report,
+                      inputs=[(p.src, "fp32_model"), (calib_path, "calibration_set")], larger_hint=_LARGER_HINT)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyq import quantize_test, testutil
+from tinyq.fileio import sha256_file
 
 DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"
 STATIC = Path.cwd() / "python" / "ptq_static"
@@ -111,7 +112,9 @@ def calibration(path, **arrays):
     return path
 
 
-def test_static_writes_qdq_with_calibration_in_the_report(mlp, tmp_path):
+def test_static_writes_qdq_with_calibration_in_the_report(tmp_path):
+    mlp = tmp_path / "model.onnx"
+    mlp.write_bytes(testutil.tiny_mlp(0, n_in=6, hidden=64))  # big enough for QDQ's scales to pay off
     calib = calibration(tmp_path / "c.npz", features=np.random.default_rng(0).random((64, 6), dtype=np.float32))
     report = tmp_path / "r.json"
     r = run(STATIC, mlp, "--calibration", calib, "--calibrate-method=percentile", "--report-out", report)
@@ -121,6 +124,9 @@ def test_static_writes_qdq_with_calibration_in_the_report(mlp, tmp_path):
     rep = json.loads(report.read_text())
     assert rep["schema"] == "tinyq-ptq-static-report-v1"
     assert rep["calibration"]["samples"] == 64 and rep["calibration"]["input_names"] == ["features"]
+    assert rep["calibration"]["batch"] == 32 and rep["settings"]["weight_symmetric"] is True
+    assert rep["settings"]["activation_type"] == "uint8" and rep["settings"]["weight_type"] == "int8"
+    assert rep["weights"]["weights_quantised_fraction"] == 1.0 and rep["weights"]["ops_left_fp32"] == []
     assert len(rep["calibration"]["sha256"]) == 64 and rep["settings"]["calibrate_method"] == "percentile"
     assert rep["settings"]["format"] == "QDQ"
 
@@ -148,6 +154,113 @@ def test_static_defaults_to_the_registrys_calibration_set(tmp_path):
     r = run(STATIC, reg.parent / "m_static.onnx", "--registry", reg, "--output", tmp_path / "o.onnx", "--report-out", tmp_path / "r.json")
     # An 8-unit MLP is too small for QDQ to pay off: written, flagged, and exit 3.
     assert r.returncode == 3 and "NOT SMALLER" in r.stderr, r.stderr
+    # ptq_static has no --encoding flag: its advice names the tool that has one.
+    assert "`ptq_dynamic --encoding=weight_only`" in r.stderr and "Try --encoding" not in r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["calibration"]["path"] == str(reg.parent / "calibration" / "m_static.npz")
     r = run(STATIC, reg.parent / "m_dyn.onnx", "--registry", reg)
     assert r.returncode == 2 and "has no quant_calibration_set" in r.stderr
+
+
+# --- a tool never destroys or half-writes ------------------------------------------------------
+
+
+def snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir())}
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_output_that_is_the_input_is_refused(mlp, tmp_path, tool):
+    calib = calibration(tmp_path / "c.npz", features=np.zeros((4, 6), np.float32))
+    before = snapshot(tmp_path)
+    (tmp_path / "link.onnx").symlink_to(mlp)
+    for out in (mlp, tmp_path / "link.onnx", *([calib] if tool == STATIC else [])):
+        r = run(tool, mlp, "--calibration", calib, "--output", out) if tool == STATIC else run(tool, mlp, "--output", out)
+        assert r.returncode == 2 and "never overwrites its input" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "link.onnx").unlink()
+    assert snapshot(tmp_path) == before
+
+
+def test_output_that_is_a_registered_fp32_model_is_refused(tmp_path):
+    reg = testutil.make_tree(tmp_path)
+    target = reg.parent / "m_fp32.onnx"
+    before = target.read_bytes()
+    r = run(DYNAMIC, reg.parent / "m_dyn.onnx", "--output", target)
+    assert r.returncode == 2 and "is the fp32 model of 'm_fp32'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run(STATIC, reg.parent / "m_static.onnx", "--registry", reg, "--output", target)
+    assert r.returncode == 2 and "is the fp32 model of 'm_fp32'" in r.stderr
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--output", "--report-out"])
+def test_missing_directory_is_a_clean_exit_2_and_nothing_is_written(mlp, tmp_path, flag):
+    r = run(DYNAMIC, mlp, flag, tmp_path / "no" / "such" / "file")
+    assert r.returncode == 2 and "does not exist" in r.stderr and flag in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_artefact_and_report_are_written_both_or_neither(mlp, tmp_path):
+    (tmp_path / "r.json").mkdir()  # a report path that cannot be a file
+    r = run(DYNAMIC, mlp, "--report-out", tmp_path / "r.json")
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    assert not (tmp_path / "model.int8.onnx").exists()
+    r = run(DYNAMIC, mlp, "--report-out", tmp_path / "ok.json")
+    assert r.returncode == 0 and (tmp_path / "model.int8.onnx").exists() and (tmp_path / "ok.json").exists()
+    rep = json.loads((tmp_path / "ok.json").read_text())
+    assert rep["run_provenance"]["outputs"][0]["sha256"] == sha256_file(tmp_path / "model.int8.onnx")
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_help_exits_0(tool):
+    r = run(tool, "--help")
+    assert r.returncode == 0 and "Usage:" in r.stdout and "--output" in r.stdout and "Exit codes" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_an_artefact_that_quantises_nothing_is_refused(tmp_path, tool):
+    # Every weight is under the 16 elements worth a scale (weight_only) or there is none at all (static).
+    src = tmp_path / "s.onnx"
+    src.write_bytes(testutil.tiny_mlp(0, n_in=2, hidden=4))
+    calib = calibration(tmp_path / "c.npz", features=np.random.default_rng(0).random((8, 2), dtype=np.float32))
+    graph = helper.make_graph([helper.make_node("Relu", ["features"], ["score"])], "g",
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 2])])
+    if tool == STATIC:
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    args = ["--calibration", calib] if tool == STATIC else ["--encoding=weight_only"]
+    r = run(tool, src, *args, "--report-out", tmp_path / "r.json")
+    assert r.returncode == 4 and "quantises no weight; nothing was written" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "s.int8.onnx").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_static_calibrates_a_fixed_batch_1_model_one_sample_at_a_time(tmp_path):
+    src = tmp_path / "b1.onnx"
+    onnx.save(quantize_test.small_cnn(batch=1), str(src))
+    calib = calibration(tmp_path / "c.npz", x=np.random.default_rng(0).random((48, 1, 16, 16), dtype=np.float32))
+    r = run(STATIC, src, "--calibration", calib, "--report-out", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert "calibrated on 48 samples" in r.stdout and "1 at a time" in r.stdout
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["calibration"]["samples"] == 48 and rep["calibration"]["batch"] == 1
+    quantize_test.x64_precise_and_default_sessions((tmp_path / "b1.int8.onnx").read_bytes())
+
+
+def test_report_states_the_weights_quantised_and_what_stays_fp32(tmp_path):
+    # quantize_dynamic has no integer ConvTranspose: the report says so, and how to quantise it.
+    w_up = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 2, 2)).astype(np.float32), "w_up")
+    w_c = numpy_helper.from_array(np.random.default_rng(1).standard_normal((8, 1, 3, 3)).astype(np.float32), "w_c")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w_c"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("ConvTranspose", ["c", "w_up"], ["y"], strides=[2, 2])], "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], initializer=[w_up, w_c])
+    src = tmp_path / "up.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    r = run(DYNAMIC, src, "--encoding=dynamic", "--report-out", tmp_path / "r.json")
+    assert r.returncode in (0, 3), r.stderr
+    assert "left in fp32: ConvTranspose x1 (128 elements)" in r.stdout and "--encoding=weight_only quantises it" in r.stdout
+    weights = json.loads((tmp_path / "r.json").read_text())["weights"]
+    assert weights["weight_elements_int8"] == 72 and weights["weight_elements_fp32"] == 128
+    assert weights["weights_quantised_fraction"] == pytest.approx(72 / 200)
+    assert [o["op"] for o in weights["ops_left_fp32"]] == ["ConvTranspose"]
+    r = run(DYNAMIC, src, "--encoding=weight_only", "--output", tmp_path / "wo.onnx")
+    assert "weights quantised: 100.0%" in r.stdout, r.stdout

@@ -15,6 +15,9 @@ from pathlib import Path
 
 
 def main() -> int:
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(__doc__)
+        return 0
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         sys.stderr.write("requirements_update: run me with `tools/bazel run //python:requirements_update`\n")

@@ -160,7 +160,11 @@ void FillSpecs(const std::vector<std::pair<std::string, std::vector<int64_t>>>& 
 
 void Fill(const json& root, tinyq_sidecar* sc, tinyq_status* status) {
   if (!root.is_object()) throw Failure{TINYQ_E_SCHEMA, "the sidecar must be a JSON object"};
-  sc->id = Dup(OptString(root, "id", /*required=*/true));
+  // "name" identifies a reference toolkit sidecar that has no "id".
+  if (Field(root, "id") == nullptr && Field(root, "name") == nullptr) {
+    throw Failure{TINYQ_E_SCHEMA, "field 'id' (or the reference toolkit's 'name') is required"};
+  }
+  sc->id = Dup(OptString(root, Field(root, "id") != nullptr ? "id" : "name", /*required=*/true));
   const std::string kind = OptString(root, "kind");
   if (!kind.empty()) sc->kind = Dup(kind);
   const std::string onnx = OptString(root, "onnx");

@@ -1,11 +1,12 @@
-"""What every tinyq command-line tool shares: exit codes, flag parsing, path resolution."""
+"""What every tinyq command-line tool shares: exit codes, flag parsing, --help, path resolution,
+and the guard that keeps a tool from writing over its own inputs or a registry's fp32 models."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Iterable, List, Mapping, Optional
 
 from absl import app, flags
 
@@ -19,7 +20,31 @@ class UsageError(Exception):
     """A problem with how the tool was called or with reading its inputs (exit 2)."""
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _print_help(argv: List[str]) -> None:
+    """The tool's docstring and its own flags (every flag with --helpfull), on stdout."""
+    main = sys.modules.get("__main__")
+    doc = (getattr(main, "__doc__", None) or "").strip()
+    full = "--helpfull" in argv
+    text = flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help()
+    lines = [doc + "\n"] if doc else []
+    lines.append("Flags:\n" + text if text.strip() else "This tool has no flags of its own.")
+    if not full:
+        lines.append("\nPass --helpfull for every flag, absl's included.")
+    try:
+        print("\n".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `tool --help | head`
+        pass
+
+
 def _parse_flags(argv: List[str]) -> List[str]:
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    if any(a in HELP_FLAGS for a in args):
+        _print_help(args)
+        sys.exit(EXIT_OK)  # absl's own --help exits 1
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -74,3 +99,55 @@ def load_valid_registry(path: Path):
         return registry.load(path)
     except (registry.RegistryReadError, registry.RegistryInvalid) as e:
         raise UsageError(f"the registry must be valid first:\n{e}") from None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when the two paths name one file: the same real path, or hard links to one file."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _registries(explicit: Optional[Path], near: Iterable[Path]) -> List[Path]:
+    """The registries whose fp32 models no tool may overwrite: the one given, the workspace's,
+    and any registry.json beside an input or output."""
+    from tinyq import registry
+
+    found = [explicit] if explicit else []
+    found.append(workspace_dir() / registry.DEFAULT_REGISTRY)
+    found.extend(p.parent / "registry.json" for p in near)
+    return [p for p in found if p.is_file()]
+
+
+def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path], registry_path: Optional[Path] = None) -> None:
+    """Refuses (UsageError, exit 2) before any work is done when an output's directory is missing,
+    two outputs are one file, or an output resolves to an input or to an fp32 model a registry
+    names. outputs maps the flag that sets each path (e.g. "--output") to the path, or None."""
+    from tinyq import registry
+
+    outs = {flag: p for flag, p in outputs.items() if p is not None}
+    inputs = [Path(p) for p in inputs]
+    for flag, out in outs.items():
+        if not out.parent.is_dir():
+            raise UsageError(f"{flag} {out}: the directory {out.parent} does not exist; create it, or pass a path in an existing directory")
+        if out.is_dir():
+            raise UsageError(f"{flag} {out} is a directory; pass a file path")
+        for src in inputs:
+            if same_file(out, src):
+                raise UsageError(f"{flag} {out} is the input {src}; this tool never overwrites its input: pass another {flag}")
+    names = list(outs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if same_file(outs[a], outs[b]):
+                raise UsageError(f"{a} and {b} are the same file {outs[a]}; pass two different paths")
+    for reg in _registries(registry_path, [*inputs, *outs.values()]):
+        for model_id, fp32 in registry.fp32_models(reg).items():
+            for flag, out in outs.items():
+                if same_file(out, fp32):
+                    raise UsageError(
+                        f"{flag} {out} is the fp32 model of {model_id!r} in {reg}; tinyq never overwrites a registered fp32 "
+                        f"model: pass another {flag}"
+                    )

@@ -41,3 +41,33 @@ def test_nan_is_refused_not_written(tmp_path):
     with pytest.raises(ValueError):
         fileio.atomic_write_json(p, {"x": float("nan")})
     assert not p.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_write_all_writes_every_file_or_none(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.json"
+    a.write_bytes(b"old a")
+    fileio.atomic_write_all([(a, b"new a"), (b, b"new b")])
+    assert a.read_bytes() == b"new a" and b.read_bytes() == b"new b"
+
+    real_replace = os.replace
+    calls = []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError):
+        fileio.atomic_write_all([(a, b"newer a"), (b, b"newer b")])
+    monkeypatch.undo()
+    assert a.read_bytes() == b"new a" and b.read_bytes() == b"new b"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.onnx", "b.json"]
+
+
+def test_write_all_removes_new_files_when_a_later_one_fails(tmp_path):
+    a, missing_dir = tmp_path / "a.onnx", tmp_path / "none" / "r.json"
+    with pytest.raises(FileNotFoundError):
+        fileio.atomic_write_all([(a, b"a"), (missing_dir, b"r")])
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ versions of the numeric stack and the lock file's hash, and the host's CPU and I
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import math
 import os
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from tinyq.fileio import atomic_write_json, sha256_file
+from tinyq.fileio import atomic_write_bytes, dumps_json, sha256_file
 
 SCHEMA = "tinyq-run-provenance-v1"
 PACKAGES = ("onnx", "onnxruntime", "openvino", "torch", "numpy")
@@ -45,7 +46,7 @@ ISA_FLAGS = (
 LOCK_ENV = "TINYQ_LOCK_SHA256"
 _LOCK_IN_TREE = Path(__file__).parent.parent / "requirements_lock.txt"
 
-Artefact = Tuple[Any, str]  # (path, kind)
+Artefact = Tuple[Any, ...]  # (path, kind), or (path, kind, bytes) for an output about to be written
 
 
 def normalise(value: Any) -> Any:
@@ -63,8 +64,11 @@ def normalise(value: Any) -> Any:
     return str(value)
 
 
-def describe_file(path: Any, kind: str) -> Dict[str, Any]:
+def describe_file(path: Any, kind: str, data: Optional[bytes] = None) -> Dict[str, Any]:
+    """A file's path, kind, sha256 and size; from data when given (an output not yet on disk)."""
     p = Path(path)
+    if data is not None:
+        return {"path": os.fspath(p), "kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     exists = p.is_file()
     return {
         "path": os.fspath(p),
@@ -129,14 +133,15 @@ def collect(
     inputs: Iterable[Artefact] = (),
     outputs: Iterable[Artefact] = (),
 ) -> Dict[str, Any]:
-    """The run_provenance block. Call it after the outputs are written, so their hashes are real."""
+    """The run_provenance block. Outputs are hashed from their bytes when given, else from disk
+    (call it after they are written)."""
     return {
         "schema": SCHEMA,
         "tool": {"name": tool, "entry_point": os.fspath(entry_point), "sha256": sha256_file(entry_point)},
         "argv": [str(a) for a in argv],
         "args": normalise(dict(args)),
-        "inputs": [describe_file(p, k) for p, k in inputs],
-        "outputs": [describe_file(p, k) for p, k in outputs],
+        "inputs": [describe_file(*a) for a in inputs],
+        "outputs": [describe_file(*a) for a in outputs],
         "versions": package_versions(),
         "lock_sha256": lock_sha256(),
         "host": host_facts(),
@@ -148,9 +153,14 @@ def tool_args(flag_values: Any, module_name: str) -> Dict[str, Any]:
     return normalise({f.name: f.value for f in flag_values.get_flags_for_module(module_name)})
 
 
+def report_bytes(report: Mapping[str, Any]) -> bytes:
+    """A report in tinyq's JSON layout: sorted keys, two-space indent, trailing newline."""
+    return dumps_json(normalise(dict(report))).encode("utf-8")
+
+
 def write_report(path: Any, report: Mapping[str, Any]) -> None:
-    """Writes a report atomically: sorted keys, two-space indent, trailing newline."""
-    atomic_write_json(path, normalise(dict(report)))
+    """Writes a report atomically."""
+    atomic_write_bytes(path, report_bytes(report))
 
 
 def absl_provenance(

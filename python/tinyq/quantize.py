@@ -8,32 +8,49 @@ with a message naming the fix, what cannot be repaired:
     one data file that is there, then inlined (tiny models need no external data);
   - fp16 models and opsets outside 13..21: refused.
 
+A model that is already quantised is refused too: pass its fp32 source.
+
 Encodings (all data-free, so all serve quant_mode "dynamic"):
   - "dynamic": onnxruntime's quantize_dynamic (int8 weights, activations quantised at run time);
   - "weight_only": int8 weights stored as initialisers feeding standard DequantizeLinear nodes,
     activations stay fp32. onnxruntime's own weight-only path (MatMulNBits) is a contrib op for
     2-D MatMul with K >= its block size, so it cannot serve 6-input MLPs, Conv or OpenVINO; this
     one uses standard ONNX ops only.
-Static QDQ (quant_mode "static") is onnxruntime's quantize_static fed from a calibration .npz.
-compact() then strips what only costs bytes: doc strings, node names, long tensor names and
-duplicate scale tensors.
+  - "auto": weight_only, unless it quantises no weight at all (then dynamic). Never chosen for
+    bytes: "dynamic" puts a DynamicQuantizeLinear chain before every quantised op, and on tiny
+    models that costs more than its integer kernel saves (measured 1.1-1.4x slower than
+    weight_only on MLPs, 3-6x on CNNs; docs/user-guide.md).
+Static QDQ (quant_mode "static") is onnxruntime's quantize_static fed from a calibration .npz,
+at the batch size the model accepts; uint8 activations, int8 symmetric weights.
+compact() then strips what only costs bytes or leaks the exporter's environment: doc strings,
+metadata_props everywhere (torch's stack traces with local paths), node names, long tensor names.
+It never shares an initialiser between nodes: onnxruntime's x64quantprecision transformer
+rewrites int8 kernels' initialisers in place and fails on shared ones.
+Every artefact's weights are counted (tinyq.weights): the fraction quantised, and each op left
+in fp32 with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tinyq import weights
+
 MIN_OPSET, MAX_OPSET = 13, 21
 ENCODINGS = ("auto", "weight_only", "dynamic")
 _FP16 = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
-_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1}
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
+MIN_WEIGHT_ELEMENTS = 16  # smaller weights cost more in scales than int8 saves
+DEFAULT_CALIBRATION_BATCH = 32
 
 
 class QuantizeError(Exception):
@@ -46,7 +63,8 @@ class Repair:
     detail: str
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def model_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset the model imports, 0 when none."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
@@ -120,11 +138,16 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
     repairs: List[Repair] = []
     _repair_external_data(path, model, repairs)
 
-    opset = _opset(model)
+    opset = model_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise QuantizeError(
             f"{path}: opset {opset} is not supported (tinyq quantises opsets {MIN_OPSET}-{MAX_OPSET}); "
             f"re-export with opset_version=17"
+        )
+    quantised = sorted({n.op_type for n in model.graph.node if n.op_type in weights.QUANTISED_OPS})
+    if quantised:
+        raise QuantizeError(
+            f"{path}: already quantised (it has {', '.join(quantised)} nodes); pass the fp32 model it was made from"
         )
     half = [t.name for t in model.graph.initializer if t.data_type in _FP16]
     half += [v.name for v in (*model.graph.input, *model.graph.output) if v.type.tensor_type.elem_type in _FP16]
@@ -145,6 +168,17 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
 # --- encodings -----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """onnxruntime's quantisers log advice and per-tensor notes on the root logger; tinyq reports
+    what matters itself."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def quantize_dynamic(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
     """onnxruntime's quantize_dynamic, int8 weights."""
     from onnxruntime.quantization import QuantType
@@ -153,7 +187,13 @@ def quantize_dynamic(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelPro
     with tempfile.TemporaryDirectory(prefix="tinyq_ptq_") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        ort_quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+        try:
+            with _quiet_onnxruntime():
+                ort_quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+        except Exception as e:  # onnxruntime raises ValueError, RuntimeError, KeyError, ... on graphs it cannot handle
+            raise QuantizeError(
+                f"onnxruntime's quantize_dynamic failed on this graph ({type(e).__name__}: {e}); try --encoding=weight_only"
+            ) from None
         return onnx.load(str(dst))
 
 
@@ -161,13 +201,15 @@ def _weight_axis(node: onnx.NodeProto, ndim: int) -> int:
     """The output-channel axis of a node's weight, for per-channel scales."""
     if node.op_type == "Conv":
         return 0
+    if node.op_type == "ConvTranspose":
+        return 1  # [C_in, C_out / group, k...]
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return ndim - 1  # MatMul: [..., K, N]
 
 
-def weight_only(model: onnx.ModelProto, per_channel: bool = True, min_elements: int = 16) -> onnx.ModelProto:
+def weight_only(model: onnx.ModelProto, per_channel: bool = True, min_elements: int = MIN_WEIGHT_ELEMENTS) -> onnx.ModelProto:
     """Symmetric int8 weights behind standard DequantizeLinear nodes; activations stay fp32."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -201,48 +243,65 @@ def weight_only(model: onnx.ModelProto, per_channel: bool = True, min_elements: 
     return model
 
 
-def compact(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same computation in fewer bytes: no doc strings or node names, short tensor names,
-    one copy of each repeated small initialiser (e.g. scales and zero points)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
+def _strip_graph(graph: onnx.GraphProto) -> None:
+    """Doc strings and metadata_props off the graph, its nodes, tensors and values; subgraphs too.
+
+    Fields compaction has always emptied (model, graph, node, graph input and output doc strings)
+    are set to "", the rest cleared, so the zoo's pinned artefacts keep their bytes."""
+    graph.doc_string = ""
+    graph.ClearField("metadata_props")
+    for v in (*graph.input, *graph.output):
+        v.doc_string = ""
+        v.ClearField("metadata_props")
+    for v in graph.value_info:
+        v.ClearField("doc_string")
+        v.ClearField("metadata_props")
+    for t in graph.initializer:
+        t.ClearField("doc_string")
+        t.ClearField("metadata_props")
+    for node in graph.node:
+        node.doc_string = ""
+        node.ClearField("metadata_props")
+        for a in node.attribute:
+            a.ClearField("doc_string")
+            for g in (a.g,) if a.HasField("g") else a.graphs:
+                _strip_graph(g)
+
+
+def strip_metadata(model: onnx.ModelProto) -> None:
+    """Removes, in place, everything that describes the exporter's run rather than the computation:
+    doc strings, metadata_props (torch's dynamo exporter writes stack traces with local source paths
+    and line numbers into node metadata_props), producer_version."""
     model.doc_string = ""
     model.producer_version = ""
-    del model.metadata_props[:]
-    graph.doc_string = ""
-    del graph.value_info[:]
+    model.ClearField("metadata_props")
+    _strip_graph(model.graph)
+    for f in model.functions:
+        f.ClearField("doc_string")
+        f.ClearField("metadata_props")
+        for node in f.node:
+            node.ClearField("doc_string")
+            node.ClearField("metadata_props")
 
-    # Share identical small initialisers, but only those read by QuantizeLinear/DequantizeLinear
-    # alone: onnxruntime's x64quantprecision transformer rewrites an int8 kernel's initialisers
-    # in place and fails on shared ones ("Attempt to replace the existing tensor").
-    consumers: Dict[str, set] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
-    shareable = {n for n, ops in consumers.items() if ops <= {"QuantizeLinear", "DequantizeLinear"}}
-    canonical: Dict[Tuple[int, Tuple[int, ...], bytes], str] = {}
-    alias: Dict[str, str] = {}
-    kept = []
-    for t in graph.initializer:
-        arr = numpy_helper.to_array(t)
-        key = (t.data_type, tuple(arr.shape), arr.tobytes())
-        if t.name not in shareable:
-            kept.append(t)
-            continue
-        if arr.size <= 64 and key in canonical:
-            alias[t.name] = canonical[key]
-            continue
-        canonical.setdefault(key, t.name)
-        kept.append(t)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same computation in fewer bytes, and nothing of the exporter's environment: no doc
+    strings, metadata or node names, short tensor names.
+
+    Initialisers are never shared between nodes, not even identical scales and zero points:
+    onnxruntime's x64quantprecision transformer rewrites an int8 kernel's initialisers in place and
+    fails on shared ones ("Attempt to replace the existing tensor").
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    strip_metadata(model)
+    graph = model.graph
+    del graph.value_info[:]
 
     # Short names for everything that is not a graph input or output.
     io_names = {v.name for v in (*graph.input, *graph.output)}
     rename: Dict[str, str] = {}
 
     def short(name: str) -> str:
-        name = alias.get(name, name)
         if not name or name in io_names:
             return name
         if name not in rename:
@@ -253,39 +312,80 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
         t.name = short(t.name)
     for node in graph.node:
         node.name = ""
-        node.doc_string = ""
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
-    for v in graph.input:
-        v.doc_string = ""
-    for v in graph.output:
-        v.doc_string = ""
     onnx.checker.check_model(model)
     return model
+
+
+# --- what each artefact quantised -------------------------------------------------------------
+
+_ORT_DYNAMIC_GAPS = {
+    "ConvTranspose": "onnxruntime's quantize_dynamic has no integer ConvTranspose; --encoding=weight_only quantises it",
+}
+
+
+def _reason(encoding: str, op: str, elements: int) -> str:
+    if encoding == "weight_only":
+        if elements < MIN_WEIGHT_ELEMENTS:
+            return f"{elements} elements, fewer than the {MIN_WEIGHT_ELEMENTS} worth a scale"
+        if op == "Gather":
+            return "weight_only leaves embedding tables in fp32; --encoding=dynamic quantises them"
+        return f"weight_only quantises the weight input of {', '.join(_WEIGHT_INPUT)} only"
+    if encoding == "dynamic":
+        return _ORT_DYNAMIC_GAPS.get(op, f"onnxruntime's quantize_dynamic left this {op} in fp32")
+    return f"onnxruntime's quantize_static (QDQ) left this {op} in fp32"
+
+
+def coverage_of(artefact: Union[bytes, onnx.ModelProto], encoding: str) -> weights.Coverage:
+    """The weights the artefact quantised, and each op it left in fp32 with the reason."""
+    model = onnx.load_from_string(artefact) if isinstance(artefact, bytes) else artefact
+    return weights.coverage(model, lambda op, n: _reason(encoding, op, n))
 
 
 @dataclass
 class Encoded:
     encoding: str
     model_bytes: bytes
+    coverage: weights.Coverage
+    why: str = ""
 
     @property
     def size(self) -> int:
         return len(self.model_bytes)
 
 
+AUTO_WHY = (
+    "auto: weight_only adds no run-time activation quantisation, so it runs on fp32 kernels; dynamic's "
+    "DynamicQuantizeLinear chains were measured slower than weight_only on every tiny model tried, so auto "
+    "never picks dynamic to save bytes, only when weight_only quantises nothing"
+)
+
+
 def encode(model: onnx.ModelProto, encoding: str, per_channel: bool) -> Encoded:
-    """One int8 encoding, compacted. "auto" builds every data-free encoding and keeps the smallest."""
+    """One int8 encoding, compacted, with its weight coverage. See the module doc for "auto"."""
     if encoding == "auto":
-        options = [encode(model, e, per_channel) for e in ENCODINGS if e != "auto"]
-        return min(options, key=lambda e: (e.size, e.encoding))
+        chosen = encode(model, "weight_only", per_channel)
+        if chosen.coverage.nothing_quantised:
+            chosen = encode(model, "dynamic", per_channel)
+        chosen.why = AUTO_WHY
+        return chosen
     if encoding == "weight_only":
         out = weight_only(model, per_channel=per_channel)
     elif encoding == "dynamic":
         out = quantize_dynamic(model, per_channel=per_channel)
     else:
         raise ValueError(f"unknown encoding {encoding!r}; one of {ENCODINGS}")
-    return Encoded(encoding, compact(out).SerializeToString())
+    out = compact(out)
+    return Encoded(encoding, out.SerializeToString(), coverage_of(out, encoding))
+
+
+def calibration_batch(model: onnx.ModelProto) -> int:
+    """The batch size to calibrate at: the one the model fixes on axis 0, else DEFAULT_CALIBRATION_BATCH."""
+    from tinyq.calibration import graph_inputs
+
+    fixed = {i.shape[0] for i in graph_inputs(model) if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    return min(fixed) if fixed else DEFAULT_CALIBRATION_BATCH
 
 
 # Ops given quantisers by static QDQ: those with int8 kernels in onnxruntime's CPU provider
@@ -303,10 +403,11 @@ def quantize_static_qdq(
     per_channel: bool = False,
     exclude_nodes: Sequence[str] = (),
     calibration_cache: Optional[Path] = None,
-    batch: int = 32,
+    batch: Optional[int] = None,
 ) -> bytes:
     """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
-    STATIC_OP_TYPES, calibrated on the arrays (one per input); exclude_nodes stay fp32.
+    STATIC_OP_TYPES, calibrated on the arrays (one per input) fed `batch` samples at a time, by
+    default the batch the model accepts (calibration_batch); exclude_nodes stay fp32.
 
     calibration_cache: onnxruntime's own cache of the ranges (written on the first call, read on
     the next), so that candidates differing only in granularity or fp32 nodes share one
@@ -315,6 +416,7 @@ def quantize_static_qdq(
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    batch = batch or calibration_batch(model)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -327,26 +429,31 @@ def quantize_static_qdq(
     with tempfile.TemporaryDirectory(prefix="tinyq_ptq_") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        quantize_static(
-            str(src),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(STATIC_OP_TYPES),
-            nodes_to_exclude=list(exclude_nodes),
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            extra_options={"CalibTensorRangeSymmetric": False},
-            calibration_cache_path=calibration_cache,
-        )
+        try:
+            with _quiet_onnxruntime():
+                quantize_static(
+                    str(src),
+                    str(dst),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(STATIC_OP_TYPES),
+                    nodes_to_exclude=list(exclude_nodes),
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False, "WeightSymmetric": True},
+                    calibration_cache_path=calibration_cache,
+                )
+        except Exception as e:  # onnxruntime raises many types on graphs it cannot calibrate or quantise
+            raise QuantizeError(f"onnxruntime's quantize_static failed on this graph ({type(e).__name__}: {e})") from None
         return compact(onnx.load(str(dst))).SerializeToString()
 
 
 # --- what both PTQ tools share ---------------------------------------------------------------
 
 EXIT_LARGER = 3  # the int8 artefact was written but is not smaller than its fp32 source
+EXIT_NOTHING_QUANTISED = 4  # refused: the artefact would quantise no weight; nothing written
 
 
 def default_output(fp32: Path) -> Path:
@@ -371,22 +478,3 @@ def size_fields(fp32: Path, int8_bytes: int) -> Dict[str, object]:
         "size_ratio": round(fp32_bytes / int8_bytes, 4),
         "larger_than_fp32": int8_bytes >= fp32_bytes,
     }
-
-
-def announce(tool: str, fp32: Path, out: Path, int8_bytes: int, what: str) -> Tuple[Dict[str, object], int]:
-    """Prints what was written, and loudly when it is not smaller than its source.
-
-    Returns the report's size fields and the tool's exit code (0, or EXIT_LARGER).
-    """
-    import sys
-
-    sizes = size_fields(fp32, int8_bytes)
-    print(f"{tool}: wrote {out} ({what}, {sizes['fp32_bytes']} -> {sizes['int8_bytes']} B, x{sizes['size_ratio']:.2f})")
-    if not sizes["larger_than_fp32"]:
-        return sizes, 0
-    print(
-        f"WARNING: {out} ({sizes['int8_bytes']} B) is NOT SMALLER than its fp32 source {fp32} ({sizes['fp32_bytes']} B); "
-        f"tinyq will not register it. Try --encoding=weight_only, or keep the model fp32.",
-        file=sys.stderr,
-    )
-    return sizes, EXIT_LARGER

@@ -118,17 +118,115 @@ def test_weight_only_uses_standard_dequantize_linear(mlp):
     assert all(t.data_type != TensorProto.FLOAT or t.dims in ([32], [1], [6]) or len(t.dims) <= 1 for t in out.graph.initializer)
 
 
-def test_auto_keeps_the_smallest(mlp):
+def embedding_mlp():
+    """A codec embedding (Gather over a 512 x 32 table) and a head: onnxruntime's quantize_dynamic
+    quantises the table, weight_only leaves it fp32, so dynamic is far smaller."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((512, 32)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((32, 1)).astype(np.float32), "w")]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "codec"], ["emb"]), helper.make_node("MatMul", ["emb", "w"], ["score"])], "emb",
+        [helper.make_tensor_value_info("codec", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_auto_never_picks_dynamic_to_save_bytes():
+    # dynamic's DynamicQuantizeLinear chains run slower than weight_only on tiny models: bytes alone never choose it.
+    model = embedding_mlp()
+    sizes = {e: quantize.encode(model, e, False).size for e in ("weight_only", "dynamic")}
+    assert sizes["dynamic"] < sizes["weight_only"] / 2
+    auto = quantize.encode(model, "auto", False)
+    assert auto.encoding == "weight_only" and "never picks dynamic to save bytes" in auto.why
+    # ... and the report says what that leaves in fp32, and why.
+    [left] = auto.coverage.left_fp32
+    assert (left.op, left.count, left.elements) == ("Gather", 1, 512 * 32) and "--encoding=dynamic" in left.reason
+    assert auto.coverage.fraction == pytest.approx(32 / (32 + 512 * 32))
+
+
+def test_auto_falls_back_to_dynamic_only_when_weight_only_quantises_nothing():
+    model = embedding_mlp()
+    del model.graph.node[1:]  # the embedding alone: weight_only has nothing to quantise
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["n", 32]))
+    auto = quantize.encode(model, "auto", False)
+    assert auto.encoding == "dynamic" and not auto.coverage.nothing_quantised
+
+
+def test_coverage_counts_weights_and_names_what_stays_fp32(mlp):
     model, _ = quantize.load_for_quantization(mlp)
-    sizes = {e: quantize.encode(model, e, True).size for e in ("weight_only", "dynamic")}
-    auto = quantize.encode(model, "auto", True)
-    assert auto.size == min(sizes.values()) and sizes[auto.encoding] == auto.size
+    enc = quantize.encode(model, "weight_only", False)
+    assert enc.coverage.fraction == 1.0 and enc.coverage.quantised_elements == 6 * 32 + 32
+    small = onnx.load_from_string(testutil.tiny_mlp(0, n_in=2, hidden=4))  # 8- and 4-element weights
+    cov = quantize.encode(small, "weight_only", False).coverage
+    assert cov.nothing_quantised and {o.op for o in cov.left_fp32} == {"MatMul"}
+    assert all("fewer than the 16" in o.reason for o in cov.left_fp32)
+
+
+def test_an_already_quantised_model_is_refused(mlp, tmp_path):
+    model, _ = quantize.load_for_quantization(mlp)
+    (tmp_path / "q.onnx").write_bytes(quantize.encode(model, "dynamic", False).model_bytes)
+    with pytest.raises(quantize.QuantizeError, match="already quantised .*pass the fp32 model"):
+        quantize.load_for_quantization(tmp_path / "q.onnx")
+
+
+def x64_precise_and_default_sessions(model_bytes):
+    """Loads the model under default options and under session.x64quantprecision=1."""
+    for value in ("0", "1"):
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.x64quantprecision", value)
+        ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
 def test_encodings_load_with_precise_x64_int8_kernels(mlp, encoding):
     # Shared initialisers once broke onnxruntime's x64quantprecision transformer.
     model, _ = quantize.load_for_quantization(mlp)
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    ort.InferenceSession(quantize.encode(model, encoding, False).model_bytes, opts, providers=["CPUExecutionProvider"])
+    x64_precise_and_default_sessions(quantize.encode(model, encoding, False).model_bytes)
+
+
+def small_cnn(seed=0, batch="n"):
+    """Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm on [batch, 1, 16, 16]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n) for n, s in
+             [("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (16, 8, 3, 3)), ("b2", (16,)), ("w3", (1, 16)), ("b3", (1,))]]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["score"], transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 16, 16])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_qdq_loads_with_precise_x64_int8_kernels():
+    # Compaction once shared identical scales between Q/DQ nodes of different tensors; onnxruntime's
+    # x64quantprecision transformer then failed with "Attempt to replace the existing tensor".
+    calib = {"x": np.random.default_rng(1).random((32, 1, 16, 16), dtype=np.float32)}
+    for per_channel in (False, True):
+        x64_precise_and_default_sessions(quantize.quantize_static_qdq(small_cnn(), calib, per_channel=per_channel))
+
+
+def test_static_calibrates_at_the_batch_the_model_fixes():
+    assert quantize.calibration_batch(small_cnn(batch="n")) == quantize.DEFAULT_CALIBRATION_BATCH
+    fixed = small_cnn(batch=1)
+    assert quantize.calibration_batch(fixed) == 1
+    calib = {"x": np.random.default_rng(1).random((20, 1, 16, 16), dtype=np.float32)}
+    int8 = quantize.quantize_static_qdq(fixed, calib)  # 20 samples, fed one at a time
+    out = ort.InferenceSession(int8, providers=["CPUExecutionProvider"]).run(None, {"x": calib["x"][:1]})[0]
+    assert out.shape == (1, 1)
+
+
+def test_strip_metadata_leaves_no_exporter_trace():
+    model = small_cnn()
+    model.doc_string = "exported from /home/user/train.py"
+    onnx.helper.set_model_props(model, {"pkg.torch.export.graph_signature": "/home/user/train.py:12"})
+    model.graph.metadata_props.add(key="pkg.torch.export.range_constraints", value="/home/user/train.py")
+    node = model.graph.node[0]
+    node.metadata_props.add(key="pkg.torch.onnx.stack_trace", value='File "/home/user/train.py", line 12, in forward')
+    node.doc_string = "/home/user/train.py:12"
+    model.graph.initializer[0].doc_string = "/home/user/train.py"
+    model.graph.input[0].metadata_props.add(key="pkg.torch.onnx.name", value="/home/user")
+    for encoding in ("weight_only", "dynamic"):
+        assert b"/home/user" not in quantize.encode(model, encoding, False).model_bytes, encoding
+    calib = {"x": np.random.default_rng(1).random((4, 1, 16, 16), dtype=np.float32)}
+    assert b"/home/user" not in quantize.quantize_static_qdq(model, calib)

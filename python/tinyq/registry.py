@@ -4,8 +4,14 @@ Validation runs in two layers:
   1. JSON Schema 2020-12 (model/tiny/registry.schema.json) for structure and types, including
      "non-fp32 needs int8_sha256" and "static needs quant_calibration_set";
   2. checks a schema cannot express: unique ids, paths jailed inside the registry's directory
-     (symlinks included), file hashes, the calibration set on disk, and each sidecar agreeing
-     with its entry.
+     (symlinks included), file hashes, the calibration set on disk, each sidecar agreeing
+     with its entry, and for every quantised entry an int8 file that quantises at least one
+     weight and a soak fixture (fixtures/<id>.soak.npz) that fits the model, since the gate
+     judges the budget on it.
+
+Sidecars written for the reference toolkit validate unchanged: they may carry `name` instead of
+`id`, `onnx_opset` for `opset`, a finer `kind` (e.g. shot_detector, an nr model), and leave out
+fields; a field a sidecar leaves out is not a disagreement.
 
 Every problem is a Finding naming the entry, the JSON pointer, what is wrong and how to fix it.
 Entry paths resolve against the registry's own directory.
@@ -14,6 +20,7 @@ Entry paths resolve against the registry's own directory.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -23,7 +30,12 @@ import jsonschema
 from tinyq.fileio import sha256_file
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
+KINDS = ("fr", "nr", "filter")
+# Every kind the reference toolkit's sidecars use, and the registry kind it belongs to.
+REFERENCE_KINDS = {"fr": "fr", "nr": "nr", "filter": "filter", "shot_detector": "nr"}
 DEFAULT_QUANT_MODE = "fp32"
+ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # registry.schema.json's id: pattern and maxLength 64
+MIN_OPSET, MAX_OPSET = 7, 21  # registry.schema.json's opset range
 DEFAULT_BUDGET_PLCC = 0.01
 
 # The source tree root; under Bazel, the runfiles root, which mirrors it.
@@ -35,7 +47,7 @@ DEFAULT_REGISTRY = Path("model") / "tiny" / "registry.json"
 # Path-valued entry fields, all jailed inside the registry's directory.
 _PATH_FIELDS = ("onnx", "quant_calibration_set", "sigstore_bundle")
 
-# Fields a sidecar shares with its registry entry, with the default an absent one stands for.
+# Fields a sidecar shares with its registry entry, with the default an absent entry field stands for.
 _SHARED_FIELDS: Tuple[Tuple[str, Any], ...] = (
     ("id", None),
     ("kind", None),
@@ -45,6 +57,7 @@ _SHARED_FIELDS: Tuple[Tuple[str, Any], ...] = (
     ("int8_sha256", None),
     ("quant_accuracy_budget_plcc", DEFAULT_BUDGET_PLCC),
 )
+_REGISTER_FIX = "run `tools/bazel run //python:register_model -- MODEL.onnx --registry R --soak-data S.npz` (docs/user-guide.md)"
 
 _FIXES = {
     "malformed_json": "fix the JSON syntax at the position given",
@@ -69,6 +82,12 @@ _FIXES = {
     "sidecar_missing": "write the sidecar JSON beside the model (the training target writes it)",
     "sidecar_invalid": "fix the sidecar so it is a JSON object matching model/tiny/sidecar.schema.json",
     "sidecar_mismatch": "make the sidecar agree with the registry entry (the registry is the trust root)",
+    "int8_nothing_quantised": "the int8 file has no int8 weight, so it is not an int8 model: quantise the fp32 model "
+    "with //python:ptq_dynamic or //python:ptq_static, or set quant_mode to fp32",
+    "fixture_missing": "the gate judges a quantised model on its soak fixture: add real held-out data with "
+    + _REGISTER_FIX,
+    "fixture_invalid": "rewrite the soak fixture so it fits the model: one [N, ...] array per ONNX input, plus an "
+    "optional 'target'; " + _REGISTER_FIX,
 }
 
 
@@ -168,6 +187,21 @@ def read_json(path: Path) -> Any:
     with open(path, "rb") as f:
         raw = f.read()
     return json.loads(raw.decode("utf-8"))
+
+
+def fp32_models(path: Path) -> Dict[str, Path]:
+    """{id: fp32 model path} for every entry of the registry at path that names one, read
+    leniently (an invalid registry still protects its files); {} when it cannot be read."""
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    models = data.get("models") if isinstance(data, dict) else None
+    out: Dict[str, Path] = {}
+    for i, m in enumerate(models if isinstance(models, list) else []):
+        if isinstance(m, dict) and isinstance(m.get("onnx"), str):
+            out[str(m.get("id", f"models[{i}]"))] = Path(path).parent / m["onnx"]
+    return out
 
 
 _schema_cache: Dict[Path, jsonschema.protocols.Validator] = {}
@@ -292,25 +326,49 @@ class _Checker:
                 paths[name] = self.jailed(entry, f"{base}/{name}", m[name])
 
         onnx = paths.get("onnx")
-        mode = m.get("quant_mode", DEFAULT_QUANT_MODE)
         if onnx is not None:
             self.check_hash("sha256_mismatch", entry, f"{base}/sha256", onnx, m["sha256"], "model")
-            int8 = int8_path_for(onnx)
-            if mode != "fp32":
-                self.check_hash("int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8, m["int8_sha256"], "int8 model")
-                if int8.is_file() and onnx.is_file() and int8.stat().st_size >= onnx.stat().st_size:
-                    self.add(
-                        "int8_not_smaller",
-                        entry,
-                        f"{base}/quant_mode",
-                        f"int8 model {int8.name} ({int8.stat().st_size} B) is not smaller than {onnx.name} ({onnx.stat().st_size} B)",
-                    )
+            if m.get("quant_mode", DEFAULT_QUANT_MODE) != "fp32":
+                self.check_int8(entry, base, m, onnx)
+                self.check_fixture(entry, base, onnx)
             self.check_sidecar(entry, base, m, sidecar_path_for(onnx))
 
         calib = paths.get("quant_calibration_set")
         if calib is not None and not calib.is_file():
             self.add("file_missing", entry, f"{base}/quant_calibration_set", f"calibration set {calib} does not exist")
         # sigstore_bundle files are produced at release time; only their path is checked.
+
+    def check_int8(self, entry: str, base: str, m: Dict[str, Any], onnx: Path) -> None:
+        int8 = int8_path_for(onnx)
+        self.check_hash("int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8, m["int8_sha256"], "int8 model")
+        if not int8.is_file():
+            return
+        if onnx.is_file() and int8.stat().st_size >= onnx.stat().st_size:
+            self.add(
+                "int8_not_smaller",
+                entry,
+                f"{base}/quant_mode",
+                f"int8 model {int8.name} ({int8.stat().st_size} B) is not smaller than {onnx.name} ({onnx.stat().st_size} B)",
+            )
+        if _int8_weight_elements(int8) == 0:
+            self.add("int8_nothing_quantised", entry, f"{base}/quant_mode", f"int8 model {int8.name} quantises no weight")
+
+    def check_fixture(self, entry: str, base: str, onnx: Path) -> None:
+        """A quantised entry needs fixtures/<id>.soak.npz, fitting the model: the gate judges on it."""
+        from tinyq import calibration
+
+        fixture = calibration.fixture_path(self.path.parent, entry)
+        if not fixture.is_file():
+            self.add("fixture_missing", entry, base, f"soak fixture {fixture} does not exist")
+            return
+        if not onnx.is_file():
+            return
+        try:
+            calibration.load_npz(fixture, calibration.graph_inputs(onnx), (calibration.TARGET_KEY,))
+        except calibration.CalibrationError as e:
+            self.add("fixture_invalid", entry, base, f"soak fixture {fixture}: {'; '.join(e.problems)}")
+        except Exception as e:  # an fp32 file onnx cannot parse is reported by its hash check
+            self.add("fixture_invalid", entry, base, f"soak fixture {fixture} cannot be checked against {onnx.name}: {e}")
 
     def check_sidecar(self, entry: str, base: str, m: Dict[str, Any], sidecar: Path) -> None:
         if not sidecar.is_file():
@@ -330,23 +388,38 @@ class _Checker:
         if errors:
             return
         for name, default in _SHARED_FIELDS:
-            want = m.get(name, default)
             got = data.get(name, data.get("onnx_opset") if name == "opset" else None)
-            got = default if got is None else got
-            if name == "opset" and (want is None or got is None):
+            if got is None:
+                continue  # a field the sidecar leaves out (reference sidecars often do) is not a disagreement
+            want = m.get(name, default)
+            if name == "opset" and want is None:
                 continue
+            if name == "kind":
+                got = REFERENCE_KINDS.get(got, got)  # a reference sidecar may name a finer kind of the same model
             if want != got:
                 self.add(
                     "sidecar_mismatch",
                     entry,
                     f"{base}/{name}",
-                    f"sidecar {sidecar.name} has {name}={json.dumps(got)}, the registry has {json.dumps(want)}",
+                    f"sidecar {sidecar.name} has {name}={json.dumps(data.get(name, got))}, the registry has {json.dumps(want)}",
                 )
         onnx = data.get("onnx")
         if onnx is not None and onnx not in (m["onnx"], PurePosixPath(m["onnx"]).name):
             self.add(
                 "sidecar_mismatch", entry, f"{base}/onnx", f"sidecar {sidecar.name} names onnx {onnx!r}, the registry {m['onnx']!r}"
             )
+
+
+def _int8_weight_elements(path: Path) -> int:
+    """The int8 weight elements of an ONNX file (tinyq.weights); -1 when onnx cannot parse it."""
+    import onnx
+
+    from tinyq import weights
+
+    try:
+        return weights.int8_weight_elements(onnx.load(str(path), load_external_data=False))
+    except Exception:  # a file onnx cannot parse fails its hash check or the gate, with their own messages
+        return -1
 
 
 def _entry_from(root: Path, m: Dict[str, Any]) -> ModelEntry:

@@ -125,7 +125,10 @@ def parse(data: bytes) -> Sidecar:
         raise SidecarError("parse_error", f"the sidecar is not valid UTF-8 JSON ({e})") from None
     if not isinstance(doc, dict):
         raise SidecarError("schema_error", "the sidecar must be a JSON object")
-    sc = Sidecar(id=_str(doc, "id", required=True))
+    # "name" identifies a reference toolkit sidecar that has no "id".
+    sc = Sidecar(id=_str(doc, "id") if "id" in doc else _str(doc, "name"))
+    if sc.id is None:
+        raise SidecarError("schema_error", "field 'id' (or the reference toolkit's 'name') is required")
     sc.kind = _str(doc, "kind")
     sc.onnx = _str(doc, "onnx")
     if sc.onnx is not None and len(sc.onnx.encode()) > MAX_PATH_BYTES:
@@ -195,12 +198,13 @@ def build(
     *,
     inputs: Sequence[Dict[str, Any]],
     outputs: Sequence[Dict[str, Any]],
-    arch: Mapping[str, Any],
+    arch: Optional[Mapping[str, Any]],
     n_params: int,
     features: Optional[Sequence[str]] = None,
     input_mean: Optional[Sequence[float]] = None,
     input_std: Optional[Sequence[float]] = None,
     notes: Optional[str] = None,
+    input_semantics: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, Any]:
     """The sidecar for a registry entry. inputs/outputs: [{"name": ..., "shape": [...]}], -1 = dynamic."""
     out: Dict[str, Any] = {k: entry[k] for k in FROM_REGISTRY if k in entry}
@@ -214,8 +218,11 @@ def build(
     out["input_shapes"] = [list(i["shape"]) for i in inputs]
     out["output_names"] = [o["name"] for o in outputs]
     out["output_shapes"] = [list(o["shape"]) for o in outputs]
-    out["arch"] = dict(arch)
+    if arch is not None:
+        out["arch"] = dict(arch)
     out["n_params"] = int(n_params)
+    if input_semantics:
+        out["input_semantics"] = dict(input_semantics)
     if features is not None:
         out["features"] = list(features)
         out["input_mean"] = [float(v) for v in input_mean]
@@ -233,3 +240,30 @@ def sync(sidecar: Mapping[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]
     out.setdefault("quant_mode", registry.DEFAULT_QUANT_MODE)
     out.setdefault("quant_accuracy_budget_plcc", registry.DEFAULT_BUDGET_PLCC)
     return out
+
+
+def graph_io(model: Any) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The inputs and outputs of an onnx.ModelProto as build() takes them: -1 for a dynamic dimension.
+    Initialisers listed as graph inputs (old exporters) are not inputs."""
+    inits = {t.name for t in model.graph.initializer}
+
+    def spec(v) -> Dict[str, Any]:
+        dims = v.type.tensor_type.shape.dim
+        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in dims]}
+
+    return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+
+
+def n_params(model: Any) -> int:
+    """Elements of an onnx.ModelProto's floating-point initialisers: its parameter count."""
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in floats:
+            n = 1
+            for d in t.dims:
+                n *= d
+            total += n
+    return total

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq.fileio import sha256_file
+from tinyq.fileio import atomic_write_npz, sha256_file
 
 
 def tiny_mlp(seed: int, n_in: int = 6, hidden: int = 16) -> bytes:
@@ -52,8 +52,16 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def int8_of(fp32: bytes) -> bytes:
+    """A real int8 artefact of an fp32 model: tinyq's weight-only encoding."""
+    from tinyq import quantize
+
+    return quantize.encode(onnx.load_from_string(fp32), "weight_only", per_channel=False).model_bytes
+
+
 def make_tree(root: Path) -> Path:
-    """Writes root/model/tiny/registry.json with an fp32, a dynamic and a static model, all valid."""
+    """Writes root/model/tiny/registry.json with an fp32, a dynamic and a static model, all valid:
+    each quantised one with a real int8 artefact and a soak fixture."""
     tiny = root / "model" / "tiny"
     tiny.mkdir(parents=True)
     models: List[Dict[str, Any]] = []
@@ -67,8 +75,11 @@ def make_tree(root: Path) -> Path:
             "quant_mode": mode,
         }
         if mode != "fp32":
-            # Any real bytes do for the registry's hash checks; the quantisers are tested elsewhere.
-            entry["int8_sha256"] = _write(tiny / f"{mid}.int8.onnx", tiny_mlp(100 + seed, hidden=4))
+            entry["int8_sha256"] = _write(tiny / f"{mid}.int8.onnx", int8_of(tiny_mlp(seed)))
+            (tiny / "fixtures").mkdir(exist_ok=True)
+            rng = np.random.default_rng(seed)
+            atomic_write_npz(tiny / "fixtures" / f"{mid}.soak.npz",
+                             {"features": rng.random((8, 6), dtype=np.float32), "target": rng.random(8, dtype=np.float32)})
         if mode == "static":
             calib = tiny / "calibration" / f"{mid}.npz"
             calib.parent.mkdir(exist_ok=True)
@@ -141,6 +152,20 @@ def _int8_larger(reg: Path) -> None:
     _write_json(sidecar, data)
 
 
+def _int8_nothing_quantised(reg: Path) -> None:
+    p = reg.parent / "m_dyn.int8.onnx"
+    p.write_bytes(tiny_mlp(9, hidden=2))  # fp32 weights only, smaller than the fp32 model
+    edit_registry(reg, lambda d: _model(d, "m_dyn").update(int8_sha256=sha256_file(p)))
+    sidecar = reg.parent / "m_dyn.json"
+    data = json.loads(sidecar.read_text())
+    data["int8_sha256"] = sha256_file(p)
+    _write_json(sidecar, data)
+
+
+def _fixture_bad_key(reg: Path) -> None:
+    atomic_write_npz(reg.parent / "fixtures" / "m_dyn.soak.npz", {"feats": np.zeros((4, 6), np.float32)})
+
+
 class BadCase(NamedTuple):
     name: str
     mutate: Callable[[Path], None]
@@ -167,4 +192,8 @@ BAD_CASES = [
     BadCase("missing_sidecar", lambda reg: (reg.parent / "m_dyn.json").unlink(), "sidecar_missing", "/models/1"),
     BadCase("sidecar_mismatch", _sidecar_mismatch, "sidecar_mismatch", "/models/1/quant_mode"),
     BadCase("duplicate_ids", _duplicate, "duplicate_id", "/models/3/id"),
+    BadCase("int8_nothing_quantised", _int8_nothing_quantised, "int8_nothing_quantised", "/models/1/quant_mode"),
+    BadCase("fixture_missing", lambda reg: (reg.parent / "fixtures" / "m_static.soak.npz").unlink(), "fixture_missing",
+            "/models/2"),
+    BadCase("fixture_invalid", _fixture_bad_key, "fixture_invalid", "/models/1"),
 ]

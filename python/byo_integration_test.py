@@ -1,0 +1,100 @@
+"""Bring your own model, end to end, as a user does it, on models this test builds itself:
+a torch dynamo=True CNN, the same CNN with its batch fixed at 1, a two-input image net (legacy
+exporter, ConvTranspose decoder) and an skl2onnx regressor at opset 21, fitted on the real corpus.
+
+Steps: register_model (sidecar, hashes, real-data fixtures) -> ptq_static -> register_model
+--quant-mode static (pins the int8) -> validate_registry -> tinyq_resolve -> the gate on the real
+soak fixture. Each step must pass, and no artefact may carry a local path.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyq import testmodels
+from tinyq.fileio import atomic_write_npz
+
+PY = Path.cwd() / "python"
+RESOLVE = Path.cwd() / "cc" / "tinyq_resolve"
+NAMES = ["cnn_dynamo", "cnn_batch1", "unet_legacy", "skl_mlp_opset21"]
+
+
+def run(tool, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
+    r = subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, env=env)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The user's own directory (models and .npz data) and an empty registry directory."""
+    home = tmp_path_factory.mktemp("user")
+    models = testmodels.user_models(home)
+    for name, m in models.items():
+        atomic_write_npz(home / f"{name}.calib.npz", m.calibration)
+        atomic_write_npz(home / f"{name}.soak.npz", m.soak)
+    reg = tmp_path_factory.mktemp("registry") / "registry.json"
+    return home, models, reg
+
+
+@pytest.fixture(scope="module")
+def registered(workspace):
+    """Every model through register_model, ptq_static and the int8 pin, in the order a user runs them."""
+    home, models, reg = workspace
+    for name, m in models.items():
+        r = run(PY / "register_model", m.path, "--registry", reg, "--kind", m.kind, "--calibration-data",
+                home / f"{name}.calib.npz", "--soak-data", home / f"{name}.soak.npz", "--input-semantics",
+                f"{next(iter(m.calibration))}=real corpus data")
+        assert r.returncode == 0, f"register {name}: {r.stderr}"
+        fp32 = reg.parent / f"{name}.onnx"
+        r = run(PY / "ptq_static", fp32, "--registry", reg, "--report-out", home / f"{name}.static.json")
+        assert r.returncode == 0, f"ptq_static {name}: {r.stderr}"
+        assert "weights quantised: 100.0%" in r.stdout, r.stdout
+        if name == "cnn_batch1":
+            assert "256 samples" in r.stdout and "1 at a time" in r.stdout, r.stdout
+        r = run(PY / "register_model", fp32, "--registry", reg, "--quant-mode", "static")
+        assert r.returncode == 0, f"pin {name}: {r.stderr}"
+    return reg
+
+
+def test_validate_registry_passes(registered):
+    r = run(PY / "validate_registry", registered)
+    assert r.returncode == 0 and "4 models valid (4 quantised)" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tinyq_resolve_returns_the_verified_int8(registered, name):
+    r = run(RESOLVE, registered.parent / f"{name}.onnx", f"--jail={registered.parent}")
+    fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+    assert r.returncode == 0 and fields["verdict"] == "verified" and fields["mode"] == "static", r.stdout
+    assert fields["path"].endswith(f"{name}.int8.onnx")
+
+
+def test_no_artefact_carries_a_local_path(registered, workspace):
+    home, _, _ = workspace
+    local = [str(home), str(registered.parent), str(Path(testmodels.__file__).parent), "site-packages"]
+    files = [*registered.parent.glob("*.int8.onnx"), *registered.parent.glob("*.json"),
+             *registered.parent.glob("*/*.npz")]
+    assert len(files) == 4 + 5 + 8
+    for f in files:
+        data = f.read_bytes()
+        assert not [p for p in local if p.encode() in data], f
+
+
+# The gate runs last. TODO(issue #12): the gate with real data lands with #12 (its --data flag and
+# sample-by-sample feeding of fixed-batch models). Until it is merged, the pre-#12 gate feeds a
+# fixed-batch-1 model 16 and 256 samples at once and cannot judge it: that case is marked xfail
+# (strict, so it turns into a failure to remove once #12 is in).
+@pytest.mark.parametrize("name", [
+    "cnn_dynamo",
+    pytest.param("cnn_batch1", marks=pytest.mark.xfail(strict=True, reason="TODO(#12): gate feeds batch-1 models in batches")),
+    "unet_legacy",
+    "skl_mlp_opset21",
+])
+def test_the_gate_passes_on_the_real_soak_fixture(registered, name):
+    r = run(PY / "measure_quant_drop", "--registry", registered, "--id", name, "--nolatency")
+    assert r.returncode == 0 and f"[PASS] {name}" in r.stdout, r.stdout + r.stderr

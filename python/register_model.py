@@ -1,0 +1,283 @@
+"""Registers a model of your own: sidecar, hashes, registry entry and real-data fixtures, then validates.
+
+Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|shot_detector
+           [--registry R] [--id ID] [--input-semantics NAME=TEXT]... [--calibration-data C.npz]
+           [--soak-data S.npz] [--budget B] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
+           [--description D] [--license L] [--license-url U] [--notes N]
+
+The registry defaults to model/tiny/registry.json in the workspace; one that does not exist yet is
+created. A model outside the registry's directory, or one with external data (torch's exporter
+writes <name>.onnx.data), is copied in as one self-contained <id>.onnx; a model already inside it
+is registered in place. --calibration-data (inputs from the train split) becomes
+calibration/<id>.npz and the entry's quant_calibration_set; --soak-data (held-out inputs plus an
+optional `target`) becomes fixtures/<id>.soak.npz, which the gate judges the budget on. Both are
+checked against the graph first. --kind also takes the reference toolkit's finer kinds (the
+sidecar keeps shot_detector, the registry files it as nr).
+
+Run it again with --quant-mode static (or dynamic, qat) after quantising: it pins
+<basename>.int8.onnx (or --int8 P, copied in beside the model) by its sha256 in the registry and
+the sidecar. Every file is written atomically and all of them or none; no registered fp32 model and
+no input is ever overwritten. The registry is validated last.
+Exit codes: 0 registered and the registry valid; 1 registered but the registry has findings
+(printed, with fixes); 2 bad input or flags, nothing written; 3 the int8 file is not smaller than
+the fp32 model, nothing written; 4 the int8 file quantises no weight, nothing written.
+"""
+
+import hashlib
+import sys
+from pathlib import PurePosixPath
+
+import onnx
+from absl import flags
+
+from tinyq import calibration, cli, quantize, registry, sidecar, weights
+from tinyq.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
+
+_KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
+_REGISTRY = flags.DEFINE_string("registry", None, "Registry to add the model to (default: model/tiny/registry.json).")
+_ID = flags.DEFINE_string("id", None, "Registry id (default: the model file's name without .onnx).")
+_SEMANTICS = flags.DEFINE_multi_string("input-semantics", [], "NAME=TEXT: what ONNX input NAME holds, e.g. 'image=luma in [0, 1]'.")
+_CALIBRATION = flags.DEFINE_string("calibration-data", None, "Real inputs for static calibration: one [N, ...] array per ONNX input.")
+_SOAK = flags.DEFINE_string("soak-data", None, "Held-out real inputs (one array per ONNX input) plus an optional 'target'.")
+_BUDGET = flags.DEFINE_float("budget", None, "quant_accuracy_budget_plcc (default 0.01).", lower_bound=0, upper_bound=1)
+_MODE = flags.DEFINE_enum("quant-mode", None, list(registry.QUANT_MODES), "quant_mode (default: the entry's, fp32 for a new one).")
+_INT8 = flags.DEFINE_string("int8", None, "The int8 artefact to pin (default: <basename>.int8.onnx beside the registered model).")
+_TEXT = {
+    name: flags.DEFINE_string(name.replace("_", "-"), None, f"The entry's {name}.")
+    for name in ("description", "license", "license_url", "notes")
+}
+
+EXIT_LARGER = quantize.EXIT_LARGER
+EXIT_NOTHING_QUANTISED = quantize.EXIT_NOTHING_QUANTISED
+
+
+class Refused(Exception):
+    """The int8 file cannot be pinned; .code is the exit code."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def _load_registry(path):
+    if not path.parent.is_dir():
+        raise cli.UsageError(f"--registry {path}: the directory {path.parent} does not exist; create it first")
+    if not path.exists():
+        return {"$schema": "./registry.schema.json", "models": [], "schema_version": 1}
+    try:
+        data = registry.read_json(path)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"{path}: cannot read the registry ({e}); fix it first (//python:validate_registry)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise cli.UsageError(f"{path}: not a registry (no 'models' list); fix it first (//python:validate_registry)")
+    return data
+
+
+def _load_model(src):
+    """The model with any external data inlined; bad input is a UsageError naming the file."""
+    if not src.is_file():
+        raise cli.UsageError(f"{src}: model not found; pass the path of an fp32 .onnx file")
+    try:
+        model = onnx.load(str(src))
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, FileNotFoundError for external data, ...
+        raise cli.UsageError(f"{src}: not a valid ONNX model ({type(e).__name__}: {e}); export it again") from None
+    if weights.is_quantised(model):
+        raise cli.UsageError(f"{src}: already quantised; register the fp32 model, then pin the int8 file with --quant-mode --int8")
+    return model
+
+
+def _model_id(src):
+    mid = _ID.value or (src.name[: -len(".onnx")] if src.name.endswith(".onnx") else src.stem)
+    if not registry.ID_PATTERN.fullmatch(mid):
+        raise cli.UsageError(f"id {mid!r} is not a registry id (lowercase letters, digits, '_' and '-', at most 64): pass --id")
+    return mid
+
+
+def _placement(src, model, reg_dir, mid):
+    """(path relative to the registry, bytes to write or None to keep the file as it is).
+
+    A self-contained model inside the registry's directory stays where it is; any other is
+    written as <id>.onnx with its external data inlined, never over a different file."""
+    own = onnx.load(str(src), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in own.graph.initializer)
+    if src.resolve().is_relative_to(reg_dir.resolve()) and not external:
+        return PurePosixPath(src.resolve().relative_to(reg_dir.resolve())).as_posix(), None
+    data = model.SerializeToString()
+    dest = reg_dir / f"{mid}.onnx"
+    if dest.exists() and dest.read_bytes() != data:
+        raise cli.UsageError(f"{dest} exists and holds another model; tinyq never overwrites it: remove it first, or pass "
+                             f"another --id")
+    return f"{mid}.onnx", None if dest.exists() else data
+
+
+def _fixture(flag, value, dest, inputs, keep_target):
+    """(source, dest, npz bytes) for a real-data .npz checked against the graph, or None when not given."""
+    if not value:
+        return None
+    src = cli.resolve_user_path(value)
+    try:
+        arrays = calibration.load_npz(src, inputs, (calibration.TARGET_KEY,))
+    except calibration.CalibrationError as e:
+        raise cli.UsageError(f"{flag}: {e}") from None
+    if not keep_target:
+        arrays.pop(calibration.TARGET_KEY, None)
+    return src, dest, npz_bytes(arrays)
+
+
+def _semantics(model_inputs):
+    out = {}
+    names = [i["name"] for i in model_inputs]
+    for item in _SEMANTICS.value:
+        name, sep, text = item.partition("=")
+        if not sep or not text:
+            raise cli.UsageError(f"--input-semantics {item!r}: expected NAME=TEXT, e.g. {names[0]}='luma in [0, 1]'")
+        if name not in names:
+            raise cli.UsageError(f"--input-semantics {item!r}: the model has no input {name!r} (inputs: {names})")
+        out[name] = text
+    return out
+
+
+def _int8(fp32_path, fp32_size, mode):
+    """(source path, dest path, bytes) of the int8 artefact to pin; Refused when it cannot be."""
+    dest = registry.int8_path_for(fp32_path)
+    src = cli.resolve_user_path(_INT8.value) if _INT8.value else dest
+    if not src.is_file():
+        raise cli.UsageError(f"--quant-mode {mode}: no int8 file {src}; quantise first (//python:ptq_static or "
+                             f"//python:ptq_dynamic), or pass --int8 P")
+    data = src.read_bytes()
+    try:
+        n = weights.int8_weight_elements(onnx.load_from_string(data))
+    except Exception as e:
+        raise cli.UsageError(f"{src}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if n == 0:
+        raise Refused(EXIT_NOTHING_QUANTISED, f"{src} quantises no weight, so it is not an int8 model; quantise the fp32 model "
+                                              f"with //python:ptq_static or //python:ptq_dynamic")
+    if len(data) >= fp32_size:
+        raise Refused(EXIT_LARGER, f"{src} ({len(data)} B) is not smaller than the fp32 model ({fp32_size} B); tinyq does not "
+                                   f"register it: try `ptq_dynamic --encoding=weight_only`, or keep the model fp32")
+    return src, dest, data
+
+
+def _entry(prev, mid, kind, rel, sha, model, mode, int8_sha, calib_rel):
+    entry = {k: v for k, v in prev.items() if k not in ("int8_sha256", "quant_calibration_set", "opset")}
+    entry.update(id=mid, kind=registry.REFERENCE_KINDS[kind], onnx=rel, sha256=sha, quant_mode=mode)
+    opset = quantize.model_opset(model)
+    if registry.MIN_OPSET <= opset <= registry.MAX_OPSET:
+        entry["opset"] = opset
+    if int8_sha:
+        entry["int8_sha256"] = int8_sha
+    if calib_rel:
+        entry["quant_calibration_set"] = calib_rel
+    if _BUDGET.value is not None:
+        entry["quant_accuracy_budget_plcc"] = _BUDGET.value
+    entry.update({k: f.value for k, f in _TEXT.items() if f.value is not None})
+    return entry
+
+
+def _sidecar(path, entry, model):
+    """The sidecar: graph names and shapes, the entry's shared fields, and whatever else an existing
+    sidecar at path already says (training notes, features, ...)."""
+    inputs, outputs = sidecar.graph_io(model)
+    try:
+        old = registry.read_json(path) if path.is_file() else {}
+    except ValueError as e:
+        raise cli.UsageError(f"{path}: the existing sidecar is not valid JSON ({e}); fix or remove it") from None
+    semantics = {**old.get("input_semantics", {}), **_semantics(inputs)}
+    side = {**old, **sidecar.build(entry, inputs=inputs, outputs=outputs, arch=None, n_params=sidecar.n_params(model),
+                                   notes=entry.get("notes"), input_semantics=semantics)}
+    side["kind"] = _KIND.value or old.get("kind") or entry["kind"]  # a finer reference kind stays in the sidecar
+    if "int8_sha256" not in entry:
+        side.pop("int8_sha256", None)
+    return side
+
+
+class Plan:
+    """What one registration writes: [(input it comes from or None, destination, bytes)], and the entry."""
+
+    def __init__(self, src, reg_path, data):
+        self.reg_dir = reg_path.parent
+        self.model = _load_model(src)
+        self.mid = _model_id(src)
+        self.prev = next((m for m in data["models"] if isinstance(m, dict) and m.get("id") == self.mid), None) or {}
+        self.kind = _KIND.value or self.prev.get("kind")
+        if self.kind not in registry.REFERENCE_KINDS:
+            raise cli.UsageError(f"--kind is required for a new model: one of {', '.join(sorted(registry.REFERENCE_KINDS))}")
+        self.rel, model_bytes = _placement(src, self.model, self.reg_dir, self.mid)
+        self.fp32 = self.reg_dir / self.rel
+        self.files = [(src, self.fp32, model_bytes)] if model_bytes is not None else []
+        self.sha = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else sha256_file(self.fp32)
+        self.fp32_size = len(model_bytes) if model_bytes is not None else quantize.model_bytes_on_disk(self.fp32)
+        self._fixtures()
+        self.mode = _MODE.value or self.prev.get("quant_mode", registry.DEFAULT_QUANT_MODE)
+        self.int8_sha = self._int8() if self.mode != "fp32" else None
+        self.entry = _entry(self.prev, self.mid, self.kind, self.rel, self.sha, self.model, self.mode, self.int8_sha,
+                            self.calib_rel)
+        side = registry.sidecar_path_for(self.fp32)
+        self.files.append((None, side, dumps_json(_sidecar(side, self.entry, self.model)).encode()))
+
+    def _fixtures(self):
+        inputs = calibration.graph_inputs(self.model)
+        calib_path, soak_path = calibration.calibration_path(self.reg_dir, self.mid), calibration.fixture_path(self.reg_dir, self.mid)
+        calib = _fixture("--calibration-data", _CALIBRATION.value, calib_path, inputs, keep_target=False)
+        soak = _fixture("--soak-data", _SOAK.value, soak_path, inputs, keep_target=True)
+        self.files += [f for f in (calib, soak) if f is not None]
+        self.calib_rel = f"calibration/{self.mid}.npz" if calib or calib_path.is_file() else None
+        self.has_soak = bool(soak) or soak_path.is_file()
+
+    def _int8(self):
+        if self.mode == "static" and not self.calib_rel:
+            raise cli.UsageError("--quant-mode static needs its calibration set: pass --calibration-data C.npz")
+        if not self.has_soak:
+            raise cli.UsageError(f"--quant-mode {self.mode}: the gate judges a quantised model on real held-out data: "
+                                 f"pass --soak-data S.npz")
+        src, dest, data = _int8(self.fp32, self.fp32_size, self.mode)
+        self.files.append((src, dest, data))
+        return hashlib.sha256(data).hexdigest()
+
+
+def _write(plan, reg_path, data):
+    """Writes every planned file and the registry, all or none; returns the files written."""
+    index = next((i for i, m in enumerate(data["models"]) if isinstance(m, dict) and m.get("id") == plan.mid), None)
+    models = list(data["models"])
+    if index is None:
+        models.append(plan.entry)
+    else:
+        models[index] = plan.entry
+    todo = [(src, dest, payload) for src, dest, payload in plan.files if src is None or not cli.same_file(src, dest)]
+    for _, dest, _ in todo:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # calibration/ and fixtures/ in a new registry
+    cli.guard_outputs({str(dest): dest for _, dest, _ in todo}, [src for src, _, _ in todo if src is not None], reg_path)
+    atomic_write_all([(dest, payload) for _, dest, payload in todo] + [(reg_path, dumps_json({**data, "models": models}).encode())])
+    return [dest for _, dest, _ in todo]
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise cli.UsageError("expected exactly one model path")
+    src = cli.resolve_user_path(argv[1])
+    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    data = _load_registry(reg_path)
+    try:
+        plan = Plan(src, reg_path, data)
+    except Refused as e:
+        print(f"register_model: error: {e}; nothing was written", file=sys.stderr)
+        return e.code
+    written = _write(plan, reg_path, data)
+    entry = plan.entry
+    for path in written:
+        print(f"register_model: {entry['id']}: wrote {path}")
+    print(f"register_model: {entry['id']}: {entry['kind']}, quant_mode {entry['quant_mode']}, sha256 {entry['sha256']}"
+          + (f", int8_sha256 {entry['int8_sha256']}" if "int8_sha256" in entry else "") + f", in {reg_path}")
+    _, findings = registry.check(reg_path)
+    for f in findings:
+        print(f.format(reg_path), file=sys.stderr)
+    if findings:
+        print(f"INVALID: {reg_path}: {len(findings)} findings", file=sys.stderr)
+        return cli.EXIT_FAIL
+    print(f"OK: {reg_path} is valid")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

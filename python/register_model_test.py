@@ -1,0 +1,143 @@
+"""//python:register_model: a user's model becomes a valid registry entry with its sidecar, hashes and
+real-data fixtures; bad input is refused with the fix and nothing written."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tinyq import registry, testutil
+from tinyq.fileio import atomic_write_npz, sha256_file
+
+TOOL = Path.cwd() / "python" / "register_model"
+PTQ_DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"
+
+
+def run(tool, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
+    return subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def user(tmp_path):
+    """A model and real-shaped data outside an empty registry directory."""
+    src = tmp_path / "mine" / "scorer.onnx"
+    src.parent.mkdir()
+    src.write_bytes(testutil.tiny_mlp(0, n_in=6, hidden=32))
+    rng = np.random.default_rng(0)
+    atomic_write_npz(src.parent / "calib.npz", {"features": rng.random((64, 6), dtype=np.float32)})
+    atomic_write_npz(src.parent / "soak.npz", {"features": rng.random((32, 6), dtype=np.float32),
+                                               "target": rng.random(32, dtype=np.float32)})
+    reg = tmp_path / "reg" / "registry.json"
+    reg.parent.mkdir()
+    return src, reg
+
+
+def register(src, reg, *args):
+    return run(TOOL, src, "--registry", reg, *args)
+
+
+def test_registers_a_new_model_with_sidecar_fixtures_and_hashes(user):
+    src, reg = user
+    r = register(src, reg, "--kind", "fr", "--calibration-data", src.parent / "calib.npz", "--soak-data",
+                 src.parent / "soak.npz", "--input-semantics", "features=canonical-6 libvmaf features", "--budget", "0.02")
+    assert r.returncode == 0, r.stderr
+    assert "OK:" in r.stdout
+    d = reg.parent
+    entry = json.loads(reg.read_text())["models"][0]
+    assert entry == {"id": "scorer", "kind": "fr", "onnx": "scorer.onnx", "opset": 17, "quant_mode": "fp32",
+                     "sha256": sha256_file(d / "scorer.onnx"), "quant_calibration_set": "calibration/scorer.npz",
+                     "quant_accuracy_budget_plcc": 0.02}
+    side = json.loads((d / "scorer.json").read_text())
+    assert side["id"] == "scorer" and side["input_names"] == ["features"] and side["input_shapes"] == [[-1, 6]]
+    assert side["input_semantics"] == {"features": "canonical-6 libvmaf features"} and side["n_params"] == 6 * 32 + 32 + 32 + 1
+    with np.load(d / "fixtures" / "scorer.soak.npz") as z:
+        assert sorted(z.files) == ["features", "target"]
+    with np.load(d / "calibration" / "scorer.npz") as z:
+        assert z.files == ["features"]
+    assert src.read_bytes() == (d / "scorer.onnx").read_bytes()
+    assert registry.load(reg).get("scorer").quant_mode == "fp32"
+
+
+def test_pins_the_int8_after_quantising_and_the_registry_validates(user):
+    src, reg = user
+    assert register(src, reg, "--kind", "nr", "--soak-data", src.parent / "soak.npz").returncode == 0
+    fp32 = reg.parent / "scorer.onnx"
+    assert run(PTQ_DYNAMIC, fp32).returncode == 0
+    r = register(fp32, reg, "--quant-mode", "dynamic")
+    assert r.returncode == 0, r.stderr
+    m = registry.load(reg).get("scorer")
+    assert m.quant_mode == "dynamic" and m.int8_sha256 == sha256_file(reg.parent / "scorer.int8.onnx")
+    side = json.loads((reg.parent / "scorer.json").read_text())
+    assert side["int8_sha256"] == m.int8_sha256 and side["quant_mode"] == "dynamic" and side["kind"] == "nr"
+
+
+def test_reference_kinds_are_accepted(user):
+    src, reg = user
+    r = register(src, reg, "--kind", "shot_detector")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(reg.read_text())["models"][0]["kind"] == "nr"  # the registry files it as the reference did
+    assert json.loads((reg.parent / "scorer.json").read_text())["kind"] == "shot_detector"
+
+
+def test_external_data_is_inlined_into_one_pinned_file(user, tmp_path):
+    src, reg = user
+    ext = tmp_path / "ext" / "big.onnx"
+    ext.parent.mkdir()
+    onnx.save(onnx.load(str(src)), str(ext), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    assert register(ext, reg, "--kind", "fr").returncode == 0
+    pinned = onnx.load(str(reg.parent / "big.onnx"), load_external_data=False)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in pinned.graph.initializer)
+    assert registry.check(reg)[1] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kind", "fr", "--soak-data", "bad.npz"], "missing key 'features'"),
+    (["--kind", "fr", "--calibration-data", "none.npz"], "file not found"),
+    ([], "--kind is required"),
+    (["--kind", "fr", "--id", "Bad Id"], "is not a registry id"),
+    (["--kind", "fr", "--input-semantics", "nope=luma"], "has no input 'nope'"),
+    (["--kind", "fr", "--quant-mode", "static"], "needs its calibration set"),
+    (["--kind", "fr", "--quant-mode", "dynamic", "--calibration-data", "calib.npz"], "pass --soak-data"),
+    (["--kind", "fr", "--registry", "/no/such/dir/registry.json"], "does not exist"),
+], ids=["bad_fixture", "missing_fixture", "no_kind", "bad_id", "bad_semantics", "static_without_calibration",
+        "quantised_without_soak", "missing_registry_dir"])
+def test_bad_input_is_refused_and_nothing_is_written(user, args, message):
+    src, reg = user
+    atomic_write_npz(src.parent / "bad.npz", {"feats": np.zeros((4, 6), np.float32)})
+    args = [str(src.parent / a) if a.endswith(".npz") else a for a in args]
+    r = run(TOOL, src, *(["--registry", reg] if "--registry" not in args else []), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(reg.parent.iterdir()) == []
+
+
+def test_an_int8_that_quantises_nothing_is_refused(user):
+    src, reg = user
+    assert register(src, reg, "--kind", "fr", "--soak-data", src.parent / "soak.npz").returncode == 0
+    fake = src.parent / "fake.int8.onnx"
+    fake.write_bytes(testutil.tiny_mlp(1, n_in=6, hidden=4))  # smaller, but every weight still fp32
+    before = reg.read_bytes()
+    r = register(reg.parent / "scorer.onnx", reg, "--quant-mode", "dynamic", "--int8", fake)
+    assert r.returncode == 4 and "quantises no weight" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert reg.read_bytes() == before and not (reg.parent / "scorer.int8.onnx").exists()
+
+
+def test_never_overwrites_another_registered_model(user, tmp_path):
+    src, reg = user
+    assert register(src, reg, "--kind", "fr").returncode == 0
+    other = tmp_path / "other" / "scorer.onnx"
+    other.parent.mkdir()
+    other.write_bytes(testutil.tiny_mlp(5, n_in=6, hidden=32))
+    before = (reg.parent / "scorer.onnx").read_bytes()
+    r = register(other, reg, "--kind", "fr")
+    assert r.returncode == 2 and "never overwrites it" in r.stderr
+    assert (reg.parent / "scorer.onnx").read_bytes() == before
+
+
+def test_help_exits_0():
+    r = run(TOOL, "--help")
+    assert r.returncode == 0 and "Usage:" in r.stdout and "--soak-data" in r.stdout
