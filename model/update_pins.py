@@ -4,8 +4,9 @@ Usage: tools/bazel run //model:update_pins
 
 For every model with a recipe in model/zoo.bzl (ZOO_INT8) it copies the freshly built
 //model:<id>_int8 artefact to model/tiny/<id>.int8.onnx (QAT artefacts are already there),
-then records quant_mode, int8_sha256, the fp32 sha256 and, for static models, the calibration set
-in the registry, and mirrors them into each sidecar. Models without a recipe go back to fp32.
+then records quant_mode, quant_encoding and quant_purpose (what the artefact is for: speed or
+size), int8_sha256, the fp32 sha256 and, for static models, the calibration set in the registry,
+and mirrors them into each sidecar. Models without a recipe go back to fp32.
 It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
 validating the registry (exit 1 if anything is still wrong). Nobody edits hashes by hand.
 """
@@ -40,8 +41,8 @@ def main() -> int:
         recipe = recipes.get(mid)
         if recipe is None:
             entry["quant_mode"] = "fp32"
-            entry.pop("int8_sha256", None)
-            entry.pop("quant_calibration_set", None)
+            for field in ("int8_sha256", "quant_calibration_set", "quant_encoding", "quant_purpose"):
+                entry.pop(field, None)
             if int8.exists():
                 int8.unlink()
                 print(f"update_pins: {mid}: fp32, removed {int8.name}")
@@ -57,12 +58,14 @@ def main() -> int:
                   file=sys.stderr)
             return quantize.EXIT_LARGER
         entry["quant_mode"] = recipe["mode"]
+        entry["quant_encoding"] = recipe["encoding"]
+        entry["quant_purpose"] = recipe["purpose"]
         entry["int8_sha256"] = sha256_file(int8)
         if recipe["mode"] == "static":
             entry["quant_calibration_set"] = f"calibration/{mid}.npz"
         else:
             entry.pop("quant_calibration_set", None)
-        print(f"update_pins: {mid}: {recipe['mode']}, {fp32_size} -> {size} B (x{fp32_size / size:.2f}), int8 sha256 {entry['int8_sha256']}")
+        print(f"update_pins: {mid}: {recipe['mode']} ({recipe['purpose']}), {fp32_size} -> {size} B (x{fp32_size / size:.2f}), int8 sha256 {entry['int8_sha256']}")
     atomic_write_json(reg_path, data)
     for entry in data["models"]:
         side_path = registry.sidecar_path_for(tiny / entry["onnx"])

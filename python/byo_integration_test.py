@@ -53,7 +53,9 @@ def registered(workspace):
         fp32 = reg.parent / f"{name}.onnx"
         r = run(PY / "ptq_static", fp32, "--registry", reg, "--report-out", home / f"{name}.static.json")
         assert r.returncode == 0, f"ptq_static {name}: {r.stderr}"
-        assert "weights quantised: 100.0%" in r.stdout, r.stdout
+        # ConvTranspose has no int8 kernel in onnxruntime's CPU provider: static QDQ leaves it fp32, and says so.
+        full = "weights quantised: 100.0%" if name != "unet_legacy" else "left in fp32: ConvTranspose x1 (512 elements): onnxruntime's CPU provider has no int8 ConvTranspose kernel"
+        assert full in r.stdout, r.stdout
         if name == "cnn_batch1":
             assert "256 samples" in r.stdout and "1 at a time" in r.stdout, r.stdout
         r = run(PY / "register_model", fp32, "--registry", reg, "--quant-mode", "static")

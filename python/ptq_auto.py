@@ -28,7 +28,7 @@ from pathlib import Path
 from absl import flags
 
 from tinyq import auto, auto_report, calibration, cli, gate, provenance, quantize, registry
-from tinyq.fileio import atomic_write_bytes, dumps_json
+from tinyq.fileio import atomic_write_all, dumps_json
 
 EXIT_NONE_WITHIN_BUDGET = 6
 
@@ -59,7 +59,8 @@ def _inputs():
         raw, plcc, label = {}, registry.DEFAULT_BUDGET_PLCC, fp32.name.removesuffix(".onnx")
         cal, val = cli.resolve_user_path(_CALIBRATION.value), cli.resolve_user_path(_VALIDATION.value)
     else:
-        reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
+        # Selection never opens the soak fixture, not even to check its shape.
+        reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY), read_held_out=False)
         try:
             entry = reg.get(_ID.value)
         except KeyError as e:
@@ -133,14 +134,16 @@ def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, w
                 inputs=[(fp32, "fp32_model"), (cal, "calibration_set"), (val, "validation_set")]),
         }
         outputs[cli.resolve_user_path(_REPORT.value)] = _json(report)
-    for path, data in outputs.items():  # TODO(merge #13): fileio.atomic_write_all
-        atomic_write_bytes(path, data)
+    atomic_write_all(list(outputs.items()))
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     label, fp32, cal_path, val_path, budgets = _inputs()
+    outs = {"--report-out": _REPORT.value, "--recipe-out": _RECIPE.value, "--plot-out": _PLOT.value}
+    cli.guard_outputs({k: cli.resolve_user_path(v) if v else None for k, v in outs.items()}, [fp32, cal_path, val_path],
+                      cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     model, cal, val = _load(fp32, cal_path, val_path)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tinyq_auto_") as tmp:

@@ -1,13 +1,16 @@
 """Static int8 quantisation (QDQ) of an fp32 ONNX model, calibrated on real data (quant_mode "static").
 
 Usage: bazel run //python:ptq_static -- path/model.onnx [--calibration X.npz] [--calibrate-method
-           minmax|entropy|percentile] [--per-channel] [--output P] [--report-out R] [--registry R]
+           minmax|entropy|percentile] [--per-channel] [--fp32-nodes a,b,...] [--output P] [--report-out R]
+           [--registry R]
 
 --calibration defaults to the registry's quant_calibration_set for the model. The .npz is checked
 against the graph before anything runs: every input name present, no extra keys, shapes
 compatible, float32, all finite, at least one sample. Calibration feeds the model at the batch
 size it accepts: one sample at a time for a model whose batch is fixed at 1. The encoding is the
-one that runs fastest on x86: uint8 activations, int8 symmetric weights. The artefact is stripped
+one that runs fastest on x86: uint8 activations, int8 symmetric weights, on the ops with int8
+kernels (tinyq.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
+recipes name them). The artefact is stripped
 of doc strings and metadata, and it and the report are written both or neither.
 Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
 an input or a registry's fp32 model), nothing written; 3 written but not smaller than the fp32
@@ -25,6 +28,7 @@ from tinyq.fileio import sha256_file
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")
 _METHOD = flags.DEFINE_enum("calibrate-method", "minmax", ["minmax", "entropy", "percentile"], "Calibration method.")
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")
+_FP32_NODES = flags.DEFINE_list("fp32-nodes", [], "Nodes of the fp32 graph to leave unquantised (by node name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-report-v1 JSON report here.")
@@ -56,8 +60,12 @@ def _quantise(src, calib_path):
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
     batch = quantize.calibration_batch(model)
+    unknown = sorted(set(_FP32_NODES.value) - {n.name for n in model.graph.node})
+    if unknown:
+        raise cli.UsageError(f"{src}: --fp32-nodes names nodes the graph does not have: {', '.join(unknown)}")
     try:
-        int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value, batch=batch)
+        int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value,
+                                            exclude_nodes=_FP32_NODES.value, batch=batch)
     except quantize.QuantizeError as e:
         raise cli.UsageError(f"{src}: {e}") from None
     return model, repairs, arrays, batch, int8
@@ -78,7 +86,8 @@ def main(argv):
     report = {
         "schema": "tinyq-ptq-static-report-v1",
         "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,
-                     "activation_type": "uint8", "weight_type": "int8", "weight_symmetric": True},
+                     "activation_type": "uint8", "weight_type": "int8", "weight_symmetric": True,
+                     "op_types": list(quantize.STATIC_OP_TYPES), "fp32_nodes": list(_FP32_NODES.value)},
         "calibration": {
             "path": str(calib_path),
             "sha256": sha256_file(calib_path),

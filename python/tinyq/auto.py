@@ -30,11 +30,10 @@ import onnx
 
 from tinyq import gate, quantize
 
-# Ops with int8 kernels in onnxruntime's CPU provider (QLinearConv, QGemm, QLinearMatMul,
-# QLinearAdd/Mul, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, int8 MaxPool) get
-# quantisers; Relu and Clip are fused into the preceding int8 kernel.
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool", "Concat")
-OP_TYPES_TO_QUANTIZE = COMPUTE_OPS + ("Relu", "Clip")
+# Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
+# Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
+OP_TYPES_TO_QUANTIZE = quantize.STATIC_OP_TYPES
+COMPUTE_OPS = tuple(op for op in OP_TYPES_TO_QUANTIZE if op not in ("Relu", "Clip"))
 # Ops that move or reshape data, or reduce it, without arithmetic that int8 would break.
 _NEUTRAL_OPS = {"Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather",
                 "Cast", "ReduceMean", "Slice", "Split", "Expand", "Pad", "Resize"}
@@ -205,7 +204,7 @@ class CandidateBuilder:
 
     def build(self, candidate: Candidate) -> bytes:
         if candidate.encoding == "weight_only":
-            return quantize.encode(self.model, "weight_only", True).model_bytes
+            return quantize.encode(self.model, "weight_only", False).model_bytes  # per-tensor: ptq_dynamic's default
         return quantize.quantize_static_qdq(
             self.model, self.calibration, method=candidate.method, per_channel=candidate.per_channel,
             exclude_nodes=self.exclude(candidate), calibration_cache=self.workdir / f"ranges_{candidate.method}.json")
@@ -215,8 +214,10 @@ class CandidateBuilder:
 
 
 def fusion(int8: bytes) -> List[str]:
-    """Compute ops that still run in fp32 on dequantised inputs (DequantizeLinear -> op) in
-    onnxruntime's optimised graph (extended level: stable across machines). Empty: all fused."""
+    """Compute ops that still run as DequantizeLinear -> fp32 op -> QuantizeLinear in onnxruntime's
+    optimised graph (extended level: stable across machines). Empty: every op between quantised
+    tensors runs as an int8 kernel. An fp32 region's edges (fed by DequantizeLinear, or feeding
+    QuantizeLinear, not both) are fp32 on purpose and not counted."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="tinyq_fusion_") as tmp:
@@ -226,13 +227,18 @@ def fusion(int8: bytes) -> List[str]:
         ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
         optimised = onnx.load(opts.optimized_model_filepath)
     made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
+    read_by: Dict[str, List[str]] = {}
+    for n in optimised.graph.node:
+        for i in n.input:
+            read_by.setdefault(i, []).append(n.op_type)
     return [n.op_type for n in optimised.graph.node
-            if _fp32_compute(n.op_type) and any(made_by.get(i) == "DequantizeLinear" for i in n.input)]
+            if _fp32_compute(n.op_type) and any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+            and any(op == "QuantizeLinear" for o in n.output for op in read_by.get(o, []))]
 
 
 def _fp32_compute(op: str) -> bool:
     """A compute op running in fp32, as onnxruntime's optimiser names it (Conv, FusedConv, NhwcFusedConv, ...)."""
-    return op in COMPUTE_OPS or op.startswith("Fused") or op.startswith("Nhwc")
+    return op in COMPUTE_OPS or op in ("ConvTranspose", "Softmax", "Resize") or op.startswith(("Fused", "Nhwc"))
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tinyq.auto import Candidate, Choice, CandidateBuilder, Row
 def encoding_name(c: Candidate) -> str:
     """The exact encoding, as the registry's quant_encoding names it."""
     if c.encoding == "weight_only":
-        return "weight_only_s8_per_channel"
+        return "weight_only_s8_per_tensor"
     granularity = "per_channel" if c.per_channel else "per_tensor"
     groups = "_fp32_groups" if c.fp32_groups else ""
     return f"qdq_u8s8_{granularity}_{c.method}{groups}"

@@ -91,12 +91,13 @@ def path_or_default(flag_value: str, default: Path) -> Path:
     return resolve_user_path(flag_value) if flag_value else workspace_dir() / default
 
 
-def load_valid_registry(path: Path):
-    """The validated registry, or a UsageError listing every finding (tools need a valid one)."""
+def load_valid_registry(path: Path, read_held_out: bool = True):
+    """The validated registry, or a UsageError listing every finding (tools need a valid one).
+    read_held_out=False: the soak fixtures are checked for existence only, never opened."""
     from tinyq import registry
 
     try:
-        return registry.load(path)
+        return registry.load(path, read_held_out)
     except (registry.RegistryReadError, registry.RegistryInvalid) as e:
         raise UsageError(f"the registry must be valid first:\n{e}") from None
 

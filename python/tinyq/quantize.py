@@ -334,6 +334,8 @@ def _reason(encoding: str, op: str, elements: int) -> str:
         return f"weight_only quantises the weight input of {', '.join(_WEIGHT_INPUT)} only"
     if encoding == "dynamic":
         return _ORT_DYNAMIC_GAPS.get(op, f"onnxruntime's quantize_dynamic left this {op} in fp32")
+    if op not in STATIC_OP_TYPES:
+        return f"onnxruntime's CPU provider has no int8 {op} kernel (quantised, it would run as DequantizeLinear -> fp32 {op})"
     return f"onnxruntime's quantize_static (QDQ) left this {op} in fp32"
 
 

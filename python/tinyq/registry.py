@@ -217,9 +217,10 @@ def _validator(schema_path: Path) -> jsonschema.protocols.Validator:
 
 
 class _Checker:
-    def __init__(self, path: Path, data: Any):
+    def __init__(self, path: Path, data: Any, read_held_out: bool = True):
         self.path = path
         self.data = data
+        self.read_held_out = read_held_out
         self.findings: List[Finding] = []
         # The jail: the registry's real directory. Under Bazel's runfiles, the registry and the
         # files it names are symlinks into the same source directory, so they compare equal.
@@ -361,7 +362,7 @@ class _Checker:
         if not fixture.is_file():
             self.add("fixture_missing", entry, base, f"soak fixture {fixture} does not exist")
             return
-        if not onnx.is_file():
+        if not onnx.is_file() or not self.read_held_out:
             return
         try:
             calibration.load_npz(fixture, calibration.graph_inputs(onnx), (calibration.TARGET_KEY,))
@@ -438,11 +439,13 @@ def _entry_from(root: Path, m: Dict[str, Any]) -> ModelEntry:
     )
 
 
-def check(path: Path) -> Tuple[Optional[Registry], List[Finding]]:
+def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], List[Finding]]:
     """Validates the registry at path.
 
     Returns (registry, findings): the registry is None when the file is not valid JSON or fails
-    its schema. Raises RegistryReadError when the file cannot be read.
+    its schema. Raises RegistryReadError when the file cannot be read. read_held_out=False checks
+    that each soak fixture exists without opening it: for tools that make choices (ptq_auto),
+    which must never read the held-out data.
     """
     path = Path(path)
     try:
@@ -463,7 +466,7 @@ def check(path: Path) -> Tuple[Optional[Registry], List[Finding]]:
         )
         return None, [f]
 
-    c = _Checker(path, data)
+    c = _Checker(path, data, read_held_out)
     bad = c.check_schema()
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return None, c.findings
@@ -477,9 +480,9 @@ def check(path: Path) -> Tuple[Optional[Registry], List[Finding]]:
     return Registry(path=path, data=data, models=models), c.findings
 
 
-def load(path: Path) -> Registry:
+def load(path: Path, read_held_out: bool = True) -> Registry:
     """The validated registry; raises RegistryInvalid listing every finding."""
-    registry, findings = check(path)
+    registry, findings = check(path, read_held_out)
     if findings or registry is None:
         raise RegistryInvalid(Path(path), findings)
     return registry
