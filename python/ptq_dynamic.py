@@ -17,7 +17,6 @@ model (tinyq refuses to register it); 4 refused, the artefact would quantise no 
 written.
 """
 
-import sys
 import time
 
 from absl import flags

@@ -8,7 +8,6 @@ the export script's lines moved, and loads under default options and session.x64
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
