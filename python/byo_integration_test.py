@@ -86,21 +86,10 @@ def test_no_artefact_carries_a_local_path(registered, workspace):
         assert not [p for p in local if p.encode() in data], f
 
 
-# The gate runs last. TODO(issue #12): wire the gate with real data up once #12 is merged. Its
-# fixes are what two of these models need, so those two are xfail(strict) until then, and turn
-# into failures (XPASS) to remove once #12 is in:
-#   - cnn_batch1: the pre-#12 gate feeds a fixed-batch-1 model 16 and 256 samples at once;
-#   - cnn_dynamo: real data passes (soak drop ~5e-4), but the pre-#12 gate also judges the
-#     uniform-noise set, on which the contrast CNN's output is near-constant (a false FAIL).
-TODO_12 = "TODO(#12): the gate judges on real data only after #12"
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param("cnn_dynamo", marks=pytest.mark.xfail(strict=True, reason=TODO_12 + " (synthetic set vetoes)")),
-    pytest.param("cnn_batch1", marks=pytest.mark.xfail(strict=True, reason=TODO_12 + " (batch-1 models fed in batches)")),
-    "unet_legacy",
-    "skl_mlp_opset21",
-])
+# The gate runs last, on the soak fixture register_model wrote: real data judges (a fixed-batch-1
+# model fed one sample at a time, latency included), the noise set is only a stress check.
+@pytest.mark.parametrize("name", ["cnn_dynamo", "cnn_batch1", "unet_legacy", "skl_mlp_opset21"])
 def test_the_gate_passes_on_the_real_soak_fixture(registered, name):
-    r = run(PY / "measure_quant_drop", "--registry", registered, "--id", name, "--nolatency")
-    assert r.returncode == 0 and f"[PASS] {name}" in r.stdout, r.stdout + r.stderr
+    r = run(PY / "measure_quant_drop", "--registry", registered, "--id", name, "--latency")
+    assert r.returncode == 0 and f"[PASS] {name}" in r.stdout and "on the soak fixture" in r.stdout, r.stdout + r.stderr
+    assert "latency not measured" not in r.stdout
