@@ -12,19 +12,48 @@ ZOO_MODEL_IDS = [
     "learned_filter_v1",
 ]
 
-# How each quantised model's int8 artefact is built: the mode (which must match the registry's
-# quant_mode; //model:int8_pins_test checks it) and the quantiser's flags. Models absent here
-# ship fp32. Each decision and its measurements are in the model's card, docs/models/<id>.md.
+# How each quantised model's int8 artefact is built: the recipe //python:ptq_auto chose (the
+# fastest configuration within budget on the validation set; its report and plot are in
+# docs/models/reports/<id>.auto.json and docs/models/<id>.auto.png). "mode" must match the
+# registry's quant_mode, "encoding" and "purpose" its quant_encoding and quant_purpose
+# (//model:int8_pins_test and //model:speed_structure_test check them); "args" are the quantiser's
+# flags. Models absent here ship fp32. To re-decide a model: `tools/bazel run //python:ptq_auto --
+# --id <id>`, paste its recipe line here, then `tools/bazel run //model:update_pins`.
 ZOO_INT8 = {
-    # Weight-only int8 (int8 initialisers behind DequantizeLinear, activations in fp32) for every
-    # model: the smallest encoding, and the only one that passes the gate everywhere. Static QDQ
-    # was measured for each model (see the cards): it breaks nr_metric_v1's in-graph MSCN (drop
-    # 0.37), saturates fr_patch_v1 on the gate's synthetic set (drop 0.037 > 0.01), and turns
-    # learned_filter_v1's PSNR gain from +0.002 dB into -0.039 dB.
-    "vmaf_tiny_v2": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
-    "vmaf_tiny_v3": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
-    "vmaf_tiny_v4": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
-    "nr_metric_v1": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
-    "fr_patch_v1": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
-    "learned_filter_v1": {"mode": "dynamic", "args": ["--encoding=weight_only"]},
+    "vmaf_tiny_v2": {
+        "mode": "dynamic",
+        "args": ["--encoding=weight_only"],
+        "encoding": "weight_only_s8_per_tensor",
+        "purpose": "size",
+    },
+    "vmaf_tiny_v3": {
+        "mode": "dynamic",
+        "args": ["--encoding=weight_only"],
+        "encoding": "weight_only_s8_per_tensor",
+        "purpose": "size",
+    },
+    "vmaf_tiny_v4": {
+        "mode": "dynamic",
+        "args": ["--encoding=weight_only"],
+        "encoding": "weight_only_s8_per_tensor",
+        "purpose": "size",
+    },
+    "nr_metric_v1": {
+        "mode": "static",
+        "args": ["--calibrate-method=percentile", "--noper-channel", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Mul"],
+        "encoding": "qdq_u8s8_per_tensor_percentile_fp32_groups",
+        "purpose": "speed",
+    },
+    "fr_patch_v1": {
+        "mode": "static",
+        "args": ["--calibrate-method=percentile", "--noper-channel", "--fp32-nodes=/Mul"],
+        "encoding": "qdq_u8s8_per_tensor_percentile_fp32_groups",
+        "purpose": "speed",
+    },
+    "learned_filter_v1": {
+        "mode": "static",
+        "args": ["--calibrate-method=minmax", "--noper-channel", "--fp32-nodes=/Add,/body/body.0/Conv,/body/body.1/Relu"],
+        "encoding": "qdq_u8s8_per_tensor_minmax_fp32_groups",
+        "purpose": "speed",
+    },
 }

@@ -39,6 +39,11 @@ def test_every_quantised_model_has_every_row(zoo):
         by = {r["provider"]: r for r in rows if r["model"] == m}
         assert set(by) == {"ort-cpu", "ort-cpu-x64quantprecision", "ort-cuda", "openvino-cpu-f32", "openvino-cpu-f16"}
         for name in ("ort-cpu", "ort-cpu-x64quantprecision", "openvino-cpu-f32", "openvino-cpu-f16"):
+            if (m, name, by[name]["precision"]) == ("learned_filter_v1", "openvino-cpu-f16", "f16"):
+                # Its residual (about 2e-4 on luma near 0.5) is below f16's resolution there (4.9e-4):
+                # a real f16 plugin wipes it out, and the gate, judging the residual, says so.
+                assert by[name]["status"] == "fail" and "residual" in by[name]["reason"], by[name]
+                continue
             assert by[name]["status"] == "pass", (m, name, by[name].get("reason"))
             assert [s["input_set"] for s in by[name]["sets"]] == ["soak", "synthetic"]
         assert by["ort-cpu"]["ran_on"][0] == "CPUExecutionProvider"

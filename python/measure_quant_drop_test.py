@@ -68,11 +68,19 @@ def test_nan_output_fails_the_model(tmp_path):
     assert "int8 output 'score' has 16 NaN or infinite values" in r.stdout
 
 
+def _weight_only(tmp_path, model_id):
+    """A weight-only int8 of a zoo CNN: close to its fp32 on any input, noise included."""
+    model, _ = quantize.load_for_quantization(TINY / f"{model_id}.onnx")
+    path = tmp_path / f"{model_id}.wo.int8.onnx"
+    path.write_bytes(quantize.encode(model, "weight_only", False).model_bytes)
+    return ["--fp32", TINY / f"{model_id}.onnx", "--int8", path]
+
+
 def test_two_input_model_with_dynamic_spatial_dims(tmp_path):
     # From the registry: shapes come from the soak fixture (48x48), never forced to 1.
     assert run("--id", "fr_patch_v1").returncode == 0
     # As a foreign pair: both inputs need their spatial size.
-    pair = ["--fp32", TINY / "fr_patch_v1.onnx", "--int8", TINY / "fr_patch_v1.int8.onnx"]
+    pair = _weight_only(tmp_path, "fr_patch_v1")
     r = run(*pair)
     assert r.returncode == 2 and "input 'ref' has a dynamic dimension" in r.stderr and "--input-shape ref=" in r.stderr
     r = run(*pair, "--input-shape", "ref=16,1,40,56", "--input-shape", "dist=16,1,40,56", "--out-json", tmp_path / "g.json")
@@ -80,8 +88,18 @@ def test_two_input_model_with_dynamic_spatial_dims(tmp_path):
     assert json.loads((tmp_path / "g.json").read_text())["models"][0]["sets"][0]["samples"] == 16
 
 
+def test_static_qdq_pair_is_judged_on_real_data_not_noise(tmp_path):
+    """The zoo's static int8 fr_patch_v1 saturates on uniform noise (calibrated on real patches):
+    judged on noise alone it fails, and says so; on real data (--data) it passes."""
+    pair = ["--fp32", TINY / "fr_patch_v1.onnx", "--int8", TINY / "fr_patch_v1.int8.onnx"]
+    r = run(*pair, "--input-shape", "ref=16,1,48,48", "--input-shape", "dist=16,1,48,48")
+    assert r.returncode == 1 and "SYNTHETIC DATA ONLY" in r.stdout
+    r = run(*pair, "--data", TINY / "fixtures" / "fr_patch_v1.soak.npz")
+    assert r.returncode == 0 and "on the --data set" in r.stdout, r.stdout + r.stderr
+
+
 def test_foreign_model_needs_input_shape(tmp_path):
-    pair = ["--fp32", TINY / "nr_metric_v1.onnx", "--int8", TINY / "nr_metric_v1.int8.onnx"]
+    pair = _weight_only(tmp_path, "nr_metric_v1")
     r = run(*pair)
     assert r.returncode == 2 and "pass --data X.npz (real inputs) or --input-shape dist=<d0,d1,...>" in r.stderr
     assert run(*pair, "--input-shape", "dist=16,1,64,48").returncode == 0

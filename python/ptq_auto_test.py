@@ -1,6 +1,7 @@
 """//python:ptq_auto: fp32 fallback for regions with no int8 kernel, an unreachable budget, and
 the soak fixture held out from selection."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 TOOL = Path.cwd() / "python" / "ptq_auto"
+STATIC = Path.cwd() / "python" / "ptq_static"
 SIZE = 24  # image side: large enough for int8 kernels to beat fp32
 
 
@@ -90,6 +92,12 @@ def test_region_without_int8_kernels_goes_back_to_fp32(tmp_path):
     fp32_nodes = next(a for a in recipe["args"] if a.startswith("--fp32-nodes=")).split("=", 1)[1].split(",")
     assert {"mu", "var", "var_eps"} <= set(fp32_nodes)
     assert report["run_provenance"]["tool"]["name"] == "ptq_auto"
+    # The recipe rebuilds the chosen candidate byte for byte, as //model:<id>_int8 does.
+    chosen = rows[report["choice"]["candidate"]]
+    rebuilt = subprocess.run([str(STATIC), fp32, "--calibration", cal, "--output", out / "rebuilt.int8.onnx", *recipe["args"]],
+                             capture_output=True, text=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert hashlib.sha256((out / "rebuilt.int8.onnx").read_bytes()).hexdigest() == chosen["int8_sha256"]
     assert (out / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| candidate | bytes |" in r.stdout and "choice: " in r.stdout
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Dict, Optional, Sequence
 
@@ -62,6 +63,7 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
         "fp32_groups": list(c.fp32_groups),
         "fp32_nodes": builder.exclude(c),
         "int8_bytes": r.bytes,
+        "int8_sha256": hashlib.sha256(r.int8).hexdigest(),
         "validation_drop": r.accuracy.drop,
         "kept_gain": r.accuracy.kept_gain,
         "within_budget": r.accuracy.within_budget,

@@ -335,11 +335,12 @@ def _compare_floats(c: Compared, budget: Optional[float], constant_atol: float) 
                             + (" on noise: the stress check does not apply" if excused else ""), c.what, a64.size)
     delta = float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
     if a64.size < 2 or a64.std() == 0 or b64.std() == 0:
-        ok = delta <= constant_atol
+        ok = budget is None or delta <= constant_atol  # the stress set judges finiteness only
         why = "a single value" if a64.size < 2 else "constant output"
+        verdict = "reported, not judged (stress check)" if budget is None else \
+            f"{'<=' if ok else '>'} tolerance {constant_atol:g}"
         return OutputResult(c.name, None, delta, a64.size >= 2, True, ok,
-                            f"{why}: Pearson r undefined; worst |delta| {delta:.3g} {'<=' if ok else '>'} tolerance "
-                            f"{constant_atol:g}", c.what, a64.size)
+                            f"{why}: Pearson r undefined; worst |delta| {delta:.3g} {verdict}", c.what, a64.size)
     d = pearson_drop(a64, b64)
     ok = budget is None or d <= budget
     limit = "reported, not judged (stress check)" if budget is None else f"{'<=' if ok else '>'} budget {budget:g}"
