@@ -164,7 +164,8 @@ fi
 if ((failed)); then
   for f in warm corrupt stop lock; do
     echo "--- $f.log (tail)" >&2
-    tail -n 30 "$tmp/$f.log" >&2 2>/dev/null || true
+    # Indented, so .ci/run never counts Bazel's summary lines in here as its own.
+    tail -n 30 "$tmp/$f.log" 2>/dev/null | sed 's/^/  | /' >&2 || true
   done
 fi
 stamp "done: $failed failed"
