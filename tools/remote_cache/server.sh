@@ -102,8 +102,10 @@ case "$cmd" in
       127.*|::1|localhost) ;;
       *) echo "remote_cache: WARNING: serving on $addr without TLS or auth; put a TLS proxy with auth in front (docs/remote-cache.md)" >&2 ;;
     esac
+    store=$(realpath -m "$store") state=$(realpath -m "$state")
+    # They go into nginx's config through sed: no spaces, quotes, ';' or sed's '|' and '&'.
+    [[ "$store$state" =~ ^[A-Za-z0-9/._+-]+$ ]] || die 2 "--store and --state must be plain paths (letters, digits, / . _ + -)"
     mkdir -p "$store/.tmp" "$state"
-    store=$(cd "$store" && pwd) state=$(cd "$state" && pwd)
     user=""
     # Started as root, nginx would hand its workers to www-data, who cannot write the store.
     if [[ $(id -u) -eq 0 ]]; then user="user $(id -un) $(id -gn);"; fi
@@ -114,8 +116,8 @@ case "$cmd" in
         "$here/nginx.conf.in" >"$state/nginx.conf"
     url="http://$listen:$port"
     echo "$url" >"$state/url"
-    if ! "$nginx" -q -p "$state" -e "$state/error.log" -c "$state/nginx.conf" 2>>"$state/error.log"; then
-      tail -n 5 "$state/error.log" >&2
+    if ! out=$("$nginx" -q -p "$state" -e "$state/error.log" -c "$state/nginx.conf" 2>&1); then
+      tail -n 2 <<<"$out" >&2
       die 4 "nginx did not start on $addr:$port (config $state/nginx.conf)"
     fi
     # Any HTTP answer (404 for a blob nobody wrote) means it serves.
