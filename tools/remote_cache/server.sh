@@ -13,7 +13,6 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-home=${TINYQ_CACHE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tinyq-remote-cache}
 
 die() { echo "remote_cache: $2" >&2; exit "$1"; }
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -22,7 +21,7 @@ usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 cmd=$1; shift
 case "$cmd" in start|stop|status) ;; -h|--help) usage ;; *) die 2 "unknown command '$cmd' (start, stop or status)" ;; esac
 
-addr=127.0.0.1 port=9090 store="$home/store" state="$home/nginx" max_body=1g
+addr=127.0.0.1 port=9090 store="" state="" max_body=1g
 while (($#)); do
   (($# >= 2)) || die 2 "$1 needs a value"
   case "$1" in
@@ -35,6 +34,12 @@ while (($#)); do
   esac
   shift 2
 done
+default_home() {
+  [[ -n "${TINYQ_CACHE_HOME:-}${XDG_CACHE_HOME:-}${HOME:-}" ]] || die 2 "no HOME: pass --store and --state, or set TINYQ_CACHE_HOME"
+  echo "${TINYQ_CACHE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tinyq-remote-cache}"
+}
+[[ -n "$state" ]] || state=$(default_home)/nginx
+if [[ "$cmd" == start && -z "$store" ]]; then store=$(default_home)/store; fi
 [[ "$port" == auto || ( "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ) ]] || die 2 "--port must be 1-65535 or auto, not '$port'"
 [[ "$max_body" =~ ^[0-9]+[kKmMgG]?$ ]] || die 2 "--max-body must be a size like 512m or 2g, not '$max_body'"
 [[ "$addr" =~ ^[0-9A-Za-z.:-]+$ ]] || die 2 "--addr must be an IP address or host name, not '$addr'"
