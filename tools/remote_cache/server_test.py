@@ -1,0 +1,100 @@
+"""server.sh and nginx.conf.in with real nginx on loopback: Bazel's GET/PUT work, nothing else does."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+SERVER = Path("tools/remote_cache/server.sh")
+
+if shutil.which("nginx") is None and not os.access("/usr/sbin/nginx", os.X_OK):
+    # A test never installs packages; .ci/run's server.sh start does, before `bazel test //...`.
+    pytest.skip("nginx is not installed: run tools/remote_cache/server.sh start once", allow_module_level=True)
+
+
+def server(*args):
+    return subprocess.run(["bash", str(SERVER), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def request(method, url, body=None):
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+@pytest.fixture
+def cache(tmp_path):
+    store, state = tmp_path / "store", tmp_path / "state"
+    r = server("start", "--port", "auto", "--store", store, "--state", state, "--max-body", "1k")
+    assert r.returncode == 0, r.stderr
+    url = r.stdout.strip()
+    assert url.startswith("http://127.0.0.1:")
+    yield url, store, state
+    server("stop", "--state", state)
+
+
+def test_bazel_puts_and_gets_blobs_by_digest(cache):
+    url, store, _ = cache
+    blob = b"an int8 model"
+    digest = hashlib.sha256(blob).hexdigest()
+    assert request("GET", f"{url}/cas/{digest}")[0] == 404
+    assert request("PUT", f"{url}/cas/{digest}", blob)[0] == 201
+    assert request("GET", f"{url}/cas/{digest}") == (200, blob)
+    assert request("HEAD", f"{url}/cas/{digest}")[0] == 200
+    assert request("PUT", f"{url}/ac/{digest}", b"result")[0] == 201  # create_full_put_path made ac/
+    assert (store / "cas" / digest).read_bytes() == blob
+    assert request("PUT", f"{url}/cas/{digest}", blob)[0] == 204  # a writer may overwrite
+
+
+def test_only_ac_and_cas_digests_and_only_get_head_put(cache):
+    url, store, _ = cache
+    digest = "0" * 64
+    assert request("PUT", f"{url}/other/{digest}", b"x")[0] == 404
+    assert request("PUT", f"{url}/cas/not-a-digest", b"x")[0] == 404
+    assert request("PUT", f"{url}/cas/{digest}/x", b"x")[0] == 404
+    assert request("PUT", f"{url}/cas/{digest}", b"x")[0] == 201
+    assert request("DELETE", f"{url}/cas/{digest}")[0] == 403
+    assert request("MKCOL", f"{url}/cas/{'1' * 64}")[0] == 403
+    assert (store / "cas" / digest).exists()
+    assert sorted(p.name for p in store.iterdir()) == [".tmp", "cas"]
+
+
+def test_a_body_over_the_limit_is_refused(cache):
+    url, store, _ = cache
+    assert request("PUT", f"{url}/cas/{'2' * 64}", b"x" * 2048)[0] == 413
+    assert not (store / "cas" / ("2" * 64)).exists()
+
+
+def test_status_and_stop(cache):
+    url, _, state = cache
+    r = server("status", "--state", state)
+    assert r.returncode == 0 and r.stdout.strip() == url
+    assert server("stop", "--state", state).returncode == 0
+    assert server("status", "--state", state).returncode == 1
+    assert server("stop", "--state", state).returncode == 0  # stopping twice is fine
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/cas/{'0' * 64}", timeout=5)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["restart"],
+        ["start", "--port", "70000"],
+        ["start", "--max-body", "lots"],
+        ["start", "--store", "/tmp/a b"],
+        ["start", "--bogus", "x"],
+        ["start", "--port"],
+    ],
+)
+def test_bad_usage_is_exit_code_2_with_a_message(args, tmp_path):
+    r = server(args[0], "--state", tmp_path / "state", *args[1:])
+    assert r.returncode == 2 and r.stderr.startswith("remote_cache: ")
