@@ -18,7 +18,7 @@ ZOO_MODEL_IDS = [
 # registry's quant_mode, "encoding" and "purpose" its quant_encoding and quant_purpose
 # (//model:int8_pins_test and //model:speed_structure_test check them); "args" are the quantiser's
 # flags. Models absent here ship fp32. To re-decide a model: `tools/bazel run //python:ptq_auto --
-# --id <id>`, paste its recipe line here, then `tools/bazel run //model:update_pins`.
+# --id <id>`, put its recipe here, then `tools/bazel run //model:update_pins`.
 ZOO_INT8 = {
     "vmaf_tiny_v2": {
         "mode": "dynamic",
@@ -40,8 +40,8 @@ ZOO_INT8 = {
     },
     "nr_metric_v1": {
         "mode": "static",
-        "args": ["--calibrate-method=percentile", "--noper-channel", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Mul"],
-        "encoding": "qdq_u8s8_per_tensor_percentile_fp32_groups",
+        "args": ["--calibrate-method=minmax", "--noper-channel", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Mul"],
+        "encoding": "qdq_u8s8_per_tensor_minmax_fp32_groups",
         "purpose": "speed",
     },
     "fr_patch_v1": {

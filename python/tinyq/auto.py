@@ -417,8 +417,9 @@ def noise_margin(rows: Sequence[Row]) -> float:
 
 
 def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choice]:
-    """The fastest candidate within budget that runs fully fused and beats fp32 by more than the
-    margin; among those within the margin of the fastest, the smallest file. Otherwise the
+    """The fastest candidate within budget (the largest speed-up over fp32 at the largest batch) that
+    runs fully fused and beats fp32 by more than the margin; among those within the margin of the
+    fastest, the smallest file. Otherwise the
     weight-only artefact as size-only (or fp32, per no_speedup). None: nothing is within budget."""
     margin = noise_margin(rows)
     ok = [r for r in rows if r.accuracy.within_budget]
@@ -426,10 +427,12 @@ def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choic
         return None
     fast = [r for r in ok if r.candidate.encoding == "qdq" and not r.unfused and r.speedup() > 1 + margin]
     if fast:
-        best = min(r.timing[r.speed_batch].int8_ms for r in fast)
-        tied = [r for r in fast if r.timing[r.speed_batch].int8_ms <= best * (1 + margin)]
-        row = min(tied, key=lambda r: (r.bytes, len(r.candidate.fp32_groups), r.same_as is not None,
-                                       r.timing[r.speed_batch].int8_ms, r.candidate.name))
+        # Speed-ups, not absolute times: each is paired with fp32 runs interleaved with its own, so
+        # the machine's drift between candidates cancels out.
+        best = max(r.speedup() for r in fast)
+        tied = [r for r in fast if r.speedup() * (1 + margin) >= best]
+        row = min(tied, key=lambda r: (r.bytes, len(r.candidate.fp32_groups), r.same_as is not None, -r.speedup(),
+                                       r.candidate.name))
         return Choice(row, "speed", margin, f"fastest within budget: x{row.speedup():.2f} at batch {row.speed_batch}, "
                                             f"{len(tied)} within the {margin:.0%} margin, smallest file kept")
     size = next((r for r in ok if r.candidate.encoding == "weight_only"), None)
