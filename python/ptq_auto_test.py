@@ -67,19 +67,20 @@ def images(n, seed):
     return np.stack(out).astype(np.float32)[:, None]
 
 
-def foreign(tmp_path):
+def search(tmp_path, budget):
+    """ptq_auto on the MSCN CNN with its own train and val data: (fp32, calibration, out dir, result)."""
     fp32 = mscn_cnn(tmp_path / "mscn.onnx")
     np.savez(tmp_path / "cal.npz", x=images(64, 0))
     np.savez(tmp_path / "val.npz", x=images(96, 1))
-    return fp32, tmp_path / "cal.npz", tmp_path / "val.npz"
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("--fp32", fp32, "--calibration", tmp_path / "cal.npz", "--validation", tmp_path / "val.npz", "--budget", budget,
+            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+    return fp32, tmp_path / "cal.npz", out, r
 
 
 def test_region_without_int8_kernels_goes_back_to_fp32(tmp_path):
-    fp32, cal, val = foreign(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    r = run("--fp32", fp32, "--calibration", cal, "--validation", val, "--budget", "0.02",
-            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+    fp32, cal, out, r = search(tmp_path, "0.02")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "r.json").read_text())
     groups = {g["name"]: g for g in report["fallback_groups"]}
@@ -103,11 +104,7 @@ def test_region_without_int8_kernels_goes_back_to_fp32(tmp_path):
 
 
 def test_unreachable_budget_exits_6_and_writes_nothing(tmp_path):
-    fp32, cal, val = foreign(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    r = run("--fp32", fp32, "--calibration", cal, "--validation", val, "--budget", "0",
-            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+    _, _, out, r = search(tmp_path, "0")
     assert r.returncode == 6, r.stdout[-2000:] + r.stderr[-2000:]
     assert "no candidate is within budget" in r.stderr and "//python:qat_train" in r.stderr
     assert list(out.iterdir()) == []

@@ -386,11 +386,10 @@ def judge_set(input_set: str, sess32, sess8, feeds: Dict[str, np.ndarray], budge
             raise GateError(f"output {name!r}: int8 shape {list(b.shape)} differs from fp32 {list(a.shape)}")
     compared = compared_outputs(names, ref, out, feeds)
     outputs = compare_outputs(compared, budget, constant_atol)
-    floats = [c for c, o in zip(compared, outputs) if c.what != "labels"]
-    a = np.concatenate([c.fp32 for c in floats]) if floats else np.zeros(0)
-    b = np.concatenate([c.int8 for c in floats]) if floats else np.zeros(0)
-    usable = [o for c, o in zip(compared, outputs) if c.what != "labels"]
-    agg = pearson_drop(a, b) if usable and all(o.drop is not None for o in usable) else None
+    floats = [(c, o) for c, o in zip(compared, outputs) if c.what != "labels"]
+    a = np.concatenate([c.fp32 for c, _ in floats]) if floats else np.zeros(0)
+    b = np.concatenate([c.int8 for c, _ in floats]) if floats else np.zeros(0)
+    agg = pearson_drop(a, b) if floats and all(o.drop is not None for _, o in floats) else None
     passed = all(o.passed for o in outputs) and (budget is None or agg is None or agg <= budget)
     n = len(next(iter(feeds.values())))
     return SetRun(SetResult(input_set, n, outputs + _skipped(skipped), agg, passed, budget), ref, out, a, b)
