@@ -134,7 +134,7 @@ def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
     feeds = {i.name: real[i.name] for i in sess32.get_inputs()} if real is not None else \
         gate.synthetic_inputs(sess32, model_id, {}, shapes)
     timing = auto.LatencyMeter(sess32, feeds, {1: 50, 256: 9})(sess8)
-    margin = max(auto.MIN_MARGIN, 2 * max(t.fp32_spread for t in timing.values()))
+    margin = auto.noise_margin(timing.values())
     ok = True
     for b, t in sorted(timing.items()):
         fast = t.int8_ms <= t.fp32_ms * (1 + margin)

@@ -123,7 +123,7 @@ def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, w
             "budget": budgets.plcc,
             "task_budget": budgets.task,
             "noise_margin": choice.margin,
-            "fallback_groups": [g.__dict__ for g in auto.fallback_groups(measure.builder.model)],
+            "fallback_groups": [g.__dict__ for g in measure.builder.groups.values()],
             "exhaustive_groups_limit": auto.EXHAUSTIVE_GROUPS,
             "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
             "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],

@@ -410,9 +410,9 @@ class Choice:
     reason: str
 
 
-def noise_margin(rows: Sequence[Row]) -> float:
+def noise_margin(timings: Iterable[Timing]) -> float:
     """The speed-up a candidate must exceed: MIN_MARGIN, or twice the fp32 runs' measured spread."""
-    spreads = [t.fp32_spread for r in rows for t in r.timing.values()]
+    spreads = [t.fp32_spread for t in timings]
     return max(MIN_MARGIN, 2 * float(np.median(spreads))) if spreads else MIN_MARGIN
 
 
@@ -421,7 +421,7 @@ def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choic
     runs fully fused and beats fp32 by more than the margin; among those within the margin of the
     fastest, the smallest file. Otherwise the
     weight-only artefact as size-only (or fp32, per no_speedup). None: nothing is within budget."""
-    margin = noise_margin(rows)
+    margin = noise_margin(t for r in rows for t in r.timing.values())
     ok = [r for r in rows if r.accuracy.within_budget]
     if not ok:
         return None
