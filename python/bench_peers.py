@@ -33,19 +33,11 @@ _REPEATS = {1: 50, 256: 9}
 
 
 def ort_static(fp32: Path, cal) -> bytes:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(cal.values())))
-            self.rows = iter([{k: v[i : i + 32] for k, v in cal.items()} for i in range(0, n, 32)])
-
-        def get_next(self):
-            return next(self.rows, None)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(fp32), str(out), quantize.calibration_reader(cal, 32), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         return out.read_bytes()
 
@@ -73,9 +65,8 @@ def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets) -> bytes:
     return quantised.SerializeToString()
 
 
-def _row(mid, variant, blob, fp32_bytes, budget, sess32, soak, meter):
+def _row(mid, variant, blob, fp32_bytes, budget, sess32, soak, feeds, meter):
     sess8 = gate.session(blob)
-    feeds = _feeds(sess32, soak)
     run = gate.judge_set("soak", sess32, sess8, feeds, budget, gate.DEFAULT_CONSTANT_ATOL)
     out_names, _ = gate.tensor_outputs(sess32)
     task32 = gate.task_metrics(feeds, out_names, run.fp32, soak[calibration.TARGET_KEY])
@@ -134,14 +125,15 @@ def main(argv):
     rows = []
     print(HEADER, flush=True)
     for entry in entries:
-        budgets = gate.Budgets(entry.budget_plcc, task=entry.raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET))
-        variants = _variants(entry, reg, budgets)  # all selection happens before the soak fixture is read
+        variants = _variants(entry, reg, gate.Budgets.of_entry(entry))  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
         sess32 = gate.session(str(entry.onnx))
-        meter = auto.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS)
+        feeds = _feeds(sess32, soak)
+        meter = auto.LatencyMeter(sess32, feeds, _REPEATS)
+        fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         for variant, blob in variants.items():
-            rows.append(_row(entry.id, variant, blob, quantize.model_bytes_on_disk(entry.onnx), entry.budget_plcc, sess32, soak, meter))
+            rows.append(_row(entry.id, variant, blob, fp32_bytes, entry.budget_plcc, sess32, soak, feeds, meter))
             print(_line(rows[-1]), flush=True)
     table = HEADER + "\n" + "\n".join(_line(r) for r in rows) + "\n"
     if _OUT_MD.value:

@@ -72,14 +72,8 @@ def _check_flags(argv) -> None:
 
 
 def _budgets(entry=None) -> gate.Budgets:
-    raw = entry.raw if entry is not None else {}
-    plcc = entry.budget_plcc if entry is not None else registry.DEFAULT_BUDGET_PLCC
-    task = _TASK_BUDGET.value if _TASK_BUDGET.value is not None else raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET)
-    return gate.Budgets(
-        plcc=_BUDGET.value if _BUDGET.value is not None else plcc,
-        synthetic=_SYNTH_BUDGET.value if _SYNTH_BUDGET.value is not None else raw.get("quant_synthetic_budget_plcc"),
-        task=float(task),
-    )
+    base = gate.Budgets.of_entry(entry) if entry is not None else gate.Budgets(registry.DEFAULT_BUDGET_PLCC)
+    return base.overridden(_BUDGET.value, _SYNTH_BUDGET.value, _TASK_BUDGET.value)
 
 
 def _jobs():

@@ -56,9 +56,7 @@ def _registry_models(reg_path):
         if not e.quantised:
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to compare")
         fixture = _load_data(e.id, e.onnx, calibration.fixture_path(reg.root, e.id))
-        budgets = gate.Budgets(e.budget_plcc, e.raw.get("quant_synthetic_budget_plcc"),
-                               e.raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET))
-        out.append((e.id, e.onnx, e.int8_onnx, budgets, fixture, "soak"))
+        out.append((e.id, e.onnx, e.int8_onnx, gate.Budgets.of_entry(e), fixture, "soak"))
     return out
 
 

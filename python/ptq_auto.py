@@ -56,7 +56,7 @@ def _inputs():
         if not (_CALIBRATION.value and _VALIDATION.value):
             raise cli.UsageError("--fp32 needs --calibration C.npz (train data) and --validation V.npz (real val data)")
         fp32 = cli.resolve_user_path(_FP32.value)
-        raw, plcc, label = {}, registry.DEFAULT_BUDGET_PLCC, fp32.name.removesuffix(".onnx")
+        base, label = gate.Budgets(registry.DEFAULT_BUDGET_PLCC), fp32.name.removesuffix(".onnx")
         cal, val = cli.resolve_user_path(_CALIBRATION.value), cli.resolve_user_path(_VALIDATION.value)
     else:
         # Selection never opens the soak fixture, not even to check its shape.
@@ -65,13 +65,11 @@ def _inputs():
             entry = reg.get(_ID.value)
         except KeyError as e:
             raise cli.UsageError(str(e.args[0])) from None
-        fp32, raw, plcc, label = entry.onnx, entry.raw, entry.budget_plcc, entry.id
+        fp32, base, label = entry.onnx, gate.Budgets.of_entry(entry), entry.id
         cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
             entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
         val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
-    task = _TASK_BUDGET.value if _TASK_BUDGET.value is not None else raw.get("quant_task_budget", gate.DEFAULT_TASK_BUDGET)
-    budgets = gate.Budgets(_BUDGET.value if _BUDGET.value is not None else plcc, task=float(task))
-    return label, fp32, cal, val, budgets
+    return label, fp32, cal, val, base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value)
 
 
 def _load(fp32, cal_path, val_path):

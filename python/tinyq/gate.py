@@ -22,7 +22,7 @@ computed for fp32 and int8; a filter's int8 must keep a share of the fp32's PSNR
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -469,6 +469,18 @@ class Budgets:
     plcc: float
     synthetic: Optional[float] = None
     task: float = DEFAULT_TASK_BUDGET
+
+    @classmethod
+    def of_entry(cls, entry) -> "Budgets":
+        """A registry entry's budgets: quant_accuracy_budget_plcc, quant_synthetic_budget_plcc, quant_task_budget."""
+        raw = entry.raw
+        return cls(entry.budget_plcc, raw.get("quant_synthetic_budget_plcc"), float(raw.get("quant_task_budget", DEFAULT_TASK_BUDGET)))
+
+    def overridden(self, plcc: Optional[float] = None, synthetic: Optional[float] = None,
+                   task: Optional[float] = None) -> "Budgets":
+        """These budgets with every value given (from a flag) replacing its own."""
+        given = {k: v for k, v in (("plcc", plcc), ("synthetic", synthetic), ("task", task)) if v is not None}
+        return replace(self, **given)
 
 
 def _synthetic_run(model_id: str, sess32, sess8, real: Optional[Dict[str, np.ndarray]], budgets: Budgets,

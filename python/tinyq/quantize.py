@@ -390,6 +390,21 @@ def calibration_batch(model: onnx.ModelProto) -> int:
     return min(fixed) if fixed else DEFAULT_CALIBRATION_BATCH
 
 
+def calibration_reader(arrays: Dict[str, np.ndarray], batch: int):
+    """An onnxruntime CalibrationDataReader over the arrays (one per input), `batch` samples a read."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            n = len(next(iter(arrays.values())))
+            self._batches = iter([{k: v[i : i + batch] for k, v in arrays.items()} for i in range(0, n, batch)])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    return Reader()
+
+
 # Ops given quantisers by static QDQ: those with int8 kernels in onnxruntime's CPU provider
 # (QLinearConv, QGemm, QLinearMatMul, QLinearAdd/Mul, QLinearAveragePool, QLinearGlobalAveragePool,
 # QLinearConcat, int8 MaxPool), plus Relu and Clip, which fuse into the int8 kernel before them.
@@ -415,18 +430,10 @@ def quantize_static_qdq(
     the next), so that candidates differing only in granularity or fp32 nodes share one
     calibration; the ranges and so the bytes are the same as without it.
     """
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     batch = batch or calibration_batch(model)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calibration.values())))
-            self._batches = iter([{k: v[i : i + batch] for k, v in calibration.items()} for i in range(0, n, batch)])
-
-        def get_next(self):
-            return next(self._batches, None)
 
     with tempfile.TemporaryDirectory(prefix="tinyq_ptq_") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -436,7 +443,7 @@ def quantize_static_qdq(
                 quantize_static(
                     str(src),
                     str(dst),
-                    Reader(),
+                    calibration_reader(calibration, batch),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(STATIC_OP_TYPES),
                     nodes_to_exclude=list(exclude_nodes),
