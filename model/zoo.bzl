@@ -10,6 +10,7 @@ ZOO_MODEL_IDS = [
     "nr_metric_v1",
     "fr_patch_v1",
     "learned_filter_v1",
+    "learned_filter_v2",
 ]
 
 # How each quantised model's int8 artefact is built: the recipe //python:ptq_auto chose (the
@@ -54,6 +55,12 @@ ZOO_INT8 = {
         "mode": "static",
         "args": ["--calibrate-method=minmax", "--noper-channel", "--fp32-nodes=/Add,/body/body.0/Conv,/body/body.1/Relu"],
         "encoding": "qdq_u8s8_per_tensor_minmax_fp32_groups",
+        "purpose": "speed",
+    },
+    "learned_filter_v2": {
+        "mode": "static",
+        "args": ["--calibrate-method=percentile", "--noper-channel", "--fp32-nodes=/Add"],
+        "encoding": "qdq_u8s8_per_tensor_percentile_fp32_groups",
         "purpose": "speed",
     },
 }

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, corpus, provenance, registry, train, zoo
+from tinyq import calibration, cli, corpus, provenance, registry, restoration, train, zoo
 from tinyq.fileio import atomic_write_npz
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
@@ -26,7 +26,9 @@ _N_CAL = flags.DEFINE_integer("n-calibration", 256, "Calibration samples per mod
 _N_VAL = flags.DEFINE_integer("n-validation", 512, "At most this many validation samples per model.", lower_bound=1)
 _N_SOAK = flags.DEFINE_integer("n-soak", 768, "At most this many soak samples per model.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the sample selection.")
-_CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_CORPUS = flags.DEFINE_string("corpus", None, "Video-quality corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_RESTORATION = flags.DEFINE_string("restoration-corpus", None,
+                                   "Restoration corpus .npz (default: model/corpus/restoration_corpus.npz in the workspace).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a JSON report with run_provenance here.")
 
@@ -40,17 +42,21 @@ def _pick(n_total: int, n: int, seed: int) -> np.ndarray:
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    corpus_path = cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH)
+    corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
+                            cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
     reg = cli.load_valid_registry(reg_path)
     ids = _MODELS.value or [m.id for m in reg.models if m.id in zoo.SPECS]
-    data = corpus.load(corpus_path)
     outputs = []
     for mid in ids:
         try:
             entry, spec = reg.get(mid), zoo.spec(mid)
         except KeyError as e:
             raise cli.UsageError(str(e.args[0])) from None
+        try:
+            data = corpora.for_spec(spec)
+        except FileNotFoundError as e:
+            raise cli.UsageError(str(e)) from None
         inputs = calibration.graph_inputs(entry.onnx)
         names = [i.name for i in inputs]
         if names != [i.name for i in spec.inputs]:
@@ -83,7 +89,7 @@ def main(argv):
             "models": ids,
             "run_provenance": provenance.absl_provenance(
                 tool="build_calibration_set", main_module=sys.modules[__name__],
-                inputs=[(corpus_path, "corpus"), (reg_path, "registry")], outputs=outputs,
+                inputs=[(p, "corpus") for p in corpora.paths.values() if p.is_file()] + [(reg_path, "registry")], outputs=outputs,
             ),
         }
         provenance.write_report(cli.resolve_user_path(_REPORT.value), report)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, train, zoo
+from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, restoration, train, zoo
 from tinyq.fileio import atomic_write_bytes
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
@@ -31,14 +31,16 @@ _LR_QAT = flags.DEFINE_float("lr-qat", None, "QAT learning rate. Default: the fp
 _N_CAL = flags.DEFINE_integer("n-calibration", None, "Calibration samples from the train split. Default 64.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", None, "Seed. Default 0.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Skip both training phases (a fast round trip).")
-_CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_CORPUS = flags.DEFINE_string("corpus", None, "Video-quality corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_RESTORATION = flags.DEFINE_string("restoration-corpus", None,
+                                   "Restoration corpus .npz (default: model/corpus/restoration_corpus.npz in the workspace).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 
 
-def _measure(model_id, fp32, int8_bytes, budget, fixture, tmp):
+def _measure(model_id, fp32, int8_bytes, budgets, fixture, tmp):
     path = Path(tmp) / f"{model_id}.{len(int8_bytes)}.onnx"
     path.write_bytes(int8_bytes)
-    r = gate.gate_model(model_id, fp32, path, gate.Budgets(budget), real=fixture, latency=False)
+    r = gate.gate_model(model_id, fp32, path, budgets, real=fixture, latency=False)
     return {
         "int8_bytes": len(int8_bytes),
         "drop": {s.input_set: s.aggregate_drop for s in r.sets},
@@ -65,15 +67,23 @@ def main(argv):
     out = cli.resolve_user_path(_OUTPUT.value)
     reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     entry = reg.get(cfg.model)
-    corpus_path = cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH)
-    data = corpus.load(corpus_path)
+    corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
+                            cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
+    corpus_path = corpora.path_for(zoo.spec(cfg.model))
+    try:
+        data = corpora.for_spec(zoo.spec(cfg.model))
+    except FileNotFoundError as e:
+        raise cli.UsageError(str(e)) from None
     fixture_path = calibration.fixture_path(reg.root, entry.id)
     fixture = calibration.load_npz(fixture_path, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,))
 
     start = time.monotonic()
     print(f"qat_train: {cfg.model}, {'smoke: no training' if _SMOKE.value else f'{cfg.epochs_qat} QAT epochs at lr {cfg.effective_lr_qat:g}'}",
           flush=True)
-    result = qat.run_qat(cfg, data, shipped_onnx=entry.onnx, smoke=_SMOKE.value, progress=lambda s: print(s, flush=True))
+    try:
+        result = qat.run_qat(cfg, data, shipped_onnx=entry.onnx, smoke=_SMOKE.value, progress=lambda s: print(s, flush=True))
+    except qat.ConfigError as e:
+        raise cli.UsageError(f"{_CONFIG.value}: {e}") from None
     atomic_write_bytes(out, result.int8_bytes)
     total = time.monotonic() - start
 
@@ -81,14 +91,15 @@ def main(argv):
     model, _ = quantize.load_for_quantization(entry.onnx)
     spec = zoo.spec(cfg.model)
     arrays = qat.calibration_arrays(cfg, spec, train.dataset(spec, data, "train"))
-    static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel)
+    static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel,
+                                          exclude_nodes=cfg.fp32_nodes)
     with tempfile.TemporaryDirectory() as tmp:
-        m_static, _ = _measure(cfg.model, entry.onnx, static, entry.budget_plcc, fixture, tmp)
-        m_qat, qat_path = _measure(cfg.model, entry.onnx, result.int8_bytes, entry.budget_plcc, fixture, tmp)
+        m_static, _ = _measure(cfg.model, entry.onnx, static, gate.Budgets.of_entry(entry), fixture, tmp)
+        m_qat, qat_path = _measure(cfg.model, entry.onnx, result.int8_bytes, gate.Budgets.of_entry(entry), fixture, tmp)
         # What QAT optimises: the int8 model against its own QAT-conditioned fp32 model.
         conditioned = Path(tmp) / "conditioned.fp32.onnx"
         conditioned.write_bytes(result.fp32_bytes)
-        m_self, _ = _measure(cfg.model, conditioned, result.int8_bytes, entry.budget_plcc, fixture, tmp)
+        m_self, _ = _measure(cfg.model, conditioned, result.int8_bytes, gate.Budgets.of_entry(entry), fixture, tmp)
         names = [i.name for i in calibration.graph_inputs(entry.onnx)]
         feeds = {n: fixture[n][:16] for n in names}
         fp32_out = gate.run_all(gate.session(entry.onnx), feeds)[0]

@@ -45,9 +45,11 @@ def test_smoke_round_trip_writes_a_loadable_qdq_model(tmp_path):
         ("qat: {}\n", "model is required"),
         ("model: fr_patch_v1\nqat:\n  calibrate_method: guess\n", "calibrate_method must be"),
         ("model: [\n", "not valid YAML"),
+        ("model: fr_patch_v1\nqat:\n  fp32_nodes: /Mul\n", "qat.fp32_nodes must be a list of node names"),
+        ("model: fr_patch_v1\nqat:\n  fp32_nodes: [/NoSuchNode]\n", "are not nodes of the exported graph"),
     ],
     ids=["wrong_type", "unknown_qat_key", "wrong_train_type", "unknown_top_key", "unknown_model", "no_model",
-         "bad_method", "bad_yaml"],
+         "bad_method", "bad_yaml", "fp32_nodes_not_a_list", "fp32_nodes_unknown"],
 )
 def test_bad_config_exits_2_naming_the_key(tmp_path, text, message):
     config = tmp_path / "c.yaml"

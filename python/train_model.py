@@ -12,14 +12,16 @@ import sys
 import numpy as np
 from absl import flags
 
-from tinyq import cli, corpus, provenance, registry, sidecar, train, zoo
+from tinyq import cli, corpus, provenance, registry, restoration, sidecar, train, zoo
 from tinyq.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
 _MODEL = flags.DEFINE_enum("model", None, list(zoo.SPECS), "The zoo model to train.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs (default: the model's own).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for initialisation and shuffling.")
 _MAX_TRAIN = flags.DEFINE_integer("max-train", None, "Use a seeded subset of this many train rows (quick runs).")
-_CORPUS = flags.DEFINE_string("corpus", None, "Corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_CORPUS = flags.DEFINE_string("corpus", None, "Video-quality corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")
+_RESTORATION = flags.DEFINE_string("restoration-corpus", None,
+                                   "Restoration corpus .npz (default: model/corpus/restoration_corpus.npz in the workspace).")
 _OUT_DIR = flags.DEFINE_string("out-dir", None, "Where <id>.onnx and <id>.json go (default: model/tiny).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry to update (default: <out-dir>/registry.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a JSON training report with run_provenance here.")
@@ -31,14 +33,17 @@ def main(argv):
     if not _MODEL.value:
         raise cli.UsageError("--model is required; one of " + ", ".join(zoo.SPECS))
     spec = zoo.spec(_MODEL.value)
-    corpus_path = cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH)
+    corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
+                            cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
+    corpus_path = corpora.path_for(spec)
     out_dir = cli.path_or_default(_OUT_DIR.value, registry.DEFAULT_REGISTRY.parent)
     registry_path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else out_dir / "registry.json"
-    if not corpus_path.is_file():
-        raise cli.UsageError(f"{corpus_path}: corpus not found; build it with `tools/bazel run //python:build_corpus`")
+    try:
+        data = corpora.for_spec(spec)
+    except FileNotFoundError as e:
+        raise cli.UsageError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    data = corpus.load(corpus_path)
     train_set = train.dataset(spec, data, "train")
     if _MAX_TRAIN.value and _MAX_TRAIN.value < len(train_set):
         rng = np.random.default_rng(_SEED.value)

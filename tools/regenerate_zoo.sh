@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
-# Regenerates the whole zoo from scratch: corpus, six trained models, calibration sets and soak
-# fixtures, printing the wall time of each step. Every step is seeded: the same machine gives the
-# same files. Usage: tools/regenerate_zoo.sh
+# Regenerates the whole zoo from scratch: both corpora, seven trained models, calibration sets and
+# soak fixtures, and the committed QAT int8 artefacts, printing the wall time of each step. Every
+# step is seeded: the same machine gives the same files.
+#
+# Usage: tools/regenerate_zoo.sh [--only-restoration] [--check]
+#   --only-restoration  only the restoration corpus, learned_filter_v2 and its QAT int8
+#   --check             then fail (exit 1) if any regenerated file differs from the committed one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODELS=(vmaf_tiny_v2 vmaf_tiny_v3 vmaf_tiny_v4 nr_metric_v1 fr_patch_v1 learned_filter_v1)
+ONLY_RESTORATION=0
+CHECK=0
+for arg in "$@"; do
+  case "$arg" in
+    --only-restoration) ONLY_RESTORATION=1 ;;
+    --check) CHECK=1 ;;
+    *) echo "regenerate_zoo: unknown argument $arg; see the usage at the top of $0" >&2; exit 2 ;;
+  esac
+done
+
+VQ_MODELS=(vmaf_tiny_v2 vmaf_tiny_v3 vmaf_tiny_v4 nr_metric_v1 fr_patch_v1 learned_filter_v1)
+QAT_MODELS=(learned_filter_v2)  # ZOO_INT8 mode "qat": trained outside the build, committed, pinned
+TIMES=docs/models/reports/regenerate_times.txt
+[[ $ONLY_RESTORATION == 1 ]] && TIMES=docs/models/reports/regenerate_restoration_times.txt
 mkdir -p docs/models/reports
 total_start=$SECONDS
 
@@ -13,14 +30,38 @@ step() {
   local name=$1; shift
   local start=$SECONDS
   "$@"
-  echo "regenerate_zoo: ${name} took $((SECONDS - start)) s" | tee -a docs/models/reports/regenerate_times.txt
+  echo "regenerate_zoo: ${name} took $((SECONDS - start)) s" | tee -a "$TIMES"
 }
 
-: > docs/models/reports/regenerate_times.txt
-step build_corpus tools/bazel run //python:build_corpus -- --jobs=2
-for id in "${MODELS[@]}"; do
-  step "train_${id}" tools/bazel run "//python:train_${id}" -- "--report-out=$PWD/docs/models/reports/${id}.train.json"
+: > "$TIMES"
+if [[ $ONLY_RESTORATION == 0 ]]; then
+  step build_corpus_vq tools/bazel run //python:build_corpus -- --kind=vq --jobs=2
+  for id in "${VQ_MODELS[@]}"; do
+    step "train_${id}" tools/bazel run "//python:train_${id}" -- "--report-out=$PWD/docs/models/reports/${id}.train.json"
+  done
+fi
+step build_corpus_restoration tools/bazel run //python:build_corpus -- --kind=restoration --jobs=2
+step train_learned_filter_v2 tools/bazel run //python:train_learned_filter_v2 -- \
+  "--report-out=$PWD/docs/models/reports/learned_filter_v2.train.json"
+if [[ $ONLY_RESTORATION == 0 ]]; then
+  step build_calibration_set tools/bazel run //python:build_calibration_set
+else
+  step build_calibration_set tools/bazel run //python:build_calibration_set -- --models=learned_filter_v2
+fi
+for id in "${QAT_MODELS[@]}"; do
+  step "qat_train_${id}" tools/bazel run //python:qat_train -- "--config=$PWD/python/configs/${id}_qat.yaml" \
+    "--output=$PWD/model/tiny/${id}.int8.onnx" "--report-out=$PWD/docs/models/reports/${id}.qat.json"
 done
-step build_calibration_set tools/bazel run //python:build_calibration_set
-echo "regenerate_zoo: total $((SECONDS - total_start)) s" | tee -a docs/models/reports/regenerate_times.txt
+echo "regenerate_zoo: total $((SECONDS - total_start)) s" | tee -a "$TIMES"
 tools/bazel run //python:validate_registry
+
+if [[ $CHECK == 1 ]]; then
+  # Byte-identical or not: the corpora, models, sidecars, registry and held-out sets.
+  if git diff --quiet -- model/corpus model/tiny; then
+    echo "regenerate_zoo: every regenerated file is byte-identical to the committed one"
+  else
+    git diff --stat -- model/corpus model/tiny >&2
+    echo "regenerate_zoo: the files above differ from the committed ones" >&2
+    exit 1
+  fi
+fi

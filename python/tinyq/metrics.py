@@ -32,7 +32,21 @@ def quality_metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
     return {"plcc": plcc(prediction, target), "srocc": srocc(prediction, target), "rmse": rmse(prediction, target)}
 
 
-def filter_metrics(restored: np.ndarray, degraded: np.ndarray, target: np.ndarray) -> dict:
-    """A restoration filter's mean per-sample PSNR before and after, and the gain."""
+def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-sample SSIM (scikit-image's, Gaussian-free 7x7 windows) for luma [N, 1, H, W] in [0, 1]."""
+    from skimage.metrics import structural_similarity
+
+    x = np.clip(np.asarray(x, np.float64), 0, 1)
+    ref = np.asarray(ref, np.float64)
+    return np.array([structural_similarity(a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:]), data_range=1.0)
+                     for a, b in zip(x, ref)])
+
+
+def filter_metrics(restored: np.ndarray, degraded: np.ndarray, target: np.ndarray, with_ssim: bool = False) -> dict:
+    """A restoration filter's mean per-sample PSNR before and after, and the gain; SSIM if asked."""
     before, after = psnr(degraded, target), psnr(restored, target)
-    return {"psnr_in_db": float(before.mean()), "psnr_out_db": float(after.mean()), "psnr_gain_db": float((after - before).mean())}
+    out = {"psnr_in_db": float(before.mean()), "psnr_out_db": float(after.mean()), "psnr_gain_db": float((after - before).mean())}
+    if with_ssim:
+        s_in, s_out = ssim(degraded, target), ssim(restored, target)
+        out.update(ssim_in=float(s_in.mean()), ssim_out=float(s_out.mean()), ssim_gain=float((s_out - s_in).mean()))
+    return out

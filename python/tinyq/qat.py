@@ -24,7 +24,7 @@ import time
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -59,6 +59,7 @@ class QatConfig:
     n_calibration: int = 64
     calibrate_method: str = "percentile"
     per_channel: bool = True
+    fp32_nodes: List[str] = field(default_factory=list)  # left fp32 in the export, as ptq_static --fp32-nodes
 
     @property
     def effective_lr_qat(self) -> float:
@@ -67,7 +68,7 @@ class QatConfig:
 
 # Field types as written in the dataclasses (annotations are strings here).
 _TYPES = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "a string"), "bool": (bool, "true or false"),
-          "Optional[float]": (float, "a number or null")}
+          "Optional[float]": (float, "a number or null"), "List[str]": (list, "a list of node names")}
 
 
 def _value(path: Path, key: str, value: Any, type_name: str) -> Any:
@@ -78,6 +79,8 @@ def _value(path: Path, key: str, value: Any, type_name: str) -> Any:
         return float(value)
     if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
         raise ConfigError(f"{path}: {key} must be {words}, got {value!r}")
+    if want is list and not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{path}: {key} must be {words} (non-empty strings), got {value!r}")
     return value
 
 
@@ -174,6 +177,8 @@ def insert_fake_quant(model: torch.nn.Module, example_inputs, spec: zoo.ModelSpe
                                  output_activation=symmetric if config.output_activation is not None else None)
     # The exported graph keeps the model's dynamic axes (batch; height and width for the CNNs).
     dims = {d: torch.export.Dim(d, min=1 if d == zoo.BATCH else 8, max=1 << 16) for d in (zoo.BATCH, zoo.HEIGHT, zoo.WIDTH)}
+    if spec.arch.get("even_height_width"):  # the half-resolution filter folds 2x2 pixel blocks
+        dims.update({d: 2 * torch.export.Dim(f"half_{d}", min=4, max=1 << 15) for d in (zoo.HEIGHT, zoo.WIDTH)})
     dynamic = tuple({axis: dims[d] for axis, d in enumerate(io.shape) if isinstance(d, str)} for io in spec.inputs)
     exported = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic).module()
     prepared = prepare_qat_pt2e(exported, X86InductorQuantizer().set_global(config))
@@ -267,12 +272,17 @@ def run_qat(cfg: QatConfig, data: corpus.Corpus, *, shipped_onnx: Optional[Path]
     copy_conditioned_weights(qat_model, fresh)
     fp32_bytes = train.export_onnx(spec, fresh)
     arrays = calibration_arrays(cfg, spec, train_set)
-    int8 = quantize.quantize_static_qdq(onnx.load_from_string(fp32_bytes), arrays, method=cfg.calibrate_method,
-                                        per_channel=cfg.per_channel)
+    fp32_model = onnx.load_from_string(fp32_bytes)
+    unknown = sorted(set(cfg.fp32_nodes) - {n.name for n in fp32_model.graph.node})
+    if unknown:
+        raise ConfigError(f"qat.fp32_nodes: {unknown} are not nodes of the exported graph; list them with "
+                          f"`tools/bazel run //python:ptq_auto -- --id {cfg.model}`")
+    int8 = quantize.quantize_static_qdq(fp32_model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel,
+                                        exclude_nodes=cfg.fp32_nodes)
     ops = [n.op_type for n in onnx.load_from_string(int8).graph.node]
     qdq = {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
     if not qdq["QuantizeLinear"] or not qdq["DequantizeLinear"]:
         raise RuntimeError(f"the exported model lost its QDQ nodes: {qdq}")
     phases["export"] = {"calibration": f"{cfg.n_calibration} samples of the train split", "method": cfg.calibrate_method,
-                        "per_channel": cfg.per_channel, "wall_time_s": round(time.monotonic() - start, 2)}
+                        "per_channel": cfg.per_channel, "fp32_nodes": list(cfg.fp32_nodes), "wall_time_s": round(time.monotonic() - start, 2)}
     return QatResult(int8, fp32_bytes, zoo.n_params(fresh), phases, qdq)

@@ -11,6 +11,7 @@ import io
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from tinyq import gate, zoo
+from tinyq import corpus, gate, restoration, zoo
 from tinyq.corpus import Corpus
 from tinyq.metrics import filter_metrics, quality_metrics
 
@@ -43,11 +44,39 @@ class Dataset:
         return Dataset(tuple(x[idx] for x in self.inputs), self.target[idx])
 
 
-def dataset(s: zoo.ModelSpec, corpus: Corpus, split: str) -> Dataset:
+class Corpora:
+    """The two corpora models train on, each loaded on first use: the video-quality corpus and,
+    for models whose spec's data is "restoration", the restoration corpus."""
+
+    def __init__(self, vq: Optional[Path] = None, restoration_path: Optional[Path] = None):
+        self.paths = {"vq": Path(vq or corpus.DEFAULT_PATH), "restoration": Path(restoration_path or restoration.DEFAULT_PATH)}
+        self._loaded: Dict[str, object] = {}
+
+    def path_for(self, s: zoo.ModelSpec) -> Path:
+        return self.paths["restoration" if s.data == "restoration" else "vq"]
+
+    def for_spec(self, s: zoo.ModelSpec):
+        return self.get("restoration" if s.data == "restoration" else "vq")
+
+    def get(self, key: str):
+        """The "vq" or "restoration" corpus; FileNotFoundError names the command that builds it."""
+        if key not in self._loaded:
+            path = self.paths[key]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: corpus not found; build it with `tools/bazel run //python:build_corpus -- --kind={key}`")
+            self._loaded[key] = restoration.load(path) if key == "restoration" else corpus.load(path)
+        return self._loaded[key]
+
+
+def dataset(s: zoo.ModelSpec, data, split: str) -> Dataset:
+    """The split's inputs and targets; data is the corpus the spec trains on (Corpora.for_spec)."""
+    if s.data == "restoration":
+        dist, ref = data.pairs(split)
+        return Dataset((dist,), ref)
     if s.data == "frames":
-        x, y = corpus.frames(split)
+        x, y = data.frames(split)
         return Dataset((x.astype(np.float32),), y.astype(np.float32))
-    ref, dist, vmaf = corpus.patches(split)
+    ref, dist, vmaf = data.patches(split)
     if s.kind == "filter":
         return Dataset((dist,), ref)
     if len(s.inputs) == 2:
@@ -58,10 +87,13 @@ def dataset(s: zoo.ModelSpec, corpus: Corpus, split: str) -> Dataset:
 # --- metrics -------------------------------------------------------------------------------
 
 
-def task_metrics(s: zoo.ModelSpec, prediction: np.ndarray, data: Dataset) -> Dict[str, float]:
-    """What the model is for: PLCC/SROCC/RMSE against VMAF, or PSNR gain for the filter."""
+def task_metrics(s: zoo.ModelSpec, prediction: np.ndarray, data: Dataset, with_ssim: bool = False) -> Dict[str, float]:
+    """What the model is for: PLCC/SROCC/RMSE against VMAF, or PSNR gain (and SSIM if asked) for a filter."""
     if s.kind == "filter":
-        return filter_metrics(prediction, data.inputs[0], data.target)
+        degraded, target = data.inputs[0], data.target
+        if s.data == "restoration":  # scored on the windows' centres, as ffmpeg's filters are
+            prediction, degraded, target = (restoration.centre(a) for a in (prediction, degraded, target))
+        return filter_metrics(prediction, degraded, target, with_ssim)
     return quality_metrics(prediction, data.target)
 
 
@@ -173,7 +205,7 @@ def fit(
             idx = order[i : i + s.batch_size]
             batch = [x[idx] for x in xs]
             target = y[idx]
-            if s.data == "patches":
+            if s.data in ("patches", "restoration"):
                 *batch, target = _augment(batch + [target], gen) if s.kind == "filter" else [*_augment(batch, gen), target]
             pred = model(*batch)
             loss = _loss(s, pred, target.reshape(pred.shape), scale)

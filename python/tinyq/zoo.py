@@ -105,6 +105,32 @@ class ResidualFilter(nn.Module):
         return dist + self.body(dist - 0.5)
 
 
+class HalfResFilter(nn.Module):
+    """Restoration filter that works at half resolution: input + residual, same shape.
+
+    A stride-2 4x4 convolution folds each 2x2 block of pixels into channels, a stack of 3x3
+    convolutions works there (a 30-pixel receptive field, wide enough for 8x8 coding blocks and
+    their ringing, at a quarter of the full-resolution cost), and DepthToSpace unfolds the
+    residual. Height and width must be even, as they are in 4:2:0 video.
+    """
+
+    def __init__(self, width: int = 32, depth: int = 5):
+        super().__init__()
+        layers = [nn.Conv2d(1, width, 4, stride=2, padding=1), nn.ReLU()]
+        for _ in range(depth):
+            layers += _conv(width, width)
+        for conv in layers[::2]:  # He initialisation, so the signal keeps its scale through the stack
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        last = nn.Conv2d(width, 4, 3, padding=1)
+        nn.init.zeros_(last.weight)  # starts as the identity: training can only add gain
+        nn.init.zeros_(last.bias)
+        self.body = nn.Sequential(*layers, last, nn.PixelShuffle(2))
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:
+        return dist + self.body(dist - 0.5)
+
+
 @dataclass(frozen=True)
 class Io:
     name: str
@@ -115,7 +141,7 @@ class Io:
 class ModelSpec:
     id: str
     kind: str  # fr / nr / filter
-    data: str  # "frames" (features -> VMAF) or "patches"
+    data: str  # "frames" (features -> VMAF), "patches" (vq corpus) or "restoration" (restoration corpus)
     inputs: Tuple[Io, ...]
     outputs: Tuple[Io, ...]
     arch: Dict[str, object]
@@ -136,6 +162,8 @@ class ModelSpec:
             return FrPatch()
         if name == "residual_filter":
             return ResidualFilter()
+        if name == "half_res_filter":
+            return HalfResFilter(self.arch["width"], self.arch["depth"])
         raise KeyError(name)
 
 
@@ -201,6 +229,19 @@ SPECS: Dict[str, ModelSpec] = {
             lr=1e-3,
             batch_size=32,
             description="Residual restoration CNN: compressed luma -> restored luma, same shape",
+        ),
+        ModelSpec(
+            id="learned_filter_v2",
+            kind="filter",
+            data="restoration",
+            inputs=(Io("dist", _LUMA),),
+            outputs=(Io("restored", _LUMA),),
+            arch={"name": "half_res_filter", "width": 32, "depth": 5, "residual": True, "down": "conv4x4_stride2",
+                  "up": "depth_to_space_2", "even_height_width": True},
+            epochs=40,
+            lr=1e-3,
+            batch_size=32,
+            description="Residual deblocking CNN at half resolution: decoded luma (even height and width) -> restored luma",
         ),
     )
 }
