@@ -34,7 +34,8 @@ def zoo(tmp_path_factory):
 def test_every_quantised_model_has_every_row(zoo):
     rows = results(zoo)["rows"]
     models = {r["model"] for r in rows}
-    assert models == {"vmaf_tiny_v2", "vmaf_tiny_v3", "vmaf_tiny_v4", "nr_metric_v1", "fr_patch_v1", "learned_filter_v1"}
+    assert models == {"vmaf_tiny_v2", "vmaf_tiny_v3", "vmaf_tiny_v4", "nr_metric_v1", "fr_patch_v1", "learned_filter_v1",
+                      "learned_filter_v2"}
     for m in models:
         by = {r["provider"]: r for r in rows if r["model"] == m}
         assert set(by) == {"ort-cpu", "ort-cpu-x64quantprecision", "ort-cuda", "openvino-cpu-f32", "openvino-cpu-f16"}

@@ -1,7 +1,8 @@
 """Quantisation-aware training of a zoo model into a QDQ int8 model.
 
 Usage: bazel run //python:qat_train -- --config python/configs/<id>_qat.yaml --output model/tiny/<id>.int8.onnx
-           [--report-out R] [--epochs-fp32 N] [--epochs-qat N] [--lr-qat X] [--n-calibration N] [--seed S] [--smoke]
+           [--fp32-output F] [--report-out R] [--epochs-fp32 N] [--epochs-qat N] [--lr-qat X] [--n-calibration N]
+           [--seed S] [--smoke]
 
 Phases (tinyq/qat.py): fp32 warm start, fake-quant insertion, QAT fine-tune at lr/10, export
 through a fresh fp32 module and static QDQ calibrated on the real train split. Then the result
@@ -20,10 +21,13 @@ from pathlib import Path
 from absl import flags
 
 from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, restoration, train, zoo
-from tinyq.fileio import atomic_write_bytes
+from tinyq.fileio import atomic_write_all
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the int8 QDQ model goes.")
+_FP32_OUTPUT = flags.DEFINE_string("fp32-output", None, "Also write the QAT-conditioned fp32 model here: the fp32 a registry "
+                                   "names for a QAT model, so that the fp32 fallback and the int8 agree (written with the int8 "
+                                   "or not at all).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-qat-report-v1 JSON report here.")
 _EPOCHS_FP32 = flags.DEFINE_integer("epochs-fp32", None, "fp32 warm-start epochs (warm_start: train). Default 20.", lower_bound=0)
 _EPOCHS_QAT = flags.DEFINE_integer("epochs-qat", None, "QAT fine-tune epochs. Default 10.", lower_bound=0)
@@ -65,8 +69,13 @@ def main(argv):
     if _SEED.value is not None:
         cfg.train.seed = _SEED.value
     out = cli.resolve_user_path(_OUTPUT.value)
+    if _FP32_OUTPUT.value and cli.resolve_user_path(_FP32_OUTPUT.value) == out:
+        raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: must differ from --output")
     reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     entry = reg.get(cfg.model)
+    if _FP32_OUTPUT.value and cli.resolve_user_path(_FP32_OUTPUT.value).resolve() == entry.onnx.resolve():
+        raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: that is the registry's fp32 model, which this run reads; "
+                             "write elsewhere and register the result")
     corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
                             cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
     corpus_path = corpora.path_for(zoo.spec(cfg.model))
@@ -84,7 +93,8 @@ def main(argv):
         result = qat.run_qat(cfg, data, shipped_onnx=entry.onnx, smoke=_SMOKE.value, progress=lambda s: print(s, flush=True))
     except qat.ConfigError as e:
         raise cli.UsageError(f"{_CONFIG.value}: {e}") from None
-    atomic_write_bytes(out, result.int8_bytes)
+    conditioned_out = cli.resolve_user_path(_FP32_OUTPUT.value) if _FP32_OUTPUT.value else None
+    atomic_write_all([(out, result.int8_bytes)] + ([(conditioned_out, result.fp32_bytes)] if conditioned_out else []))
     total = time.monotonic() - start
 
     # The baseline: static PTQ of the shipped fp32 model with the same calibration settings.
@@ -133,7 +143,7 @@ def main(argv):
             "run_provenance": provenance.absl_provenance(
                 tool="qat_train", main_module=sys.modules[__name__],
                 inputs=[(entry.onnx, "fp32_model"), (corpus_path, "corpus"), (cli.resolve_user_path(_CONFIG.value), "config")],
-                outputs=[(out, "int8_model")],
+                outputs=[(out, "int8_model")] + ([(conditioned_out, "qat_conditioned_fp32_model")] if conditioned_out else []),
             ),
         })
     return cli.EXIT_OK

@@ -19,11 +19,12 @@ def run(*args):
 
 
 def test_smoke_round_trip_writes_a_loadable_qdq_model(tmp_path):
-    out, report = tmp_path / "fr.int8.onnx", tmp_path / "r.json"
-    r = run("--config", CONFIG, "--output", out, "--report-out", report, "--smoke")
+    out, report, conditioned = tmp_path / "fr.int8.onnx", tmp_path / "r.json", tmp_path / "fr.conditioned.onnx"
+    r = run("--config", CONFIG, "--output", out, "--fp32-output", conditioned, "--report-out", report, "--smoke")
     assert r.returncode == 0, r.stderr[-3000:]
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in onnx.load(str(conditioned)).graph.node}
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     rep = json.loads(report.read_text())
     assert rep["schema"] == "tinyq-qat-report-v1" and rep["smoke"] is True and rep["n_params"] == 34945
@@ -31,7 +32,15 @@ def test_smoke_round_trip_writes_a_loadable_qdq_model(tmp_path):
     assert rep["phases"]["export"]["calibration"] == "64 samples of the train split"
     assert set(rep["fp32_to_static_ptq"]["drop"]) == set(rep["fp32_to_qat"]["drop"]) == {"soak", "synthetic"}
     assert len(rep["outputs"]["fp32"]) == len(rep["outputs"]["int8"]) == 16
-    assert rep["run_provenance"]["outputs"][0]["path"] == str(out)
+    assert [o["path"] for o in rep["run_provenance"]["outputs"]] == [str(out), str(conditioned)]
+
+
+def test_fp32_output_never_overwrites_the_shipped_fp32(tmp_path):
+    shipped = Path.cwd() / "model" / "tiny" / "fr_patch_v1.onnx"
+    before = shipped.read_bytes()
+    r = run("--config", CONFIG, "--output", tmp_path / "o.onnx", "--fp32-output", shipped, "--smoke")
+    assert r.returncode == 2 and "registry's fp32 model" in r.stderr, r.stderr[-2000:]
+    assert shipped.read_bytes() == before and not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize(
