@@ -151,16 +151,21 @@ def luma_of_yuv420p(data: bytes, width: int, height: int) -> np.ndarray:
     return arr[:, : width * height].reshape(n, height, width).copy()
 
 
-def patch_positions(source: str, width: int, height: int) -> List[Tuple[int, int, int]]:
-    """(frame, y, x) of each patch, the same for every distortion of a clip."""
-    rng = np.random.default_rng(_seed("patches", source, width, height))
+def grid_positions(seed: int, frames: Sequence[int], per_frame: int, size: int, width: int, height: int) -> List[Tuple[int, int, int]]:
+    """(frame, y, x) corners of seeded size x size squares on the codec block grid, per_frame per frame."""
+    rng = np.random.default_rng(seed)
     out = []
-    for t in PATCH_FRAMES:
-        for _ in range(PATCHES_PER_FRAME):
-            y = int(rng.integers(0, (height - PATCH) // PATCH_GRID + 1)) * PATCH_GRID
-            x = int(rng.integers(0, (width - PATCH) // PATCH_GRID + 1)) * PATCH_GRID
+    for t in frames:
+        for _ in range(per_frame):
+            y = int(rng.integers(0, (height - size) // PATCH_GRID + 1)) * PATCH_GRID
+            x = int(rng.integers(0, (width - size) // PATCH_GRID + 1)) * PATCH_GRID
             out.append((t, y, x))
     return out
+
+
+def patch_positions(source: str, width: int, height: int) -> List[Tuple[int, int, int]]:
+    """(frame, y, x) of each patch, the same for every distortion of a clip."""
+    return grid_positions(_seed("patches", source, width, height), PATCH_FRAMES, PATCHES_PER_FRAME, PATCH, width, height)
 
 
 @dataclass(frozen=True)

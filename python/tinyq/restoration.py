@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tinyq import corpus
+from tinyq.corpus import Job
 from tinyq.metrics import psnr
 
 PATCH = 48  # the scored centre
@@ -72,27 +73,11 @@ GRID: Tuple[Tuple[str, str], ...] = tuple((f, s) for f in FILTER_NAMES for s in 
 DEFAULT_PATH = Path("model") / "corpus" / "restoration_corpus.npz"
 
 
-@dataclass(frozen=True)
-class Job:
-    source: str
-    width: int
-    height: int
-    codec: str
-    quality: int
-
-
 def patch_positions(source: str, width: int, height: int) -> List[Tuple[int, int, int]]:
     """(frame, y, x) of each window's corner, on the block grid; the same for every codec of a clip."""
-    rng = np.random.default_rng(corpus._seed("restoration-patches", source, width, height))
-    grid = corpus.PATCH_GRID
-    out = []
     split = corpus.split_of(source)
-    for t in FRAMES[split]:
-        for _ in range(PATCHES_PER_FRAME[split]):
-            y = int(rng.integers(0, (height - WINDOW) // grid + 1)) * grid
-            x = int(rng.integers(0, (width - WINDOW) // grid + 1)) * grid
-            out.append((t, y, x))
-    return out
+    return corpus.grid_positions(corpus._seed("restoration-patches", source, width, height), FRAMES[split],
+                                 PATCHES_PER_FRAME[split], WINDOW, width, height)
 
 
 def crops(luma: np.ndarray, pos: Sequence[Tuple[int, int, int]], frame_of: Optional[Dict[int, int]] = None) -> np.ndarray:
