@@ -52,11 +52,15 @@ class Corpora:
         self.paths = {"vq": Path(vq or corpus.DEFAULT_PATH), "restoration": Path(restoration_path or restoration.DEFAULT_PATH)}
         self._loaded: Dict[str, object] = {}
 
+    @staticmethod
+    def key_for(s: zoo.ModelSpec) -> str:
+        return "restoration" if s.data == "restoration" else "vq"
+
     def path_for(self, s: zoo.ModelSpec) -> Path:
-        return self.paths["restoration" if s.data == "restoration" else "vq"]
+        return self.paths[self.key_for(s)]
 
     def for_spec(self, s: zoo.ModelSpec):
-        return self.get("restoration" if s.data == "restoration" else "vq")
+        return self.get(self.key_for(s))
 
     def get(self, key: str):
         """The "vq" or "restoration" corpus; FileNotFoundError names the command that builds it."""
