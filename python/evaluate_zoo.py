@@ -75,7 +75,7 @@ def target_lines(rows, baselines):
     return out
 
 
-def _print_restoration(rows, baselines, split):
+def _print_restoration(rows, baselines, targets, split):
     learned = [r for r in rows if r["data"] == "restoration"]
     if not baselines:
         return
@@ -91,7 +91,7 @@ def _print_restoration(rows, baselines, split):
         print(f"| {r['id']} | learned | {r['psnr_gain_db']:+.3f} | {r['psnr_gain_db'] - best['psnr_gain_db']:+.3f} "
               f"| {r['ssim_out'] - r['ssim_in']:+.4f} |")
     print()
-    for line in target_lines(rows, baselines):
+    for line in targets:
         print(line)
 
 
@@ -112,7 +112,8 @@ def main(argv):
 
     _print_models(rows, _SPLIT.value)
     print(f"| baseline: luma variance (nr) | nr | | {baseline['plcc']:.5f} | {baseline['srocc']:.5f} | {baseline['rmse']:.3f} | | | |")
-    _print_restoration(rows, baselines, _SPLIT.value)
+    targets = target_lines(rows, baselines) if baselines else []
+    _print_restoration(rows, baselines, targets, _SPLIT.value)
     if _OUT_JSON.value:
         report = {
             "schema": "tinyq-evaluate-zoo-report-v2",
@@ -120,7 +121,7 @@ def main(argv):
             "models": rows,
             "baseline_luma_variance": baseline,
             "restoration_baselines": baselines,
-            "restoration_targets": target_lines(rows, baselines) if baselines else [],
+            "restoration_targets": targets,
             "run_provenance": provenance.absl_provenance(
                 tool="evaluate_zoo", main_module=sys.modules[__name__],
                 inputs=[(p, "corpus") for p in corpora.paths.values()] + [(reg_path, "registry")]

@@ -69,18 +69,20 @@ def main(argv):
     if _SEED.value is not None:
         cfg.train.seed = _SEED.value
     out = cli.resolve_user_path(_OUTPUT.value)
-    if _FP32_OUTPUT.value and cli.resolve_user_path(_FP32_OUTPUT.value) == out:
+    conditioned_out = cli.resolve_user_path(_FP32_OUTPUT.value) if _FP32_OUTPUT.value else None
+    if conditioned_out == out:
         raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: must differ from --output")
     reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     entry = reg.get(cfg.model)
-    if _FP32_OUTPUT.value and cli.resolve_user_path(_FP32_OUTPUT.value).resolve() == entry.onnx.resolve():
+    if conditioned_out is not None and conditioned_out.resolve() == entry.onnx.resolve():
         raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: that is the registry's fp32 model, which this run reads; "
                              "write elsewhere and register the result")
+    spec = zoo.spec(cfg.model)
     corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
                             cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
-    corpus_path = corpora.path_for(zoo.spec(cfg.model))
+    corpus_path = corpora.path_for(spec)
     try:
-        data = corpora.for_spec(zoo.spec(cfg.model))
+        data = corpora.for_spec(spec)
     except FileNotFoundError as e:
         raise cli.UsageError(str(e)) from None
     fixture_path = calibration.fixture_path(reg.root, entry.id)
@@ -93,13 +95,11 @@ def main(argv):
         result = qat.run_qat(cfg, data, shipped_onnx=entry.onnx, smoke=_SMOKE.value, progress=lambda s: print(s, flush=True))
     except qat.ConfigError as e:
         raise cli.UsageError(f"{_CONFIG.value}: {e}") from None
-    conditioned_out = cli.resolve_user_path(_FP32_OUTPUT.value) if _FP32_OUTPUT.value else None
     atomic_write_all([(out, result.int8_bytes)] + ([(conditioned_out, result.fp32_bytes)] if conditioned_out else []))
     total = time.monotonic() - start
 
     # The baseline: static PTQ of the shipped fp32 model with the same calibration settings.
     model, _ = quantize.load_for_quantization(entry.onnx)
-    spec = zoo.spec(cfg.model)
     arrays = qat.calibration_arrays(cfg, spec, train.dataset(spec, data, "train"))
     static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel,
                                           exclude_nodes=cfg.fp32_nodes)

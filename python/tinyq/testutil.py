@@ -142,24 +142,23 @@ def _sidecar_mismatch(reg: Path) -> None:
     _write_json(p, sidecar)
 
 
-def _int8_larger(reg: Path) -> None:
+def _pin_int8_mlp(reg: Path, hidden: int) -> None:
+    """Pins a tiny MLP as m_dyn's int8 artefact, in the registry and the sidecar."""
     p = reg.parent / "m_dyn.int8.onnx"
-    p.write_bytes(tiny_mlp(9, hidden=64))
+    p.write_bytes(tiny_mlp(9, hidden=hidden))
     edit_registry(reg, lambda d: _model(d, "m_dyn").update(int8_sha256=sha256_file(p)))
     sidecar = reg.parent / "m_dyn.json"
     data = json.loads(sidecar.read_text())
     data["int8_sha256"] = sha256_file(p)
     _write_json(sidecar, data)
+
+
+def _int8_larger(reg: Path) -> None:
+    _pin_int8_mlp(reg, hidden=64)
 
 
 def _int8_nothing_quantised(reg: Path) -> None:
-    p = reg.parent / "m_dyn.int8.onnx"
-    p.write_bytes(tiny_mlp(9, hidden=2))  # fp32 weights only, smaller than the fp32 model
-    edit_registry(reg, lambda d: _model(d, "m_dyn").update(int8_sha256=sha256_file(p)))
-    sidecar = reg.parent / "m_dyn.json"
-    data = json.loads(sidecar.read_text())
-    data["int8_sha256"] = sha256_file(p)
-    _write_json(sidecar, data)
+    _pin_int8_mlp(reg, hidden=2)  # fp32 weights only, smaller than the fp32 model
 
 
 def _fixture_bad_key(reg: Path) -> None:
