@@ -23,7 +23,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, calibration, cli, gate, provenance, quantize, registry
+from tinyq import auto, calibration, cli, gate, provenance, quantize, registry, runner
 from tinyq.fileio import atomic_write_bytes
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
@@ -42,7 +42,7 @@ def ort_static(fp32: Path, cal) -> bytes:
         return out.read_bytes()
 
 
-def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets) -> bytes:
+def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets, residual) -> bytes:
     import nncf
     import onnx
 
@@ -51,10 +51,10 @@ def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets) -> bytes:
     def items(arrays, batch):
         return [{k: arrays[k][i : i + batch] for k in names} for i in range(0, len(arrays[names[0]]), batch)]
 
-    evaluator = auto.Evaluator(gate.session(str(fp32)), val, budgets)
+    evaluator = auto.Evaluator(runner.session(str(fp32)), val, budgets, residual)
 
     def validate(model, _data) -> float:
-        drop = evaluator(gate.session(model.SerializeToString())).drop
+        drop = evaluator(runner.session(model.SerializeToString())).drop
         return 1.0 - (drop if drop is not None else 1.0)
 
     quantised = nncf.quantize_with_accuracy_control(
@@ -65,17 +65,15 @@ def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets) -> bytes:
     return quantised.SerializeToString()
 
 
-def _row(mid, variant, blob, fp32_bytes, budget, sess32, soak, feeds, meter):
-    sess8 = gate.session(blob)
-    run = gate.judge_set("soak", sess32, sess8, feeds, budget, gate.DEFAULT_CONSTANT_ATOL)
-    out_names, _ = gate.tensor_outputs(sess32)
-    task32 = gate.task_metrics(feeds, out_names, run.fp32, soak[calibration.TARGET_KEY])
-    task8 = gate.task_metrics(feeds, out_names, run.int8, soak[calibration.TARGET_KEY])
+def _row(mid, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual):
+    """One variant judged exactly as the gate judges it (tinyq.gate.judge on the soak fixture)."""
+    sess8 = runner.session(blob)
+    result, _ = gate.judge(mid, "fp32", variant, sess32, sess8, budgets, real=soak, residual=residual)
     timing = meter(sess8)
     return {
         "id": mid, "variant": variant, "fp32_bytes": fp32_bytes, "int8_bytes": len(blob),
-        "soak_drop": run.result.aggregate_drop, "budget": budget, "within_budget": run.result.passed,
-        "task_fp32": task32, "task_int8": task8, "unfused_ops": auto.fusion(blob),
+        "soak_drop": result.worst_drop, "budget": budgets.plcc, "within_budget": result.passed,
+        "task_fp32": result.task.get("fp32", {}), "task_int8": result.task.get("int8", {}), "unfused_ops": auto.fusion(blob),
         "latency_ms": {str(b): {"fp32": t.fp32_ms, "int8": t.int8_ms, "speedup": t.speedup} for b, t in timing.items()},
     }
 
@@ -104,13 +102,13 @@ HEADER = ("| model | variant | int8 B | fp32/int8 size | soak drop | within budg
           "| ×fp32 speed b1 | ×fp32 speed b256 |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _variants(entry, reg, budgets):
+def _variants(entry, reg, budgets, residual):
     model, _ = quantize.load_for_quantization(entry.onnx)
     inputs = calibration.graph_inputs(model)
     cal = calibration.load_npz(calibration.calibration_path(reg.root, entry.id), inputs)
     val = calibration.load_npz(calibration.validation_path(reg.root, entry.id), inputs, (calibration.TARGET_KEY,))
     return {"tinyq": entry.int8_onnx.read_bytes(), "ort": ort_static(entry.onnx, cal),
-            "nncf": nncf_accuracy_control(entry.onnx, cal, val, budgets)}
+            "nncf": nncf_accuracy_control(entry.onnx, cal, val, budgets, residual)}
 
 
 def main(argv):
@@ -125,15 +123,16 @@ def main(argv):
     rows = []
     print(HEADER, flush=True)
     for entry in entries:
-        variants = _variants(entry, reg, gate.Budgets.of_entry(entry))  # all selection happens before the soak fixture is read
+        budgets = gate.Budgets.of_entry(entry)
+        sess32 = runner.session(str(entry.onnx))
+        residual = gate.residuals_of_entry(entry, sess32)
+        variants = _variants(entry, reg, budgets, residual)  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
-        sess32 = gate.session(str(entry.onnx))
-        feeds = _feeds(sess32, soak)
-        meter = auto.LatencyMeter(sess32, feeds, _REPEATS)
+        meter = auto.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS)
         fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         for variant, blob in variants.items():
-            rows.append(_row(entry.id, variant, blob, fp32_bytes, entry.budget_plcc, sess32, soak, feeds, meter))
+            rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))
             print(_line(rows[-1]), flush=True)
     table = HEADER + "\n" + "\n".join(_line(r) for r in rows) + "\n"
     if _OUT_MD.value:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, gate, provenance, quantize, registry
+from tinyq import calibration, cli, provenance, quantize, registry, runner
 
 _CANDIDATES = flags.DEFINE_bool("candidates", False, "Also measure every candidate encoding.")
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: all in the registry).")
@@ -61,10 +61,10 @@ def main(argv):
         entry = reg.get(mid)
         fixture = calibration.fixture_path(entry.onnx.parent, mid)
         names = [i.name for i in calibration.graph_inputs(entry.onnx)]
-        feeds = gate.inputs_only(calibration.load_npz(fixture, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,)), names)
-        fp32_sess = gate.session(entry.onnx)
-        ref = gate.run_all(fp32_sess, feeds)
-        lat32 = gate.latency_table(fp32_sess, feeds, _REPEATS.value)
+        feeds = runner.inputs_only(calibration.load_npz(fixture, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,)), names)
+        fp32_sess = runner.session(entry.onnx)
+        ref = runner.run_all(fp32_sess, feeds)
+        lat32 = runner.latency_table(fp32_sess, feeds, _REPEATS.value)
         fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         variants = {"ort_default": _ort_default(entry.onnx)}
         if entry.quantised:
@@ -72,10 +72,10 @@ def main(argv):
         if _CANDIDATES.value:
             variants.update(_candidates(entry))
         for name, blob in variants.items():
-            sess = gate.session(blob)
-            out = gate.run_all(sess, feeds)
-            drop = gate.pearson_drop(np.concatenate([r.ravel() for r in ref]), np.concatenate([o.ravel() for o in out]))
-            lat = gate.latency_table(sess, feeds, _REPEATS.value)
+            sess = runner.session(blob)
+            out = runner.run_all(sess, feeds)
+            drop = drops.pearson_drop(np.concatenate([r.ravel() for r in ref]), np.concatenate([o.ravel() for o in out]))
+            lat = runner.latency_table(sess, feeds, _REPEATS.value)
             row = {
                 "id": mid, "variant": name, "fp32_bytes": fp32_bytes, "int8_bytes": len(blob),
                 "size_ratio": fp32_bytes / len(blob), "soak_drop": drop, "budget": entry.budget_plcc,

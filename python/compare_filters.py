@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import auto, cli, corpus, gate, provenance, registry, restoration, train, zoo
+from tinyq import auto, cli, corpus, gate, provenance, registry, restoration, runner, train, zoo
 from tinyq.fileio import atomic_write_all, dumps_json
 from tinyq.metrics import filter_metrics, psnr
 
@@ -57,7 +57,7 @@ def _outputs(data, split, candidates):
     for name in restoration.FILTER_NAMES:
         outs[f"ffmpeg {name}"] = data.baseline(name, split)
     for label, path in candidates:
-        outs[label] = restoration.centre(gate.run_all(gate.load_session(path, label, _ID.value), {"dist": dist})[0])
+        outs[label] = restoration.centre(runner.run_all(gate.load_session(path, label, _ID.value), {"dist": dist})[0])
     return dist, outs["decoded"], restoration.centre(ref), outs
 
 
@@ -93,10 +93,10 @@ def paired_differences(dist, ref, outs, labels, against):
 
 def _speedups(candidates, dist):
     """{label: {batch: fp32 time / int8 time}} for every int8 candidate, fp32 re-timed beside each."""
-    meter = auto.LatencyMeter(gate.session(str(candidates[0][1]), threads=1), {"dist": dist}, {1: 30, 256: 7})
+    meter = auto.LatencyMeter(runner.session(str(candidates[0][1]), threads=1), {"dist": dist}, {1: 30, 256: 7})
     out = {}
     for label, path in candidates[1:]:
-        timing = meter(gate.session(str(path), threads=1))
+        timing = meter(runner.session(str(path), threads=1))
         out[label] = {str(b): round(t.speedup, 3) for b, t in timing.items()}
         print(f"compare_filters: {label}: " + ", ".join(f"x{t.speedup:.2f} at batch {b}" for b, t in timing.items()), flush=True)
     return out

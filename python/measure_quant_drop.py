@@ -1,29 +1,38 @@
 """The accuracy gate: fp32 against int8 on real data, against a per-model budget.
 
 Usage: bazel run //python:measure_quant_drop -- --all | --id ID [--int8 B] | --fp32 A.onnx --int8 B.onnx [--data X.npz]
-           [--budget X] [--synthetic-budget X] [--task-budget X] [--out-json R] [--out-md R] [--plots-dir D]
+           [--shift-data S.npz] [--residual-of [OUTPUT=]INPUT] [--budget X] [--shift-budget X]
+           [--synthetic-budget X] [--task-budget X] [--out-json R] [--out-md R] [--plots-dir D]
            [--input-shape NAME=d0,d1,...] [--[no]latency]
 
 --all gates every non-fp32 registry model, --id one of them (optionally against another int8
 file, e.g. a fresh build), --fp32/--int8 a pair outside the registry. The budget is judged on real
 data: a registry model's soak fixture, or --data (one [N, ...] array per ONNX input, plus an
-optional `target` with the ground truth for the task metric). The seed-0 uniform-noise set is a
-stress check beside it: it must stay finite, and its drop is judged only against
+optional `target` with the ground truth for the task metric). The shift set (a registry model's
+model/tiny/shift/<id>.shift.npz, or --shift-data) is judged against the shift budget
+(quant_shift_budget_plcc, default 10x the budget). Every output is judged on itself, except one
+declared a residual (a filter's, the registry's residual_of, --residual-of), judged on output -
+input. The seed-0 uniform-noise set is a stress check beside it: it must stay finite, and its drop is judged only against
 --synthetic-budget (or the registry's quant_synthetic_budget_plcc). Without real data the verdict
 rests on the synthetic set and says so (`judged_on: synthetic`). Latency is on by default for
 registry models and off for a foreign pair; it never changes the exit code.
 --speed-gate times every artefact meant for speed against its fp32 model on the machine at hand.
 Exit codes: 0 every model within budget, 1 any model over budget (or with NaN/inf output, or a
 filter that loses its gain), 2 error (missing file, bad data or shapes, a session that fails),
-7 (--speed-gate, accuracy within budget) an artefact meant for speed is slower than fp32 beyond
+5 no output of some model could be judged (all skipped, e.g. ZipMap, or a single value), 7 (--speed-gate, accuracy within budget) an artefact meant for speed is slower than fp32 beyond
 the noise margin.
 """
 
 import sys
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import onnx
 from absl import flags
 
-from tinyq import auto, calibration, cli, gate, provenance, registry
+from tinyq import auto, calibration, cli, drops, gate, gate_report, provenance, registry, runner
 from tinyq.fileio import atomic_write_bytes
 
 _ALL = flags.DEFINE_bool("all", False, "Gate every non-fp32 model in the registry.")
@@ -41,7 +50,13 @@ _SYNTH_BUDGET = flags.DEFINE_float("synthetic-budget", None, "Budget for the syn
                                    "quant_synthetic_budget_plcc, else finiteness only).", lower_bound=0)
 _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose (default: the "
                                   f"registry's quant_task_budget, else {gate.DEFAULT_TASK_BUDGET:g}).", lower_bound=0, upper_bound=1)
-_ATOL = flags.DEFINE_float("constant-atol", gate.DEFAULT_CONSTANT_ATOL, "Worst |delta| allowed for a constant output.")
+_SHIFT = flags.DEFINE_string("shift-data", None, "Shift set (.npz: one array per ONNX input) judged against the shift "
+                             "budget; replaces a registry model's model/tiny/shift/<id>.shift.npz.")
+_SHIFT_BUDGET = flags.DEFINE_float("shift-budget", None, "Budget on the shift set (default: the registry's "
+                                   f"quant_shift_budget_plcc, else {gate.SHIFT_BUDGET_FACTOR:g}x the budget).", lower_bound=0)
+_RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "INPUT (the first output restores it) or OUTPUT=INPUT: an "
+                                         "output judged on its residual (default: a registry model's kind filter or "
+                                         "residual_of; every other output is judged on itself).")
 _LATENCY = flags.DEFINE_bool("latency", None, "Measure fp32 and int8 latency at batch 1 and 256 (informs, never gates; "
                              "default: on for registry models, off for --fp32/--int8).")
 _SPEED_GATE = flags.DEFINE_bool("speed-gate", False, "Also time every artefact meant for speed (registry quant_purpose "
@@ -67,21 +82,43 @@ def _check_flags(argv) -> None:
         raise cli.UsageError("give exactly one of --all, --id ID, or --fp32 A.onnx --int8 B.onnx")
     if _FP32.value and not _INT8.value:
         raise cli.UsageError("--fp32 needs --int8: the two are given together")
-    if _ALL.value and (_INT8.value or _DATA.value):
-        raise cli.UsageError("--int8 and --data go with --id or --fp32, not --all")
+    if _ALL.value and (_INT8.value or _DATA.value or _SHIFT.value or _RESIDUAL_OF.value):
+        raise cli.UsageError("--int8, --data, --shift-data and --residual-of go with --id or --fp32, not --all")
 
 
 def _budgets(entry=None) -> gate.Budgets:
     base = gate.Budgets.of_entry(entry) if entry is not None else gate.Budgets(registry.DEFAULT_BUDGET_PLCC)
-    return base.overridden(_BUDGET.value, _SYNTH_BUDGET.value, _TASK_BUDGET.value)
+    return base.overridden(_BUDGET.value, _SYNTH_BUDGET.value, _TASK_BUDGET.value, _SHIFT_BUDGET.value)
+
+
+@dataclass
+class Job:
+    id: str
+    fp32: Path
+    int8: Path
+    budgets: gate.Budgets
+    real: Optional[Path]  # the real data the budget is judged on
+    label: str  # "soak" or "data"
+    shift: Optional[Path]
+    declared: Tuple[object, Optional[str]]  # (residual_of, kind)
+    purpose: Optional[str]
+
+
+def _flag_residual():
+    try:
+        return drops.parse_residual_flags(_RESIDUAL_OF.value)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
 
 
 def _jobs():
-    """(registry path or None, [(id, fp32, int8, budgets, real data path or None, its label, purpose)])."""
+    """(registry path or None, [Job])."""
     data = cli.resolve_user_path(_DATA.value) if _DATA.value else None
+    shift = cli.resolve_user_path(_SHIFT.value) if _SHIFT.value else None
     if _FP32.value:
         fp32, int8 = cli.resolve_user_path(_FP32.value), cli.resolve_user_path(_INT8.value)
-        return None, [(fp32.name.removesuffix(".onnx"), fp32, int8, _budgets(), data, "data", "speed")]
+        return None, [Job(fp32.name.removesuffix(".onnx"), fp32, int8, _budgets(), data, "data", shift,
+                          (_flag_residual(), None), "speed")]
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
     try:
         reg, _ = registry.check(reg_path)
@@ -99,7 +136,10 @@ def _jobs():
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to gate (pass --int8 B.onnx)")
         int8 = cli.resolve_user_path(_INT8.value) if _INT8.value else e.int8_onnx
         real, label = (data, "data") if data else (calibration.fixture_path(reg.root, e.id), "soak")
-        jobs.append((e.id, e.onnx, int8, _budgets(e), real, label, e.raw.get("quant_purpose")))
+        registered_shift = calibration.shift_path(reg.root, e.id)
+        declared = (_flag_residual() or e.raw.get("residual_of"), e.kind)
+        jobs.append(Job(e.id, e.onnx, int8, _budgets(e), real, label,
+                        shift or (registered_shift if registered_shift.is_file() else None), declared, e.raw.get("quant_purpose")))
     if not jobs:
         raise cli.UsageError(f"{reg_path}: no quantised model to gate")
     return reg_path, jobs
@@ -109,14 +149,30 @@ def _load_real(model_id, fp32, path, label):
     if path is None:
         return None
     inputs = calibration.graph_inputs(fp32) if fp32.is_file() else []
-    what = "soak fixture" if label == "soak" else "--data"
+    what = {"soak": "soak fixture", "data": "--data", "shift": "shift set"}[label]
+    extra = () if label == "shift" else (calibration.TARGET_KEY,)
     try:
-        return calibration.load_npz(path, inputs, (calibration.TARGET_KEY,))
+        return calibration.load_npz(path, inputs, extra)
     except calibration.CalibrationError as e:
-        fix = " (register_model writes it; see docs/user-guide.md)" if label == "soak" else ""
+        fix = {"soak": " (register_model writes it; see docs/user-guide.md)",
+               "shift": " (tools/bazel run //python:build_shift_set writes the zoo's)"}.get(label, "")
         raise cli.UsageError(f"{model_id}: {what} unusable{fix}:\n{e}") from None
     except Exception as e:  # onnx cannot parse the fp32 model
         raise cli.UsageError(f"{model_id}: cannot read the inputs of {fp32}: {e}") from None
+
+
+def _residual(job: Job):
+    """The declared {output: input} residual pairs, checked against the fp32 graph."""
+    if not job.fp32.is_file():
+        return {}  # gate_model names the missing file
+    try:
+        model = onnx.load(str(job.fp32), load_external_data=False)
+        inputs = [i.name for i in calibration.graph_inputs(job.fp32)]
+        return drops.residual_pairs(*job.declared, inputs, [o.name for o in model.graph.output])
+    except ValueError as e:
+        raise cli.UsageError(f"{job.id}: {e}") from None
+    except Exception as e:  # onnx cannot parse the fp32 model
+        raise cli.UsageError(f"{job.id}: cannot read the graph of {job.fp32}: {e}") from None
 
 
 EXIT_SLOWER = 7
@@ -124,7 +180,7 @@ EXIT_SLOWER = 7
 
 def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
     """Times int8 against fp32 (tinyq.auto.LatencyMeter: interleaved, one thread, medians)."""
-    sess32, sess8 = gate.session(str(fp32)), gate.session(str(int8))
+    sess32, sess8 = runner.session(str(fp32)), runner.session(str(int8))
     feeds = {i.name: real[i.name] for i in sess32.get_inputs()} if real is not None else \
         gate.synthetic_inputs(sess32, model_id, {}, shapes)
     timing = auto.LatencyMeter(sess32, feeds, {1: 50, 256: 9})(sess8)
@@ -139,14 +195,20 @@ def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
 
 
 def _print_verdict(r: gate.ModelResult) -> None:
-    verdict = "PASS" if r.passed else "FAIL"
+    verdict = "PASS" if r.passed else ("NOT JUDGED" if not r.judged else "FAIL")
     worst = "n/a" if r.worst_drop is None else f"{r.worst_drop:.3e}"
     on = {"synthetic": "SYNTHETIC DATA ONLY", "soak": "the soak fixture", "data": "the --data set"}[r.judged_on]
     print(f"[{verdict}] {r.id}: worst drop {worst} on {on} (budget {r.budget:g})")
+    shift = r.set("shift")
+    if shift is not None:
+        drop = "n/a" if shift.drop is None else f"{shift.drop:.3e}"
+        sat = gate_report.saturation_text(shift)
+        print(f"    shift: worst drop {drop} (budget {shift.budget:g}) {'pass' if shift.passed else 'FAIL'}"
+              + (f"; most clipped activation {sat}" if sat else ""))
     for s in r.sets:
         for o in s.outputs:
-            if not o.passed or o.compared == "skipped":
-                print(f"    {s.input_set} output {o.name!r}: {o.reason}")
+            if not o.passed or not o.judged or o.compared != "output":
+                print(f"    {s.input_set} output {o.name!r} ({o.compared}): {o.reason}")
     if r.task_check is not None:
         print(f"    task: {r.task_check.reason}")
     for note in r.notes:
@@ -156,7 +218,7 @@ def _print_verdict(r: gate.ModelResult) -> None:
 
 
 def _write_reports(results, reg_path, gate_pass) -> None:
-    table = gate.markdown(results)
+    table = gate_report.markdown(results)
     print(table, end="")
     if _OUT_MD.value:
         atomic_write_bytes(cli.resolve_user_path(_OUT_MD.value), table.encode())
@@ -166,10 +228,12 @@ def _write_reports(results, reg_path, gate_pass) -> None:
             inputs.append((reg_path, "registry"))
         if _DATA.value:
             inputs.append((cli.resolve_user_path(_DATA.value), "data"))
+        if _SHIFT.value:
+            inputs.append((cli.resolve_user_path(_SHIFT.value), "shift_data"))
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-quant-gate-report-v2",
             "gate_pass": gate_pass,
-            "models": [gate.as_row(r) for r in results],
+            "models": [gate_report.as_row(r) for r in results],
             "synthetic_set": {"samples": gate.SYNTHETIC_SAMPLES, "seed": gate.SYNTHETIC_SEED, "distribution": "uniform [0, 1)"},
             "run_provenance": provenance.absl_provenance(tool="measure_quant_drop", main_module=sys.modules[__name__], inputs=inputs),
         })
@@ -187,19 +251,23 @@ def main(argv):
     reg_path, jobs = _jobs()
     latency = _LATENCY.value if _LATENCY.value is not None else not _FP32.value
     results, slower = [], []
-    for mid, fp32, int8, budgets, real_path, label, purpose in jobs:
-        real = _load_real(mid, fp32, real_path, label)
+    for job in jobs:
+        real = _load_real(job.id, job.fp32, job.real, job.label)
+        shift = _load_real(job.id, job.fp32, job.shift, "shift")
         try:
-            r = gate.gate_model(mid, fp32, int8, budgets, real=real, real_label=label, input_shapes=shapes,
-                                constant_atol=_ATOL.value, latency=latency, plot=plots / f"{mid}.png" if plots else None)
+            r = gate.gate_model(job.id, job.fp32, job.int8, job.budgets, real=real, real_label=job.label, shift=shift,
+                                residual=_residual(job), input_shapes=shapes, latency=latency,
+                                plot=plots / f"{job.id}.png" if plots else None)
         except gate.GateError as e:
             raise cli.UsageError(str(e)) from None
         results.append(r)
         _print_verdict(r)
-        if _SPEED_GATE.value and purpose == "speed" and not _speed_ok(mid, fp32, int8, real, shapes):
-            slower.append(mid)
+        if _SPEED_GATE.value and job.purpose == "speed" and not _speed_ok(job.id, job.fp32, job.int8, real, shapes):
+            slower.append(job.id)
     gate_pass = all(r.passed for r in results)
     _write_reports(results, reg_path, gate_pass)
+    if not all(r.judged for r in results):
+        return cli.EXIT_NOT_JUDGED
     if not gate_pass:
         return cli.EXIT_FAIL
     return EXIT_SLOWER if slower else cli.EXIT_OK

@@ -21,14 +21,18 @@ OpenVINO running an f16 hint in bf16) is flagged. Without --gate the exit code i
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Dict, Optional
+
+import onnx
 
 from absl import flags
 
-from tinyq import calibration, cli, eps, gate, provenance, quantize, registry
+from tinyq import calibration, cli, drops, eps, gate, gate_report, provenance, quantize, registry
 from tinyq.fileio import atomic_write_bytes
 
-EXIT_NOTHING_JUDGED = 5  # --gate, but no (model, provider) pair ran
+EXIT_NOTHING_JUDGED = cli.EXIT_NOT_JUDGED  # --gate, but no (model, provider) pair was judged
 
 _EPS = flags.DEFINE_multi_enum("eps", ["cpu", "cuda", "openvino"], ["cpu", "cuda", "openvino"], "Providers to run.")
 _OV_DEVICE = flags.DEFINE_string("openvino-device", "CPU", "OpenVINO device: CPU, GPU.0, ...")
@@ -56,13 +60,37 @@ def _registry_models(reg_path):
         if not e.quantised:
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to compare")
         fixture = _load_data(e.id, e.onnx, calibration.fixture_path(reg.root, e.id))
-        out.append((e.id, e.onnx, e.int8_onnx, gate.Budgets.of_entry(e), fixture, "soak"))
+        shift_path = calibration.shift_path(reg.root, e.id)
+        shift = _load_data(e.id, e.onnx, shift_path, ()) if shift_path.is_file() else None
+        residual = _residual(e.id, e.onnx, e.raw.get("residual_of"), e.kind)
+        out.append(Model(e.id, e.onnx, e.int8_onnx, gate.Budgets.of_entry(e), fixture, "soak", shift, residual))
     return out
 
 
-def _load_data(model_id, fp32, path):
+@dataclass
+class Model:
+    label: str
+    fp32: Path
+    int8: Path
+    budgets: gate.Budgets
+    real: Optional[dict]
+    real_label: str
+    shift: Optional[dict] = None
+    residual: Dict[str, str] = field(default_factory=dict)
+
+
+def _residual(model_id, fp32: Path, residual_of, kind) -> Dict[str, str]:
+    model = onnx.load(str(fp32), load_external_data=False)
+    inputs = [i.name for i in calibration.graph_inputs(fp32)]
     try:
-        return calibration.load_npz(path, calibration.graph_inputs(fp32), (calibration.TARGET_KEY,))
+        return drops.residual_pairs(residual_of, kind, inputs, [o.name for o in model.graph.output])
+    except ValueError as e:
+        raise cli.UsageError(f"{model_id}: {e}") from None
+
+
+def _load_data(model_id, fp32, path, extra=(calibration.TARGET_KEY,)):
+    try:
+        return calibration.load_npz(path, calibration.graph_inputs(fp32), extra)
     except calibration.CalibrationError as e:
         raise cli.UsageError(f"{model_id}: real data unusable:\n{e}") from None
 
@@ -83,7 +111,7 @@ def _extra_models(tmp: Path, taken):
     out = []
     for i, value in enumerate(_EXTRA.value):
         fp32 = cli.resolve_user_path(value)
-        label = _label(fp32, taken | {m[0] for m in out})
+        label = _label(fp32, taken | {m.label for m in out})
         if _EXTRA_INT8.value:
             int8 = cli.resolve_user_path(_EXTRA_INT8.value[i])
         else:
@@ -94,7 +122,7 @@ def _extra_models(tmp: Path, taken):
             except quantize.QuantizeError as e:
                 raise cli.UsageError(str(e)) from None
         data = _load_data(label, fp32, cli.resolve_user_path(_EXTRA_DATA.value[i])) if _EXTRA_DATA.value else None
-        out.append((label, fp32, int8, gate.Budgets(_EXTRA_BUDGET.value), data, "data"))
+        out.append(Model(label, fp32, int8, gate.Budgets(_EXTRA_BUDGET.value), data, "data"))
     return out
 
 
@@ -102,17 +130,17 @@ def _models(tmp: Path):
     """(registry path, [(label, fp32, int8, budgets, real data or None, its label)])."""
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
     models = _registry_models(reg_path)
-    return reg_path, models + _extra_models(tmp, {m[0] for m in models})
+    return reg_path, models + _extra_models(tmp, {m.label for m in models})
 
 
-def _row(model_id, fp32, int8, budgets, real, real_label, variant, shapes):
-    row = {"model": model_id, "provider": variant.name, "ep": variant.ep, "description": variant.description,
-           "budget": budgets.plcc, "fp32": str(fp32), "int8": str(int8)}
+def _row(m: Model, variant, shapes):
+    row = {"model": m.label, "provider": variant.name, "ep": variant.ep, "description": variant.description,
+           "budget": m.budgets.plcc, "fp32": str(m.fp32), "int8": str(m.int8)}
     try:
-        with eps.runner(str(fp32), variant, _OV_DEVICE.value, _DISABLE.value) as r32, \
-                eps.runner(str(int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
-            result, _ = gate.judge(model_id, str(fp32), str(int8), r32, r8, budgets, real=real, real_label=real_label,
-                                   input_shapes=shapes)
+        with eps.runner(str(m.fp32), variant, _OV_DEVICE.value, _DISABLE.value) as r32, \
+                eps.runner(str(m.int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
+            result, _ = gate.judge(m.label, str(m.fp32), str(m.int8), r32, r8, m.budgets, real=m.real,
+                                   real_label=m.real_label, shift=m.shift, residual=m.residual, input_shapes=shapes)
             placement32, placement8 = r32.placement, r8.placement
     except eps.Unavailable as e:
         return {**row, "status": "unavailable", "reason": str(e)}
@@ -120,13 +148,13 @@ def _row(model_id, fp32, int8, budgets, real, real_label, variant, shapes):
         return {**row, "status": "error", "reason": str(e)}
     except Exception as e:  # a provider that loads but cannot run the graph
         return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
-    status = "pass" if result.passed else "fail"
+    status = "pass" if result.passed else ("not-judged" if not result.judged else "fail")
     if status == "pass" and (placement32.fell_back or placement8.fell_back):
         status = "fell-back"  # the numbers are real, but they are not the requested provider's
     failures = [f"{s.input_set} {o.name}: {o.reason}" for s in result.sets for o in s.outputs if not o.passed]
     if result.task_check is not None and not result.task_check.passed:
         failures.append(result.task_check.reason)
-    report = gate.as_row(result)
+    report = gate_report.as_row(result)
     deltas = [o.worst_abs_delta for s in result.sets for o in s.outputs if o.worst_abs_delta is not None]
     return {
         **row,
@@ -134,6 +162,7 @@ def _row(model_id, fp32, int8, budgets, real, real_label, variant, shapes):
         "reason": "; ".join(failures + result.notes),
         "judged_on": result.judged_on,
         "worst_drop": result.worst_drop,
+        "shift_drop": None if result.set("shift") is None else result.set("shift").drop,
         "worst_abs_delta": max(deltas) if deltas else None,
         "ran_on": placement8.ran_on,
         "precision": placement8.precision,
@@ -147,16 +176,17 @@ def _row(model_id, fp32, int8, budgets, real, real_label, variant, shapes):
 
 def _markdown(hw, rows):
     lines = [f"Hardware: {hw}", "",
-             "| model | provider | status | worst drop | worst \\|Δ\\| | budget | ran on | flags / reason |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | provider | status | worst drop | shift drop | worst \\|Δ\\| | budget | ran on | flags / reason |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         drop = "" if r.get("worst_drop") is None else f"{r['worst_drop']:.3e}"
+        shift = "" if r.get("shift_drop") is None else f"{r['shift_drop']:.3e}"
         delta = "" if r.get("worst_abs_delta") is None else f"{r['worst_abs_delta']:.3g}"
         ran = ", ".join(r.get("ran_on", []))
         if r.get("precision"):
             ran += f" ({r['precision']})"
         notes = "; ".join([*r.get("flags", []), r.get("reason", "")]).strip("; ").replace("|", "\\|")
-        lines.append(f"| {r['model']} | {r['provider']} | {r['status']} | {drop} | {delta} | {r['budget']:g} | {ran} | {notes} |")
+        lines.append(f"| {r['model']} | {r['provider']} | {r['status']} | {drop} | {shift} | {delta} | {r['budget']:g} | {ran} | {notes} |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +198,7 @@ def _exit_code(rows) -> int:
         sys.stderr.write("measure_quant_drop_per_ep: --gate judged nothing: every (model, provider) pair is "
                          "unavailable or errored; see results.md\n")
         return EXIT_NOTHING_JUDGED
-    return cli.EXIT_FAIL if any(r["status"] in ("fail", "error") for r in rows) else cli.EXIT_OK
+    return cli.EXIT_FAIL if any(r["status"] in ("fail", "error", "not-judged") for r in rows) else cli.EXIT_OK
 
 
 def main(argv):
@@ -191,13 +221,13 @@ def main(argv):
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyq_ep_") as tmp:
         reg_path, models = _models(Path(tmp))
-        for model_id, fp32, int8, budgets, real, real_label in models:
+        for m in models:
             for v in variants:
-                row = _row(model_id, fp32, int8, budgets, real, real_label, v, shapes)
+                row = _row(m, v, shapes)
                 rows.append(row)
                 extra = f" ({row['reason']})" if row.get("reason") else ""
                 flag = f" [flagged: {'; '.join(row['flags'])}]" if row.get("flags") else ""
-                print(f"{model_id:20s} {v.name:28s} {row['status']}{flag}{extra}", flush=True)
+                print(f"{m.label:20s} {v.name:28s} {row['status']}{flag}{extra}", flush=True)
     atomic_write_bytes(out / "results.md", _markdown(hw, rows).encode())
     provenance.write_report(out / "results.json", {
         "schema": "tinyq-ep-results-v2",
@@ -207,7 +237,7 @@ def main(argv):
         "rows": rows,
         "run_provenance": provenance.absl_provenance(
             tool="measure_quant_drop_per_ep", main_module=sys.modules[__name__],
-            inputs=[(reg_path, "registry")] + [(m[1], "fp32_model") for m in models if Path(m[1]).is_file()],
+            inputs=[(reg_path, "registry")] + [(m.fp32, "fp32_model") for m in models if Path(m.fp32).is_file()],
             outputs=[(out / "results.md", "results_md")],
         ),
     })

@@ -88,9 +88,9 @@ def test_noise_and_real_data_disagree_real_data_decides(narrow_range_pair, tmp_p
     row = report(tmp_path / "real.json")
     by_set = {s["input_set"]: s for s in row["sets"]}
     assert row["judged_on"] == "data" and not row["synthetic_only"]
-    assert by_set["data"]["aggregate_drop"] < 0.01 and by_set["data"]["budget"] == 0.01
+    assert by_set["data"]["drop"] < 0.01 and by_set["data"]["budget"] == 0.01
     # The noise disagrees (saturated activations): reported, not judged.
-    assert by_set["synthetic"]["aggregate_drop"] > 0.01 and by_set["synthetic"]["budget"] is None
+    assert by_set["synthetic"]["drop"] > 0.01 and by_set["synthetic"]["budget"] is None
     assert by_set["synthetic"]["pass"] is True
 
     # Without real data the same pair is judged on noise, and the verdict says so.
@@ -169,7 +169,7 @@ def test_fixed_batch_1_is_fed_one_sample_at_a_time_latency_included(tmp_path):
     assert [s["samples"] for s in row["sets"]] == [6, 16]
 
 
-def test_a_single_real_sample_is_not_a_constant_output(tmp_path):
+def test_a_single_real_sample_is_not_a_constant_output_and_judges_nothing(tmp_path):
     def model(path, scale):
         return save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [floats("x", [1, 3])], [floats("y", [1, 1])],
                     [const("w", np.full((3, 1), scale))])
@@ -177,9 +177,9 @@ def test_a_single_real_sample_is_not_a_constant_output(tmp_path):
     fp32, int8 = model(tmp_path / "one.onnx", 1.0), model(tmp_path / "one.int8.onnx", 1.0001)
     np.savez(tmp_path / "d.npz", x=np.array([[0.2, 0.3, 0.4]], np.float32))
     r = run("--fp32", fp32, "--int8", int8, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 5, r.stdout + r.stderr
     out = report(tmp_path / "r.json")["sets"][0]["outputs"][0]
-    assert out["constant"] is False and "a single value" in out["reason"]
+    assert out["constant"] is False and "a single value" in out["reason"] and out["judged"] is False
 
 
 def _labels_model(path, w):
@@ -205,7 +205,7 @@ def test_int64_labels_are_judged_by_agreement(tmp_path):
     assert label["compared"] == "labels" and label["drop"] == 0.0 and "agreement 100.0000%" in label["reason"]
     assert row["task"]["fp32"]["accuracy"] == 1.0
     r = run("--fp32", fp32, "--int8", swapped, "--data", tmp_path / "d.npz")
-    assert r.returncode == 1 and "output 'label': labels: agreement" in r.stdout
+    assert r.returncode == 1 and "output 'label' (labels): labels: agreement" in r.stdout
 
 
 def test_skl2onnx_classifier_with_zipmap_is_skipped_with_the_fix(tmp_path):
@@ -256,7 +256,7 @@ def test_filter_whose_int8_destroys_the_gain_fails_though_full_output_pearson_is
     b = ort.InferenceSession(str(broken)).run(None, {"x": noisy})[0].ravel()
     assert 1 - np.corrcoef(a, b)[0, 1] < 0.01  # the old full-output judgement would pass it
 
-    r = run("--fp32", fp32, "--int8", broken, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
+    r = run("--fp32", fp32, "--int8", broken, "--data", tmp_path / "d.npz", "--residual-of", "x", "--out-json", tmp_path / "r.json")
     assert r.returncode == 1, r.stdout + r.stderr
     row = report(tmp_path / "r.json")
     out = row["sets"][0]["outputs"][0]
@@ -266,11 +266,11 @@ def test_filter_whose_int8_destroys_the_gain_fails_though_full_output_pearson_is
 
     # A residual merely scaled down keeps Pearson r = 1 on the residual: the kept-gain check fails it.
     weak = _filter(tmp_path / "weak.int8.onnx", blur * 0.05)
-    r = run("--fp32", fp32, "--int8", weak, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "w.json")
+    r = run("--fp32", fp32, "--int8", weak, "--data", tmp_path / "d.npz", "--residual-of", "x", "--out-json", tmp_path / "w.json")
     assert r.returncode == 1 and report(tmp_path / "w.json")["sets"][0]["outputs"][0]["drop"] < 1e-6
     assert report(tmp_path / "w.json")["task_check"]["kept"] < 0.9
     # The same filter against itself keeps its whole gain.
-    assert run("--fp32", fp32, "--int8", fp32, "--data", tmp_path / "d.npz").returncode == 0
+    assert run("--fp32", fp32, "--int8", fp32, "--data", tmp_path / "d.npz", "--residual-of", "x").returncode == 0
 
 
 # --- the per-EP harness -------------------------------------------------------------------------

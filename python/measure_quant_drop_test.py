@@ -136,7 +136,7 @@ def _constant_pair(tmp_path, c8):
     return model(0.5, "c.onnx"), model(c8, "c.int8.onnx")
 
 
-def test_constant_output_is_judged_by_absolute_delta(tmp_path):
+def test_constant_output_is_judged_by_delta_relative_to_its_scale(tmp_path):
     fp32, int8 = _constant_pair(tmp_path, 0.5)
     r = run("--fp32", fp32, "--int8", int8, "--out-json", tmp_path / "g.json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -144,7 +144,7 @@ def test_constant_output_is_judged_by_absolute_delta(tmp_path):
     assert out["constant"] is True and out["drop"] is None and "Pearson r undefined" in out["reason"]
     fp32, int8 = _constant_pair(tmp_path, 0.6)
     r = run("--fp32", fp32, "--int8", int8)
-    assert r.returncode == 1 and "constant output" in r.stdout and "> tolerance 0.001" in r.stdout
+    assert r.returncode == 1 and "constant fp32 output" in r.stdout and "> tolerance 0.0005" in r.stdout
 
 
 @pytest.mark.parametrize("args", [["--fp32", "a.onnx"], ["--all", "--id", "x"], [], ["--all", "--int8", "b.onnx"]])

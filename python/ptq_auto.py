@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, auto_report, calibration, cli, gate, provenance, quantize, registry
+from tinyq import auto, auto_report, calibration, cli, drops, gate, provenance, quantize, registry, runner
 from tinyq.fileio import atomic_write_all, dumps_json
 
 EXIT_NONE_WITHIN_BUDGET = 6
@@ -44,12 +44,15 @@ _NO_SPEEDUP = flags.DEFINE_enum("no-speedup", "size-only", ["size-only", "fp32"]
 _REPORT = flags.DEFINE_string("report-out", None, "Write the tinyq-ptq-auto-report-v1 JSON (every candidate) here.")
 _RECIPE = flags.DEFINE_string("recipe-out", None, "Write the chosen recipe JSON here.")
 _PLOT = flags.DEFINE_string("plot-out", None, "Write the drop-against-latency PNG here.")
+_RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "With --fp32: INPUT (the first output restores it) or "
+                                          "OUTPUT=INPUT, an output judged on its residual; every other output is "
+                                          "judged on itself (a registry model: its kind and residual_of).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 _REPEATS = {1: 50, 256: 9}
 
 
 def _inputs():
-    """(label, fp32 path, calibration path, validation path, budgets)."""
+    """(label, fp32 path, calibration path, validation path, budgets, (residual_of, kind))."""
     if bool(_ID.value) == bool(_FP32.value):
         raise cli.UsageError("give --id ID, or --fp32 A.onnx --calibration C.npz --validation V.npz")
     if _FP32.value:
@@ -58,6 +61,10 @@ def _inputs():
         fp32 = cli.resolve_user_path(_FP32.value)
         base, label = gate.Budgets(registry.DEFAULT_BUDGET_PLCC), fp32.name.removesuffix(".onnx")
         cal, val = cli.resolve_user_path(_CALIBRATION.value), cli.resolve_user_path(_VALIDATION.value)
+        try:
+            declared = (drops.parse_residual_flags(_RESIDUAL_OF.value), None)
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
     else:
         # Selection never opens the soak fixture, not even to check its shape.
         reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY), read_held_out=False)
@@ -65,11 +72,14 @@ def _inputs():
             entry = reg.get(_ID.value)
         except KeyError as e:
             raise cli.UsageError(str(e.args[0])) from None
+        if _RESIDUAL_OF.value:
+            raise cli.UsageError("--residual-of goes with --fp32; a registry model declares it (kind filter, residual_of)")
         fp32, base, label = entry.onnx, gate.Budgets.of_entry(entry), entry.id
+        declared = (entry.raw.get("residual_of"), entry.kind)
         cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
             entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
         val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
-    return label, fp32, cal, val, base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value)
+    return label, fp32, cal, val, base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value), declared
 
 
 def _load(fp32, cal_path, val_path):
@@ -83,13 +93,22 @@ def _load(fp32, cal_path, val_path):
     return model, cal, val
 
 
-def _search(label, model, cal, val, budgets, workdir):
+def _residual(model, declared):
+    """The {output: input} pairs judged on their residual."""
+    inputs = [i.name for i in calibration.graph_inputs(model)]
+    try:
+        return drops.residual_pairs(*declared, inputs, [o.name for o in model.graph.output])
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+
+
+def _search(label, model, cal, val, budgets, residual, workdir):
     groups = auto.fallback_groups(model)
     print(f"ptq_auto: {label}: {len(groups)} fp32 fallback group(s): " + "; ".join(
         f"{g.name} ({len(g.quantizable)} quantisable ops)" for g in groups), flush=True)
-    sess32 = gate.session(model.SerializeToString())
+    sess32 = runner.session(model.SerializeToString())
     feeds = {i.name: val[i.name] for i in sess32.get_inputs()}
-    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets),
+    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets, residual),
                            auto.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
     return measure, auto.search(measure, groups)
 
@@ -138,14 +157,14 @@ def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, w
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    label, fp32, cal_path, val_path, budgets = _inputs()
+    label, fp32, cal_path, val_path, budgets, declared = _inputs()
     outs = {"--report-out": _REPORT.value, "--recipe-out": _RECIPE.value, "--plot-out": _PLOT.value}
     cli.guard_outputs({k: cli.resolve_user_path(v) if v else None for k, v in outs.items()}, [fp32, cal_path, val_path],
                       cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     model, cal, val = _load(fp32, cal_path, val_path)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tinyq_auto_") as tmp:
-        measure, rows = _search(label, model, cal, val, budgets, Path(tmp))
+        measure, rows = _search(label, model, cal, val, budgets, _residual(model, declared), Path(tmp))
     wall = time.monotonic() - start
     choice = auto.choose(rows, _NO_SPEEDUP.value)
     print(auto_report.table(rows, choice), end="")

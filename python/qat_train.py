@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, restoration, train, zoo
+from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, restoration, runner, train, zoo
 from tinyq.fileio import atomic_write_all
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
@@ -41,13 +41,14 @@ _RESTORATION = flags.DEFINE_string("restoration-corpus", None,
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 
 
-def _measure(model_id, fp32, int8_bytes, budgets, fixture, tmp):
-    path = Path(tmp) / f"{model_id}.{len(int8_bytes)}.onnx"
+def _measure(entry, fp32, int8_bytes, fixture, tmp):
+    path = Path(tmp) / f"{entry.id}.{len(int8_bytes)}.onnx"
     path.write_bytes(int8_bytes)
-    r = gate.gate_model(model_id, fp32, path, budgets, real=fixture, latency=False)
+    residual = gate.residuals_of_entry(entry, runner.session(str(fp32)))
+    r = gate.gate_model(entry.id, fp32, path, gate.Budgets.of_entry(entry), real=fixture, residual=residual, latency=False)
     return {
         "int8_bytes": len(int8_bytes),
-        "drop": {s.input_set: s.aggregate_drop for s in r.sets},
+        "drop": {s.input_set: s.drop for s in r.sets},
         "pass": r.passed,
         "task_int8": r.task.get("int8"),
         "task_fp32": r.task.get("fp32"),
@@ -104,16 +105,16 @@ def main(argv):
     static = quantize.quantize_static_qdq(model, arrays, method=cfg.calibrate_method, per_channel=cfg.per_channel,
                                           exclude_nodes=cfg.fp32_nodes)
     with tempfile.TemporaryDirectory() as tmp:
-        m_static, _ = _measure(cfg.model, entry.onnx, static, gate.Budgets.of_entry(entry), fixture, tmp)
-        m_qat, qat_path = _measure(cfg.model, entry.onnx, result.int8_bytes, gate.Budgets.of_entry(entry), fixture, tmp)
+        m_static, _ = _measure(entry, entry.onnx, static, fixture, tmp)
+        m_qat, qat_path = _measure(entry, entry.onnx, result.int8_bytes, fixture, tmp)
         # What QAT optimises: the int8 model against its own QAT-conditioned fp32 model.
         conditioned = Path(tmp) / "conditioned.fp32.onnx"
         conditioned.write_bytes(result.fp32_bytes)
-        m_self, _ = _measure(cfg.model, conditioned, result.int8_bytes, gate.Budgets.of_entry(entry), fixture, tmp)
+        m_self, _ = _measure(entry, conditioned, result.int8_bytes, fixture, tmp)
         names = [i.name for i in calibration.graph_inputs(entry.onnx)]
         feeds = {n: fixture[n][:16] for n in names}
-        fp32_out = gate.run_all(gate.session(entry.onnx), feeds)[0]
-        int8_out = gate.run_all(gate.session(qat_path), feeds)[0]
+        fp32_out = runner.run_all(runner.session(entry.onnx), feeds)[0]
+        int8_out = runner.run_all(runner.session(qat_path), feeds)[0]
 
     fp32_epoch, qat_epoch = result.phases["fp32"]["epoch_time_s"], result.phases["qat"]["epoch_time_s"]
     ratio = round(qat_epoch / fp32_epoch, 3) if fp32_epoch and qat_epoch else None

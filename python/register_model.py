@@ -2,7 +2,7 @@
 
 Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|shot_detector
            [--registry R] [--id ID] [--input-semantics NAME=TEXT]... [--calibration-data C.npz]
-           [--soak-data S.npz] [--budget B] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
+           [--soak-data S.npz] [--budget B] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
            [--description D] [--license L] [--license-url U] [--notes N]
 
 The registry defaults to model/tiny/registry.json in the workspace; one that does not exist yet is
@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 import onnx
 from absl import flags
 
-from tinyq import calibration, cli, quantize, registry, sidecar, weights
+from tinyq import calibration, cli, drops, quantize, registry, sidecar, weights
 from tinyq.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
 
 _KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
@@ -41,6 +41,9 @@ _CALIBRATION = flags.DEFINE_string("calibration-data", None, "Real inputs for st
 _SOAK = flags.DEFINE_string("soak-data", None, "Held-out real inputs (one array per ONNX input) plus an optional 'target'.")
 _BUDGET = flags.DEFINE_float("budget", None, "quant_accuracy_budget_plcc (default 0.01).", lower_bound=0, upper_bound=1)
 _MODE = flags.DEFINE_enum("quant-mode", None, list(registry.QUANT_MODES), "quant_mode (default: the entry's, fp32 for a new one).")
+_RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "residual_of: INPUT (the first output restores it) or "
+                                         "OUTPUT=INPUT, an output the gate judges on its residual (output - input); "
+                                         "a filter with one input needs none.")
 _INT8 = flags.DEFINE_string("int8", None, "The int8 artefact to pin (default: <basename>.int8.onnx beside the registered model).")
 _TEXT = {
     name: flags.DEFINE_string(name.replace("_", "-"), None, f"The entry's {name}.")
@@ -171,8 +174,22 @@ def _entry(prev, mid, kind, rel, sha, model, mode, int8_sha, calib_rel):
         entry["quant_calibration_set"] = calib_rel
     if _BUDGET.value is not None:
         entry["quant_accuracy_budget_plcc"] = _BUDGET.value
+    residual = _residual_of(model, entry["kind"])
+    if residual is not None:
+        entry["residual_of"] = residual
     entry.update({k: f.value for k, f in _TEXT.items() if f.value is not None})
     return entry
+
+
+def _residual_of(model, kind):
+    """--residual-of, checked against the graph's inputs and outputs."""
+    try:
+        value = drops.parse_residual_flags(_RESIDUAL_OF.value)
+        drops.residual_pairs(value, kind, [i.name for i in calibration.graph_inputs(model)],
+                             [o.name for o in model.graph.output])
+    except ValueError as e:
+        raise cli.UsageError(f"--residual-of: {e}") from None
+    return value
 
 
 def _sidecar(path, entry, model):

@@ -141,3 +141,14 @@ def test_never_overwrites_another_registered_model(user, tmp_path):
 def test_help_exits_0():
     r = run(TOOL, "--help")
     assert r.returncode == 0 and "Usage:" in r.stdout and "--soak-data" in r.stdout
+
+
+def test_residual_of_is_recorded_and_checked_against_the_graph(user):
+    src, reg = user
+    output = onnx.load(str(src)).graph.output[0].name
+    r = register(src, reg, "--kind", "nr", "--residual-of", f"{output}=features")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(reg.read_text())["models"][0]["residual_of"] == {output: "features"}
+    r = register(src, reg, "--kind", "nr", "--residual-of", "guide")
+    assert r.returncode == 2 and "--residual-of: residual_of names input 'guide'" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(reg.read_text())["models"][0]["residual_of"] == {output: "features"}

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import numpy as np
 import onnx
 
-from tinyq import gate, quantize
+from tinyq import gate, quantize, runner
 
 # Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
 # Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
@@ -243,32 +243,38 @@ def _fp32_compute(op: str) -> bool:
 
 @dataclass
 class Accuracy:
-    drop: Optional[float]
+    drop: Optional[float]  # the validation set's worst-output drop, as the gate defines it
     kept_gain: Optional[float]
-    within_budget: bool
+    within_budget: bool  # every judged set within its budget, and something judged
     reason: str
+    shift_drop: Optional[float] = None
 
 
 class Evaluator:
-    """The gate's judgement on the validation set: drop against the budget, a filter's kept gain."""
+    """The gate's judgement (tinyq.gate.judge) on the validation set, and on the shift set where
+    one is given: the same worst-output drop the gate reports, the budgets, a filter's kept gain.
+    Nothing judged (every output skipped) is never within budget."""
 
-    def __init__(self, fp32_session, validation: Dict[str, np.ndarray], budgets: gate.Budgets):
+    def __init__(self, fp32_session, validation: Dict[str, np.ndarray], budgets: gate.Budgets,
+                 residual: Optional[Dict[str, str]] = None, shift: Optional[Dict[str, np.ndarray]] = None):
         self.sess32 = fp32_session
         self.budgets = budgets
-        names = [i.name for i in fp32_session.get_inputs()]
         self.validation = validation
-        self.feeds = {n: validation[n] for n in names}
+        self.residual = residual or {}
+        self.shift = shift
 
     def __call__(self, sess8) -> Accuracy:
         result, _ = gate.judge("validation", "fp32", "int8", self.sess32, sess8, self.budgets, real=self.validation,
-                               real_label="validation")
-        val = result.sets[0]
+                               real_label="validation", shift=self.shift, residual=self.residual)
         kept = result.task_check.kept if result.task_check is not None else None
-        ok = val.passed and (result.task_check is None or result.task_check.passed)
-        failures = [o.reason for o in val.outputs if not o.passed]
+        failures = [f"{s.input_set} {o.name!r}: {o.reason}" for s in result.sets for o in s.outputs if not o.passed]
+        if not result.judged:
+            failures.append("no output could be judged on the validation set")
         if result.task_check is not None and not result.task_check.passed:
             failures.append(result.task_check.reason)
-        return Accuracy(val.aggregate_drop, kept, ok, "; ".join(failures))
+        shift = result.set("shift")
+        return Accuracy(result.worst_drop, kept, result.passed, "; ".join(failures),
+                        None if shift is None else shift.drop)
 
 
 @dataclass
@@ -293,7 +299,7 @@ class LatencyMeter:
     def __init__(self, fp32_session, feeds: Dict[str, np.ndarray], repeats: Dict[int, int]):
         self.sess32 = fp32_session
         self.repeats = repeats
-        fixed = gate.fixed_batch(fp32_session)
+        fixed = runner.fixed_batch(fp32_session)
         n = len(next(iter(feeds.values())))
         self.inputs = {b: {k: np.ascontiguousarray(v[np.arange(b) % n]) for k, v in feeds.items()}
                        for b in ((fixed,) if fixed else LATENCY_BATCHES)}
@@ -353,7 +359,7 @@ class Measure:
             if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
                 row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name)
             else:
-                sess8 = gate.session(int8)
+                sess8 = runner.session(int8)
                 row = Row(candidate, len(int8), self.evaluator(sess8), fusion(int8), self.meter(sess8), int8)
             self.rows[candidate] = row
             self.progress(_progress_line(len(self.rows), row))

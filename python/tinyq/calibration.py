@@ -123,3 +123,7 @@ def validation_path(model_dir: Path, model_id: str) -> Path:
 
 def fixture_path(model_dir: Path, model_id: str) -> Path:
     return Path(model_dir) / "fixtures" / f"{model_id}.soak.npz"
+
+
+def shift_path(model_dir: Path, model_id: str) -> Path:
+    return Path(model_dir) / "shift" / f"{model_id}.shift.npz"

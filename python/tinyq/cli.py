@@ -14,6 +14,7 @@ from absl import app, flags
 EXIT_OK = 0
 EXIT_FAIL = 1  # The input was read and judged: invalid registry, over budget, ...
 EXIT_USAGE = 2  # Bad flags, unreadable or missing files, anything that stopped the judging.
+EXIT_NOT_JUDGED = 5  # The models ran, but no output could be judged (all skipped, or one value): never a pass.
 
 
 class UsageError(Exception):

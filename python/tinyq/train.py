@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from tinyq import corpus, gate, restoration, zoo
+from tinyq import corpus, restoration, runner, zoo
 from tinyq.corpus import Corpus
 from tinyq.metrics import filter_metrics, quality_metrics
 
@@ -268,4 +268,4 @@ def export_onnx(s: zoo.ModelSpec, model: nn.Module) -> bytes:
 def predict_onnx(model_bytes_or_path, inputs: Sequence[np.ndarray], names: Sequence[str], batch: int = 512) -> np.ndarray:
     """The first output of an ONNX model on onnxruntime's CPU provider."""
     model = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
-    return gate.run_all(gate.session(model, threads=NUM_THREADS), dict(zip(names, inputs)), batch)[0]
+    return runner.run_all(runner.session(model, threads=NUM_THREADS), dict(zip(names, inputs)), batch)[0]
