@@ -1,15 +1,18 @@
 """Auto mode: searches int8 configurations and picks the fastest one within the accuracy budget.
 
 Usage: bazel run //python:ptq_auto -- --id ID
-       bazel run //python:ptq_auto -- --fp32 A.onnx --calibration C.npz --validation V.npz
-           [--budget X] [--task-budget X] [--no-speedup size-only|fp32]
+       bazel run //python:ptq_auto -- --fp32 A.onnx --calibration C.npz --validation V.npz [--shift S.npz]
+           [--residual-of [OUTPUT=]INPUT] [--budget X] [--shift-budget X] [--task-budget X] [--no-speedup size-only|fp32]
            [--report-out R.json] [--recipe-out P.json] [--plot-out P.png]
 
 Candidates: weight-only; static QDQ (uint8 activations, int8 symmetric weights) per-tensor and
-per-channel with MinMax, Entropy and Percentile ranges; each with subsets of fp32 fallback groups
-(tinyq.auto). Each is judged on the validation set (a registry model's val-split data in
-model/tiny/validation/<id>.val.npz, or --validation; never the soak fixture, which stays the
-held-out judge), inspected in onnxruntime's optimised graph for unfused compute ops, and timed
+per-channel with MinMax, Entropy and Percentile ranges, each calibrated plain or range-robust (the
+calibration set plus seeded noisy copies); each with subsets of fp32 fallback groups
+(tinyq.auto). Each is judged as the gate judges (tinyq.drops: the worst output's drop) on the
+validation set (a registry model's val-split data in model/tiny/validation/<id>.val.npz, or
+--validation) and on the shift set (model/tiny/shift/<id>.shift.npz, or --shift: the val split
+under stronger degradations) against the shift budget; never on the soak fixture, which stays the
+held-out judge. Each is inspected in onnxruntime's optimised graph for unfused compute ops, and timed
 against fp32 at batch 1 and 256, interleaved, on one thread. The choice: the fastest fully fused
 candidate within budget that beats fp32 by more than the noise margin, ties to the smaller file;
 else weight-only as a size-only artefact (or fp32, --no-speedup fp32).
@@ -37,6 +40,10 @@ _FP32 = flags.DEFINE_string("fp32", None, "An fp32 model outside the registry (w
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (train data; default: the registry's).")
 _VALIDATION = flags.DEFINE_string("validation", None, "Validation .npz with real val data, optional `target` "
                                   "(default: model/tiny/validation/<id>.val.npz).")
+_SHIFT = flags.DEFINE_string("shift", None, "Shift set .npz (real inputs under stronger degradations, from the val "
+                             "split; default for --id: model/tiny/shift/<id>.shift.npz where it exists).")
+_SHIFT_BUDGET = flags.DEFINE_float("shift-budget", None, "Drop budget on the shift set (default: the registry's, else "
+                                   "10x the budget).", lower_bound=0)
 _BUDGET = flags.DEFINE_float("budget", None, "Drop budget (default: the registry's, else 0.01).", lower_bound=0)
 _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose.", lower_bound=0, upper_bound=1)
 _NO_SPEEDUP = flags.DEFINE_enum("no-speedup", "size-only", ["size-only", "fp32"],
@@ -52,7 +59,7 @@ _REPEATS = {1: 50, 256: 9}
 
 
 def _inputs():
-    """(label, fp32 path, calibration path, validation path, budgets, (residual_of, kind))."""
+    """(label, fp32 path, calibration path, validation path, shift path or None, budgets, (residual_of, kind))."""
     if bool(_ID.value) == bool(_FP32.value):
         raise cli.UsageError("give --id ID, or --fp32 A.onnx --calibration C.npz --validation V.npz")
     if _FP32.value:
@@ -79,18 +86,24 @@ def _inputs():
         cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
             entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
         val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
-    return label, fp32, cal, val, base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value), declared
+        registered = calibration.shift_path(reg.root, entry.id)
+        shift = None if _SHIFT.value or not registered.is_file() else registered
+    if _SHIFT.value or _FP32.value:
+        shift = cli.resolve_user_path(_SHIFT.value) if _SHIFT.value else None
+    budgets = base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value, shift=_SHIFT_BUDGET.value)
+    return label, fp32, cal, val, shift, budgets, declared
 
 
-def _load(fp32, cal_path, val_path):
+def _load(fp32, cal_path, val_path, shift_path):
     try:
         model, _ = quantize.load_for_quantization(fp32)
         inputs = calibration.graph_inputs(model)
         cal = calibration.load_npz(cal_path, inputs)
         val = calibration.load_npz(val_path, inputs, (calibration.TARGET_KEY,))
+        shift = calibration.load_npz(shift_path, inputs) if shift_path else None
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
-    return model, cal, val
+    return model, cal, val, shift
 
 
 def _residual(model, declared):
@@ -102,13 +115,13 @@ def _residual(model, declared):
         raise cli.UsageError(str(e)) from None
 
 
-def _search(label, model, cal, val, budgets, residual, workdir):
+def _search(label, model, cal, val, shift, budgets, residual, workdir):
     groups = auto.fallback_groups(model)
     print(f"ptq_auto: {label}: {len(groups)} fp32 fallback group(s): " + "; ".join(
         f"{g.name} ({len(g.quantizable)} quantisable ops)" for g in groups), flush=True)
     sess32 = runner.session(model.SerializeToString())
     feeds = {i.name: val[i.name] for i in sess32.get_inputs()}
-    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets, residual),
+    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets, residual, shift),
                            auto.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
     return measure, auto.search(measure, groups)
 
@@ -127,7 +140,7 @@ def _json(obj) -> bytes:
     return dumps_json(provenance.normalise(obj)).encode()
 
 
-def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, wall):
+def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, choice, rec, wall):
     outputs = {}
     if _PLOT.value:
         outputs[cli.resolve_user_path(_PLOT.value)] = auto_report.plot_png(label, rows, choice, budgets.plcc)
@@ -138,6 +151,8 @@ def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, w
             "schema": "tinyq-ptq-auto-report-v1",
             "id": label,
             "budget": budgets.plcc,
+            "shift_budget": budgets.shift_budget if shift_path else None,
+            "shift_set": str(shift_path) if shift_path else None,
             "task_budget": budgets.task,
             "noise_margin": choice.margin,
             "fallback_groups": [g.__dict__ for g in measure.builder.groups.values()],
@@ -157,14 +172,14 @@ def _write_outputs(label, fp32, cal, val, budgets, measure, rows, choice, rec, w
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    label, fp32, cal_path, val_path, budgets, declared = _inputs()
+    label, fp32, cal_path, val_path, shift_path, budgets, declared = _inputs()
     outs = {"--report-out": _REPORT.value, "--recipe-out": _RECIPE.value, "--plot-out": _PLOT.value}
-    cli.guard_outputs({k: cli.resolve_user_path(v) if v else None for k, v in outs.items()}, [fp32, cal_path, val_path],
+    cli.guard_outputs({k: cli.resolve_user_path(v) if v else None for k, v in outs.items()}, [fp32, cal_path, val_path] + ([shift_path] if shift_path else []),
                       cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
-    model, cal, val = _load(fp32, cal_path, val_path)
+    model, cal, val, shift = _load(fp32, cal_path, val_path, shift_path)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tinyq_auto_") as tmp:
-        measure, rows = _search(label, model, cal, val, budgets, _residual(model, declared), Path(tmp))
+        measure, rows = _search(label, model, cal, val, shift, budgets, _residual(model, declared), Path(tmp))
     wall = time.monotonic() - start
     choice = auto.choose(rows, _NO_SPEEDUP.value)
     print(auto_report.table(rows, choice), end="")
@@ -173,7 +188,7 @@ def main(argv):
     rec = auto_report.recipe(choice, measure.builder)
     print(f"choice: {choice.row.candidate.name if choice.row else 'fp32'} ({choice.purpose}): {choice.reason}")
     print(f"search took {wall:.0f} s over {len(rows)} candidates; model/zoo.bzl recipe:\n    {auto_report.zoo_entry(label, rec)}")
-    _write_outputs(label, fp32, cal_path, val_path, budgets, measure, rows, choice, rec, wall)
+    _write_outputs(label, fp32, cal_path, val_path, shift_path, budgets, measure, rows, choice, rec, wall)
     return cli.EXIT_OK
 
 

@@ -29,6 +29,8 @@ from tinyq.fileio import sha256_file
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")
 _METHOD = flags.DEFINE_enum("calibrate-method", "minmax", ["minmax", "entropy", "percentile"], "Calibration method.")
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")
+_AUGMENT = flags.DEFINE_bool("calibration-augment", False, "Range-robust calibration: add seeded noisy copies of the "
+                             "calibration set (tinyq.calibration.augmented), so ranges cover noisier inputs.")
 _FP32_NODES = flags.DEFINE_list("fp32-nodes", [], "Nodes of the fp32 graph to leave unquantised (by node name).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
@@ -59,6 +61,8 @@ def _quantise(src, calib_path):
     try:
         model, repairs = quantize.load_for_quantization(src)
         arrays = calibration.load_npz(calib_path, calibration.graph_inputs(model))
+        if _AUGMENT.value:
+            arrays = calibration.augmented(arrays)
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
     batch = quantize.calibration_batch(model)
@@ -92,7 +96,8 @@ def main(argv):
         "schema": "tinyq-ptq-static-report-v1",
         "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,
                      "activation_type": "uint8", "weight_type": "int8", "weight_symmetric": True,
-                     "op_types": list(quantize.STATIC_OP_TYPES), "fp32_nodes": list(_FP32_NODES.value)},
+                     "op_types": list(quantize.STATIC_OP_TYPES), "fp32_nodes": list(_FP32_NODES.value),
+                     "calibration_augment": list(calibration.AUGMENT_SIGMAS) if _AUGMENT.value else None},
         "calibration": {
             "path": str(calib_path),
             "sha256": sha256_file(calib_path),

@@ -5,9 +5,11 @@ Small classes with one job each, after NNCF's accuracy-control design:
     and the quantisable ops caught between them, e.g. an MSCN block from x**2 through its division);
   - CandidateBuilder: one int8 model per Candidate (weight-only, or static QDQ with uint8
     activations and int8 symmetric weights, per-tensor or per-channel, MinMax/Entropy/Percentile
-    ranges computed once per method through onnxruntime's calibration cache, some groups in fp32);
-  - Evaluator: the drop on the validation set (real val-split data, never the soak fixture),
-    judged with the gate's own code, and a filter's kept PSNR gain;
+    ranges computed once per method through onnxruntime's calibration cache, plain or range-robust
+    (the calibration set plus noisy copies: tinyq.calibration.augmented), some groups in fp32);
+  - Evaluator: the drop on the validation set (real val-split data, never the soak fixture) and
+    on the shift set (the val split under stronger degradations), judged with the gate's own
+    code, and a filter's kept PSNR gain;
   - fusion(): how many compute ops still run as DequantizeLinear -> fp32 op in onnxruntime's
     optimised graph;
   - LatencyMeter: fp32 and int8 runs interleaved at batch 1 and 256 on a fixed thread count, medians;
@@ -28,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import numpy as np
 import onnx
 
-from tinyq import gate, quantize, runner
+from tinyq import calibration, gate, quantize, runner
 
 # Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
 # Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
@@ -172,21 +174,23 @@ class Candidate:
     method: Optional[str] = None  # calibration: minmax, entropy, percentile
     per_channel: bool = False
     fp32_groups: Tuple[str, ...] = ()
+    augment: bool = False  # range-robust calibration (tinyq.calibration.augmented)
 
     @property
     def name(self) -> str:
         if self.encoding == "weight_only":
             return "weight_only"
-        base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}"
+        base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
         return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups)
 
 
 def base_candidates() -> List[Candidate]:
-    return [Candidate("weight_only")] + [Candidate("qdq", m, pc) for m in METHODS for pc in (False, True)]
+    return [Candidate("weight_only")] + [Candidate("qdq", m, pc, augment=a) for a in (False, True) for m in METHODS
+                                         for pc in (False, True)]
 
 
 def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
-    return Candidate(base.encoding, base.method, base.per_channel, tuple(groups))
+    return Candidate(base.encoding, base.method, base.per_channel, tuple(groups), base.augment)
 
 
 class CandidateBuilder:
@@ -198,6 +202,7 @@ class CandidateBuilder:
         self.calibration = calibration
         self.groups = {g.name: g for g in groups}
         self.workdir = workdir
+        self._augmented: Optional[Dict[str, np.ndarray]] = None
 
     def exclude(self, candidate: Candidate) -> List[str]:
         return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable})
@@ -205,9 +210,12 @@ class CandidateBuilder:
     def build(self, candidate: Candidate) -> bytes:
         if candidate.encoding == "weight_only":
             return quantize.encode(self.model, "weight_only", False).model_bytes  # per-tensor: ptq_dynamic's default
-        return quantize.quantize_static_qdq(
-            self.model, self.calibration, method=candidate.method, per_channel=candidate.per_channel,
-            exclude_nodes=self.exclude(candidate), calibration_cache=self.workdir / f"ranges_{candidate.method}.json")
+        if candidate.augment and self._augmented is None:
+            self._augmented = calibration.augmented(self.calibration)
+        data = self._augmented if candidate.augment else self.calibration
+        cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
+        return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
+                                            exclude_nodes=self.exclude(candidate), calibration_cache=cache)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -368,10 +376,12 @@ class Measure:
 
 def _progress_line(i: int, row: Row) -> str:
     drop = "n/a" if row.accuracy.drop is None else f"{row.accuracy.drop:.2e}"
+    if row.accuracy.shift_drop is not None:
+        drop += f" shift {row.accuracy.shift_drop:.2e}"
     speed = "  ".join(f"b{b} x{t.speedup:.2f}" for b, t in sorted(row.timing.items()))
     verdict = "within budget" if row.accuracy.within_budget else "over budget"
     twin = f"  (same bytes as {row.same_as})" if row.same_as else ""
-    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:9s} {speed}  unfused {len(row.unfused)}  {verdict}{twin}"
+    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:20s} {speed}  unfused {len(row.unfused)}  {verdict}{twin}"
 
 
 def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:

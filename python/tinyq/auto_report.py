@@ -16,8 +16,9 @@ def encoding_name(c: Candidate) -> str:
     if c.encoding == "weight_only":
         return "weight_only_s8_per_tensor"
     granularity = "per_channel" if c.per_channel else "per_tensor"
+    augment = "_augmented" if c.augment else ""
     groups = "_fp32_groups" if c.fp32_groups else ""
-    return f"qdq_u8s8_{granularity}_{c.method}{groups}"
+    return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}"
 
 
 def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
@@ -31,6 +32,8 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
         mode = "dynamic"
     else:
         args = [f"--calibrate-method={c.method}", "--per-channel" if c.per_channel else "--noper-channel"]
+        if c.augment:
+            args.append("--calibration-augment")
         exclude = builder.exclude(c)
         if exclude:
             args.append("--fp32-nodes=" + ",".join(exclude))
@@ -64,7 +67,9 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
         "fp32_nodes": builder.exclude(c),
         "int8_bytes": r.bytes,
         "int8_sha256": hashlib.sha256(r.int8).hexdigest(),
+        "calibration_augment": c.augment,
         "validation_drop": r.accuracy.drop,
+        "shift_drop": r.accuracy.shift_drop,
         "kept_gain": r.accuracy.kept_gain,
         "within_budget": r.accuracy.within_budget,
         "why_over_budget": r.accuracy.reason or None,
@@ -76,8 +81,8 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
 
 def table(rows: Sequence[Row], choice: Optional[Choice]) -> str:
     batches = sorted({b for r in rows for b in r.timing})
-    head = "| candidate | bytes | validation drop | unfused | " + " | ".join(f"×fp32 b{b}" for b in batches) + " | |"
-    lines = [head, "|" + "---|" * (5 + len(batches))]
+    head = "| candidate | bytes | validation drop | shift drop | unfused | " + " | ".join(f"×fp32 b{b}" for b in batches) + " | |"
+    lines = [head, "|" + "---|" * (6 + len(batches))]
     chosen = choice.row.candidate if choice and choice.row else None
     for r in rows:
         drop = "n/a" if r.accuracy.drop is None else f"{r.accuracy.drop:.2e}"
@@ -85,7 +90,8 @@ def table(rows: Sequence[Row], choice: Optional[Choice]) -> str:
             drop += f" (keeps {r.accuracy.kept_gain:.0%})"
         speed = " | ".join(f"{r.timing[b].speedup:.2f}" if b in r.timing else "" for b in batches)
         mark = "**chosen**" if r.candidate == chosen else ("" if r.accuracy.within_budget else "over budget")
-        lines.append(f"| {r.candidate.name} | {r.bytes} | {drop} | {len(r.unfused)} | {speed} | {mark} |")
+        shift = "n/a" if r.accuracy.shift_drop is None else f"{r.accuracy.shift_drop:.2e}"
+        lines.append(f"| {r.candidate.name} | {r.bytes} | {drop} | {shift} | {len(r.unfused)} | {speed} | {mark} |")
     return "\n".join(lines) + "\n"
 
 

@@ -127,3 +127,25 @@ def fixture_path(model_dir: Path, model_id: str) -> Path:
 
 def shift_path(model_dir: Path, model_id: str) -> Path:
     return Path(model_dir) / "shift" / f"{model_id}.shift.npz"
+
+
+# Range-robust calibration: the calibration set plus noisy copies of it, so activation ranges
+# also cover inputs noisier than the training distribution. Each copy adds Gaussian noise of
+# sigma = s x (the input's max - min over the set), clipped to that [min, max], seeded.
+AUGMENT_SIGMAS = (0.05, 0.1, 0.2)
+AUGMENT_SEED = 0
+
+
+def augmented(arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The arrays followed by one noisy copy per AUGMENT_SIGMAS (float inputs only; others repeat)."""
+    rng = np.random.default_rng(AUGMENT_SEED)
+    out = {k: [v] for k, v in arrays.items()}
+    for s in AUGMENT_SIGMAS:
+        for k, v in arrays.items():
+            if v.dtype.kind != "f":
+                out[k].append(v)
+                continue
+            lo, hi = float(v.min()), float(v.max())
+            noisy = v + rng.standard_normal(v.shape).astype(v.dtype) * np.asarray(s * (hi - lo), v.dtype)
+            out[k].append(np.clip(noisy, lo, hi).astype(v.dtype))
+    return {k: np.concatenate(parts) for k, parts in out.items()}
