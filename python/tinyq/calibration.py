@@ -3,7 +3,9 @@
 A calibration set (model/tiny/calibration/<id>.npz) holds representative inputs from the
 train split; a validation set (model/tiny/validation/<id>.val.npz) holds val-split inputs with
 their ground truth, for quantisation choices; a soak fixture (model/tiny/fixtures/<id>.soak.npz) holds held-out inputs plus
-their ground truth under the key "target". Both are checked against the model's graph.
+their ground truth under the key "target". Both are checked against the model's graph. A shift
+set (model/tiny/shift/<id>.shift.npz, tinyq.shift) holds val-split inputs under degradations
+stronger than the corpus holds, and no target.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ def fixture_path(model_dir: Path, model_id: str) -> Path:
 
 
 def shift_path(model_dir: Path, model_id: str) -> Path:
+    """Val-split inputs under degradations stronger than the corpus holds (tinyq.shift); inputs only."""
     return Path(model_dir) / "shift" / f"{model_id}.shift.npz"
 
 
