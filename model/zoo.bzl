@@ -41,8 +41,8 @@ ZOO_INT8 = {
     },
     "nr_metric_v1": {
         "mode": "static",
-        "args": ["--calibrate-method=minmax", "--noper-channel", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Mul"],
-        "encoding": "qdq_u8s8_per_tensor_minmax_fp32_groups",
+        "args": ["--calibrate-method=minmax", "--noper-channel", "--calibration-augment", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Mul"],
+        "encoding": "qdq_u8s8_per_tensor_minmax_augmented_fp32_groups",
         "purpose": "speed",
     },
     "fr_patch_v1": {
