@@ -46,7 +46,7 @@ def test_every_quantised_model_has_every_row(zoo):
                 assert by[name]["status"] == "fail" and "residual" in by[name]["reason"], by[name]
                 continue
             assert by[name]["status"] == "pass", (m, name, by[name].get("reason"))
-            assert [s["input_set"] for s in by[name]["sets"]] == ["soak", "synthetic"]
+            assert [s["input_set"] for s in by[name]["sets"]] == ["soak", "shift", "synthetic"]
         assert by["ort-cpu"]["ran_on"][0] == "CPUExecutionProvider"
         assert by["ort-cpu"]["node_placement"].get("CPUExecutionProvider", 0) > 0
     report = results(zoo)

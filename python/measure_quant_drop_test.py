@@ -27,8 +27,9 @@ def test_shipped_models_pass_with_reports(tmp_path):
     report = json.loads((tmp_path / "g.json").read_text())
     assert report["gate_pass"] is True and report["run_provenance"]["tool"]["name"] == "measure_quant_drop"
     row = report["models"][0]
-    assert [s["input_set"] for s in row["sets"]] == ["soak", "synthetic"]
-    assert row["sets"][0]["samples"] == 768 and row["sets"][1]["samples"] == 16
+    assert [s["input_set"] for s in row["sets"]] == ["soak", "shift", "synthetic"]
+    assert [s["samples"] for s in row["sets"]] == [768, 504, 16]
+    assert row["sets"][1]["budget"] == 0.1 and row["sets"][1]["pass"] is True
     assert row["task"]["fp32"]["plcc"] > 0.999 and row["task"]["int8"]["plcc"] > 0.999
     assert "| vmaf_tiny_v3 | soak | 768 |" in (tmp_path / "g.md").read_text()
     assert (tmp_path / "vmaf_tiny_v3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
