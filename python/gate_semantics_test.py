@@ -14,9 +14,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
+
+from tinyq.testutil import const, floats
+from tinyq.testutil import save_graph as save
 
 GATE = Path.cwd() / "python" / "measure_quant_drop"
 PER_EP = Path.cwd() / "python" / "measure_quant_drop_per_ep"
@@ -26,22 +28,6 @@ AUTO = Path.cwd() / "python" / "ptq_auto"
 def run(tool, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILD_")}
     return subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, env=env)
-
-
-def save(path, nodes, inputs, outputs, inits=()):
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def floats(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def const(name, array):
-    return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
 
 def independent_drop(a, b):

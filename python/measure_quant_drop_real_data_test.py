@@ -10,9 +10,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from tinyq.testutil import const, floats
+from tinyq.testutil import save_graph as save
 
 TOOL = Path.cwd() / "python" / "measure_quant_drop"
 PER_EP = Path.cwd() / "python" / "measure_quant_drop_per_ep"
@@ -25,22 +27,6 @@ def run(*args, tool=TOOL, env=None):
 
 def report(path):
     return json.loads(Path(path).read_text())["models"][0]
-
-
-def save(path, nodes, inputs, outputs, inits=(), opset=17):
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def floats(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def const(name, array):
-    return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
 
 # --- budget semantics: real data judges, noise only stresses ---------------------------------

@@ -196,3 +196,20 @@ BAD_CASES = [
             "/models/2"),
     BadCase("fixture_invalid", _fixture_bad_key, "fixture_invalid", "/models/1"),
 ]
+
+
+def save_graph(path: Path, nodes, inputs, outputs, inits=(), opset: int = 17) -> Path:
+    """A checked opset-`opset` ONNX model of these nodes, saved at path."""
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def floats(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def const(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, np.float32), name)
