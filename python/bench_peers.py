@@ -125,7 +125,7 @@ def main(argv):
     for entry in entries:
         budgets = gate.Budgets.of_entry(entry)
         sess32 = runner.session(str(entry.onnx))
-        residual = gate.residuals_of_entry(entry, sess32)
+        residual = gate.residuals_of_entry(entry)
         variants = _variants(entry, reg, budgets, residual)  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))

@@ -166,9 +166,7 @@ def _residual(job: Job):
     if not job.fp32.is_file():
         return {}  # gate_model names the missing file
     try:
-        model = onnx.load(str(job.fp32), load_external_data=False)
-        inputs = [i.name for i in calibration.graph_inputs(job.fp32)]
-        return drops.residual_pairs(*job.declared, inputs, [o.name for o in model.graph.output])
+        return drops.declared_residuals(*job.declared, onnx.load(str(job.fp32), load_external_data=False))
     except ValueError as e:
         raise cli.UsageError(f"{job.id}: {e}") from None
     except Exception as e:  # onnx cannot parse the fp32 model

@@ -80,10 +80,8 @@ class Model:
 
 
 def _residual(model_id, fp32: Path, residual_of, kind) -> Dict[str, str]:
-    model = onnx.load(str(fp32), load_external_data=False)
-    inputs = [i.name for i in calibration.graph_inputs(fp32)]
     try:
-        return drops.residual_pairs(residual_of, kind, inputs, [o.name for o in model.graph.output])
+        return drops.declared_residuals(residual_of, kind, onnx.load(str(fp32), load_external_data=False))
     except ValueError as e:
         raise cli.UsageError(f"{model_id}: {e}") from None
 

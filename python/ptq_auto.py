@@ -108,9 +108,8 @@ def _load(fp32, cal_path, val_path, shift_path):
 
 def _residual(model, declared):
     """The {output: input} pairs judged on their residual."""
-    inputs = [i.name for i in calibration.graph_inputs(model)]
     try:
-        return drops.residual_pairs(*declared, inputs, [o.name for o in model.graph.output])
+        return drops.declared_residuals(*declared, model)
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
 

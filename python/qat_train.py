@@ -44,7 +44,7 @@ _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny
 def _measure(entry, fp32, int8_bytes, fixture, tmp):
     path = Path(tmp) / f"{entry.id}.{len(int8_bytes)}.onnx"
     path.write_bytes(int8_bytes)
-    residual = gate.residuals_of_entry(entry, runner.session(str(fp32)))
+    residual = gate.residuals_of_entry(entry)
     r = gate.gate_model(entry.id, fp32, path, gate.Budgets.of_entry(entry), real=fixture, residual=residual, latency=False)
     return {
         "int8_bytes": len(int8_bytes),

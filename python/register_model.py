@@ -185,8 +185,7 @@ def _residual_of(model, kind):
     """--residual-of, checked against the graph's inputs and outputs."""
     try:
         value = drops.parse_residual_flags(_RESIDUAL_OF.value)
-        drops.residual_pairs(value, kind, [i.name for i in calibration.graph_inputs(model)],
-                             [o.name for o in model.graph.output])
+        drops.declared_residuals(value, kind, model)
     except ValueError as e:
         raise cli.UsageError(f"--residual-of: {e}") from None
     return value

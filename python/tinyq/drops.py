@@ -178,6 +178,13 @@ def residual_pairs(residual_of, kind: Optional[str], inputs: Sequence[str], outp
     return pairs
 
 
+def declared_residuals(residual_of, kind: Optional[str], model) -> Dict[str, str]:
+    """residual_pairs() against an onnx.ModelProto's graph inputs (initialisers excluded) and outputs."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    return residual_pairs(residual_of, kind, inputs, [o.name for o in model.graph.output])
+
+
 def parse_residual_flags(values: Sequence[str]):
     """--residual-of INPUT (the first output restores INPUT) or OUTPUT=INPUT, repeatable; None when absent."""
     if not values:

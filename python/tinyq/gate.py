@@ -137,11 +137,13 @@ class Budgets:
         return replace(self, **given)
 
 
-def residuals_of_entry(entry, sess) -> Dict[str, str]:
+def residuals_of_entry(entry) -> Dict[str, str]:
     """The {output: input} residual pairs a registry entry declares (kind filter, residual_of)."""
-    names, _ = runner.tensor_outputs(sess)
+    import onnx
+
     try:
-        return drops.residual_pairs(entry.raw.get("residual_of"), entry.kind, [i.name for i in sess.get_inputs()], names)
+        return drops.declared_residuals(entry.raw.get("residual_of"), entry.kind,
+                                        onnx.load(str(entry.onnx), load_external_data=False))
     except ValueError as e:
         raise GateError(f"{entry.id}: {e}") from None
 
