@@ -1,15 +1,18 @@
-"""Every int8 artefact meant for speed runs every compute op as an int8 kernel.
+"""Every int8 artefact meant for speed runs every compute op as an int8 kernel, and every
+convolution on onnxruntime's fused int8 path.
 
 A structural check, stable on any machine: in onnxruntime's optimised graph no Conv, Gemm,
-MatMul, Add, Mul, pool or Concat may still run in fp32 on DequantizeLinear outputs. Timing is
-never asserted here; `measure_quant_drop --speed-gate` times artefacts on the machine at hand.
+MatMul, Add, Mul, pool or Concat may still run in fp32 on DequantizeLinear outputs, and every
+QLinearConv meets the conditions of MLAS's symmetric indirect convolution (tinyq.rewrites: int8
+weights with zero points 0, input channels % 4, output channels >= 16 and % 4). Timing is never
+asserted here; `measure_quant_drop --speed-gate` times artefacts on the machine at hand.
 """
 
 from pathlib import Path
 
 import pytest
 
-from tinyq import auto, registry, starlark
+from tinyq import auto, registry, rewrites, starlark
 
 RECIPES = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
 REG = registry.load(Path("model/tiny/registry.json"))
@@ -29,6 +32,17 @@ def test_speed_artefact_runs_fully_fused(model_id):
     built = Path("model/int8") / f"{model_id}.int8.onnx"
     unfused = auto.fusion(built.read_bytes())
     assert unfused == [], f"{model_id}: {len(unfused)} compute ops run unfused in fp32 ({unfused}); it cannot be a speed artefact"
+
+
+@pytest.mark.parametrize("model_id", SPEED)
+def test_speed_artefact_convolutions_take_the_fused_int8_path(model_id):
+    """Every QLinearConv meets the fused path's conditions, or the recipe names each condition it
+    misses (ptq_auto's conv_misses: the rewrite that fixes it was measured and not faster)."""
+    built = Path("model/int8") / f"{model_id}.int8.onnx"
+    misses = [m for k in rewrites.conv_kernels(built.read_bytes()) for m in k.misses]
+    assert misses == RECIPES[model_id].get("conv_misses", []), (
+        f"{model_id}: convolutions off the fused int8 path {misses}, the recipe declares "
+        f"{RECIPES[model_id].get('conv_misses', [])}; re-run ptq_auto and take its recipe")
 
 
 def test_the_check_has_teeth(tmp_path):

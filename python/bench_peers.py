@@ -12,24 +12,34 @@ three are then judged on the soak fixture, which none of them saw:
           default op types and MinMax calibration;
   nncf    nncf.quantize_with_accuracy_control (ONNX backend), max_drop = the budget on the
           validation set, measured as the gate measures it (1 - Pearson r, residual for filters).
+  tinyq_unrewritten  where the recipe has kernel-aware rewrites (ptq_static --rewrite): the same
+          recipe without them, rebuilt by ptq_static, to show what the rewrites give.
 Columns: size, soak drop (the gate's), within budget, the task metric on the soak fixture, and
 int8 against fp32 latency at batch 1 and 256 (tinyq.auto.LatencyMeter: runs interleaved, one
 thread, medians of the calling thread's CPU time).
+
+Then, for every tinyq variant, where the time goes at batch 256 (tinyq.profile: onnxruntime's
+per-node profile, one thread): fp32 and int8 time per op, the share of the int8 time spent in
+overhead (quantise/dequantise, layout transposes, the rewrites' Pad and Slice), and the ceiling: the
+speed-up if every convolution ran at its trunk's int8 speed.
 """
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, calibration, cli, gate, provenance, quantize, registry, runner
+from tinyq import auto, calibration, cli, gate, profile, provenance, quantize, registry, runner, starlark
 from tinyq.fileio import atomic_write_bytes
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write the rows as JSON with run_provenance here.")
 _OUT_MD = flags.DEFINE_string("out-md", None, "Write the Markdown table here.")
 _REPEATS = {1: 50, 256: 9}
+PROFILE_BATCH = 256
+STATIC = Path.cwd() / "python" / "ptq_static"  # bazel run's runfiles
 
 
 def ort_static(fp32: Path, cal) -> bytes:
@@ -102,13 +112,51 @@ HEADER = ("| model | variant | int8 B | fp32/int8 size | soak drop | within budg
           "| ×fp32 speed b1 | ×fp32 speed b256 |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def _recipes():
+    return starlark.constant(cli.workspace_dir() / "model" / "zoo.bzl", "ZOO_INT8")
+
+
+def unrewritten(entry, cal_path: Path, recipe) -> bytes:
+    """The recipe without its --rewrite flag, built by ptq_static as //model:<id>_int8 builds it."""
+    args = [a for a in recipe["args"] if not a.startswith("--rewrite")]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        r = subprocess.run([str(STATIC), str(entry.onnx), f"--calibration={cal_path}", f"--output={out}", *args],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise cli.UsageError(f"ptq_static failed on {entry.id}'s recipe without rewrites: {r.stderr.strip()}")
+        return out.read_bytes()
+
+
 def _variants(entry, reg, budgets, residual):
     model, _ = quantize.load_for_quantization(entry.onnx)
     inputs = calibration.graph_inputs(model)
-    cal = calibration.load_npz(calibration.calibration_path(reg.root, entry.id), inputs)
+    cal_path = calibration.calibration_path(reg.root, entry.id)
+    cal = calibration.load_npz(cal_path, inputs)
     val = calibration.load_npz(calibration.validation_path(reg.root, entry.id), inputs, (calibration.TARGET_KEY,))
-    return {"tinyq": entry.int8_onnx.read_bytes(), "ort": ort_static(entry.onnx, cal),
-            "nncf": nncf_accuracy_control(entry.onnx, cal, val, budgets, residual)}
+    out = {"tinyq": entry.int8_onnx.read_bytes()}
+    recipe = _recipes().get(entry.id, {})
+    if any(a.startswith("--rewrite") for a in recipe.get("args", [])):
+        out["tinyq_unrewritten"] = unrewritten(entry, cal_path, recipe)
+    out.update({"ort": ort_static(entry.onnx, cal), "nncf": nncf_accuracy_control(entry.onnx, cal, val, budgets, residual)})
+    return out
+
+
+def _breakdown_md(mid: str, variant: str, b: profile.Breakdown) -> str:
+    ops = sorted(set(b.fp32_ops) | set(b.int8_ops), key=lambda op: -max(b.fp32_ops.get(op, 0), b.int8_ops.get(op, 0)))
+    cell = lambda d, op: f"{d[op]:.2f}" if op in d else ""
+    ceiling = "n/a" if b.ceiling_speedup is None else f"x{b.ceiling_speedup:.2f}"
+    lines = [f"#### {mid} ({variant}), batch 256", "",
+             f"fp32 {b.fp32_ms:.1f} ms, int8 {b.int8_ms:.1f} ms (x{b.speedup:.2f} in the profile); overhead "
+             f"{b.overhead_ms:.2f} ms ({b.overhead_ms / b.int8_ms:.0%} of int8), kernels {1 - b.overhead_ms / b.int8_ms:.0%}; "
+             f"ceiling {ceiling}", "", "| op | fp32 ms | int8 ms |", "|---|---|---|"]
+    lines += [f"| {op} | {cell(b.fp32_ops, op)} | {cell(b.int8_ops, op)} |" for op in ops]
+    return "\n".join(lines) + "\n"
+
+
+def _profile_feeds(sess32, soak):
+    n = len(next(iter(soak.values())))
+    return {i.name: soak[i.name][[k % n for k in range(PROFILE_BATCH)]] for i in sess32.get_inputs()}
 
 
 def main(argv):
@@ -120,7 +168,7 @@ def main(argv):
         entries = [reg.get(m) for m in _MODELS.value] if _MODELS.value else reg.quantised()
     except KeyError as e:
         raise cli.UsageError(str(e.args[0])) from None
-    rows = []
+    rows, profiles, sections = [], [], []
     print(HEADER, flush=True)
     for entry in entries:
         budgets = gate.Budgets.of_entry(entry)
@@ -134,12 +182,18 @@ def main(argv):
         for variant, blob in variants.items():
             rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))
             print(_line(rows[-1]), flush=True)
-    table = HEADER + "\n" + "\n".join(_line(r) for r in rows) + "\n"
+        fp32_model = quantize.load_for_quantization(entry.onnx)[0]
+        for variant in (v for v in variants if v.startswith("tinyq") and _recipes().get(entry.id, {}).get("purpose") == "speed"):
+            b = profile.breakdown(fp32_model, variants[variant], _profile_feeds(sess32, soak))
+            profiles.append({"id": entry.id, "variant": variant, "batch": PROFILE_BATCH, **b.as_dict()})
+            sections.append(_breakdown_md(entry.id, variant, b))
+            print(sections[-1], flush=True)
+    table = HEADER + "\n" + "\n".join(_line(r) for r in rows) + "\n" + "".join("\n" + s for s in sections)
     if _OUT_MD.value:
         atomic_write_bytes(cli.resolve_user_path(_OUT_MD.value), table.encode())
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
-            "schema": "tinyq-bench-peers-v1", "rows": rows,
+            "schema": "tinyq-bench-peers-v1", "rows": rows, "profiles": profiles,
             "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
             "run_provenance": provenance.absl_provenance(tool="bench_peers", main_module=sys.modules[__name__],
                                                          inputs=[(reg_path, "registry")]),

@@ -3,7 +3,7 @@
 Usage: bazel run //python:ptq_auto -- --id ID
        bazel run //python:ptq_auto -- --fp32 A.onnx --calibration C.npz --validation V.npz [--shift S.npz]
            [--residual-of [OUTPUT=]INPUT] [--budget X] [--shift-budget X] [--task-budget X] [--no-speedup size-only|fp32]
-           [--report-out R.json] [--recipe-out P.json] [--plot-out P.png]
+           [--output M.int8.onnx] [--report-out R.json] [--recipe-out P.json] [--plot-out P.png]
 
 Candidates: weight-only; static QDQ (uint8 activations, int8 symmetric weights) per-tensor and
 per-channel with MinMax, Entropy and Percentile ranges, each calibrated plain or range-robust (the
@@ -13,12 +13,17 @@ validation set (a registry model's val-split data in model/tiny/validation/<id>.
 --validation) and on the shift set (model/tiny/shift/<id>.shift.npz, or --shift: the val split
 under stronger degradations) against the shift budget; never on the soak fixture, which stays the
 held-out judge. Each is inspected in onnxruntime's optimised graph for unfused compute ops, and timed
-against fp32 at batch 1 and 256, interleaved, on one thread. The choice: the fastest fully fused
-candidate within budget that beats fp32 by more than the noise margin, ties to the smaller file;
-else weight-only as a size-only artefact (or fp32, --no-speedup fp32).
+against fp32 at batch 1 and 256, interleaved, on one thread. The candidates within budget whose
+convolutions miss onnxruntime's fused int8 path are tried again with the kernel-aware rewrites
+(tinyq.rewrites: padded channels, outputs unchanged). The choice: the fastest fully fused candidate
+within budget that beats fp32 by more than the noise margin; among those within the margin of it,
+the lowest drop, then the smallest file; else weight-only as a size-only artefact (or fp32,
+--no-speedup fp32).
 
-ptq_auto builds no artefact: it prints the candidate table and the recipe, the line for
-model/zoo.bzl from which //model:<id>_int8 rebuilds the artefact byte for byte.
+It prints the candidate table and the recipe, the line for model/zoo.bzl from which
+//model:<id>_int8 rebuilds the artefact byte for byte. --output writes the chosen artefact, with
+its report (default <output>.auto.json) and recipe (default <output>.recipe.json) beside it, all
+or none; when the verdict is fp32, only the report and recipe.
 Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget (nothing is written;
 the message names the next step, quantisation-aware training).
 """
@@ -48,6 +53,8 @@ _BUDGET = flags.DEFINE_float("budget", None, "Drop budget (default: the registry
 _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose.", lower_bound=0, upper_bound=1)
 _NO_SPEEDUP = flags.DEFINE_enum("no-speedup", "size-only", ["size-only", "fp32"],
                                 "When no candidate is faster than fp32: ship weight-only as size-only, or stay fp32.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the chosen int8 artefact here, with its report and recipe "
+                              "(default beside it: <output minus .onnx>.auto.json, .recipe.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write the tinyq-ptq-auto-report-v1 JSON (every candidate) here.")
 _RECIPE = flags.DEFINE_string("recipe-out", None, "Write the chosen recipe JSON here.")
 _PLOT = flags.DEFINE_string("plot-out", None, "Write the drop-against-latency PNG here.")
@@ -139,13 +146,30 @@ def _json(obj) -> bytes:
     return dumps_json(provenance.normalise(obj)).encode()
 
 
+def _output_paths():
+    """{flag: path or None} for every file ptq_auto may write; --output brings its report and recipe."""
+    out = cli.resolve_user_path(_OUTPUT.value) if _OUTPUT.value else None
+    stem = None if out is None else out.with_name(out.name.removesuffix(".onnx"))
+
+    def path(flag, suffix):
+        if flag.value:
+            return cli.resolve_user_path(flag.value)
+        return None if stem is None or suffix is None else stem.with_name(stem.name + suffix)
+
+    return {"--output": out, "--report-out": path(_REPORT, ".auto.json"), "--recipe-out": path(_RECIPE, ".recipe.json"),
+            "--plot-out": path(_PLOT, None)}
+
+
 def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, choice, rec, wall):
+    paths = _output_paths()
     outputs = {}
-    if _PLOT.value:
-        outputs[cli.resolve_user_path(_PLOT.value)] = auto_report.plot_png(label, rows, choice, budgets.plcc)
-    if _RECIPE.value:
-        outputs[cli.resolve_user_path(_RECIPE.value)] = _json({"id": label, **rec})
-    if _REPORT.value:
+    if paths["--output"] and choice.row is not None:
+        outputs[paths["--output"]] = choice.row.int8
+    if paths["--plot-out"]:
+        outputs[paths["--plot-out"]] = auto_report.plot_png(label, rows, choice, budgets.plcc)
+    if paths["--recipe-out"]:
+        outputs[paths["--recipe-out"]] = _json({"id": label, **rec})
+    if paths["--report-out"]:
         report = {
             "schema": "tinyq-ptq-auto-report-v1",
             "id": label,
@@ -158,22 +182,30 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
             "exhaustive_groups_limit": auto.EXHAUSTIVE_GROUPS,
             "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
             "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],
-            "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason},
+            "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason,
+                       "output": str(paths["--output"]) if paths["--output"] and choice.row else None},
             "search_wall_time_s": round(wall, 1),
             "run_provenance": provenance.absl_provenance(
                 tool="ptq_auto", main_module=sys.modules[__name__],
-                inputs=[(fp32, "fp32_model"), (cal, "calibration_set"), (val, "validation_set")]),
+                inputs=[(fp32, "fp32_model"), (cal, "calibration_set"), (val, "validation_set")],
+                outputs=[(paths["--output"], "int8_model", choice.row.int8)] if paths["--output"] in outputs else []),
         }
-        outputs[cli.resolve_user_path(_REPORT.value)] = _json(report)
-    atomic_write_all(list(outputs.items()))
+        outputs[paths["--report-out"]] = _json(report)
+    try:
+        atomic_write_all(list(outputs.items()))
+    except OSError as e:
+        raise cli.UsageError(f"cannot write {e.filename}: {e.strerror}; nothing was written") from None
+    for path in outputs:
+        print(f"ptq_auto: wrote {path}")
+    if paths["--output"] and choice.row is None:
+        print(f"ptq_auto: {label} stays fp32 ({choice.reason}); no artefact written to {paths['--output']}")
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     label, fp32, cal_path, val_path, shift_path, budgets, declared = _inputs()
-    outs = {"--report-out": _REPORT.value, "--recipe-out": _RECIPE.value, "--plot-out": _PLOT.value}
-    cli.guard_outputs({k: cli.resolve_user_path(v) if v else None for k, v in outs.items()}, [fp32, cal_path, val_path] + ([shift_path] if shift_path else []),
+    cli.guard_outputs(_output_paths(), [fp32, cal_path, val_path] + ([shift_path] if shift_path else []),
                       cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     model, cal, val, shift = _load(fp32, cal_path, val_path, shift_path)
     start = time.monotonic()

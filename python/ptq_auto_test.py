@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 TOOL = Path.cwd() / "python" / "ptq_auto"
@@ -68,39 +69,79 @@ def images(n, seed):
 
 
 def search(tmp_path, budget):
-    """ptq_auto on the MSCN CNN with its own train and val data: (fp32, calibration, out dir, result)."""
+    """ptq_auto --output on the MSCN CNN with its own train and val data: (fp32, calibration, out dir,
+    result); the report and recipe go beside the artefact, m.int8.auto.json and m.int8.recipe.json."""
     fp32 = mscn_cnn(tmp_path / "mscn.onnx")
     np.savez(tmp_path / "cal.npz", x=images(64, 0))
     np.savez(tmp_path / "val.npz", x=images(96, 1))
     out = tmp_path / "out"
     out.mkdir()
     r = run("--fp32", fp32, "--calibration", tmp_path / "cal.npz", "--validation", tmp_path / "val.npz", "--budget", budget,
-            "--report-out", out / "r.json", "--recipe-out", out / "recipe.json", "--plot-out", out / "p.png")
+            "--output", out / "m.int8.onnx", "--plot-out", out / "p.png")
     return fp32, tmp_path / "cal.npz", out, r
 
 
-def test_region_without_int8_kernels_goes_back_to_fp32(tmp_path):
-    fp32, cal, out, r = search(tmp_path, "0.02")
+def rebuild(fp32, cal, out, args):
+    """ptq_static with a recipe's args: the artefact's sha256, as //model:<id>_int8 would build it."""
+    r = subprocess.run([str(STATIC), fp32, "--calibration", cal, "--output", out / "rebuilt.int8.onnx", *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return hashlib.sha256((out / "rebuilt.int8.onnx").read_bytes()).hexdigest()
+
+
+def row_args(row):
+    """ptq_static's flags for a candidate row of the report."""
+    args = [f"--calibrate-method={row['calibration']}", "--per-channel" if row["per_channel"] else "--noper-channel"]
+    if row["fp32_nodes"]:
+        args.append("--fp32-nodes=" + ",".join(row["fp32_nodes"]))
+    if row["rewrites"]:
+        args.append("--rewrite=" + ",".join(row["rewrites"]))
+    return args
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One search within a reachable budget, shared by the tests that read its outputs."""
+    return search(tmp_path_factory.mktemp("searched"), "0.02")
+
+
+def test_region_without_int8_kernels_goes_back_to_fp32(searched):
+    fp32, cal, out, r = searched
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = json.loads((out / "r.json").read_text())
+    report = json.loads((out / "m.int8.auto.json").read_text())
     groups = {g["name"]: g for g in report["fallback_groups"]}
     mscn = next(g for g in groups.values() if "mscn" in g["nodes"])
     assert {"mu", "var", "var_eps"} <= set(mscn["quantizable"]), mscn
     rows = {row["candidate"]: row for row in report["candidates"]}
     assert rows["qdq_minmax_pt"]["within_budget"] is False  # all-int8 breaks the normalisation
-    recipe = json.loads((out / "recipe.json").read_text())
+    recipe = json.loads((out / "m.int8.recipe.json").read_text())
     assert recipe["mode"] == "static" and recipe["purpose"] == "speed", recipe
     fp32_nodes = next(a for a in recipe["args"] if a.startswith("--fp32-nodes=")).split("=", 1)[1].split(",")
     assert {"mu", "var", "var_eps"} <= set(fp32_nodes)
     assert report["run_provenance"]["tool"]["name"] == "ptq_auto"
-    # The recipe rebuilds the chosen candidate byte for byte, as //model:<id>_int8 does.
+    # --output wrote the chosen candidate, and the recipe rebuilds it byte for byte, as //model:<id>_int8 does.
     chosen = rows[report["choice"]["candidate"]]
-    rebuilt = subprocess.run([str(STATIC), fp32, "--calibration", cal, "--output", out / "rebuilt.int8.onnx", *recipe["args"]],
-                             capture_output=True, text=True)
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert hashlib.sha256((out / "rebuilt.int8.onnx").read_bytes()).hexdigest() == chosen["int8_sha256"]
+    assert hashlib.sha256((out / "m.int8.onnx").read_bytes()).hexdigest() == chosen["int8_sha256"]
+    assert rebuild(fp32, cal, out, recipe["args"]) == chosen["int8_sha256"]
     assert (out / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| candidate | bytes |" in r.stdout and "choice: " in r.stdout
+
+
+def test_rewrites_are_tried_on_candidates_off_the_fused_path(searched):
+    """conv0 reads 2 channels (off the fused int8 path): the candidates within budget are tried
+    again with pad_conv_inputs, which changes no drop, puts every QLinearConv on the fused path,
+    and rebuilds byte for byte from its flags."""
+    fp32, cal, out, r = searched
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {row["candidate"]: row for row in json.loads((out / "m.int8.auto.json").read_text())["candidates"]}
+    padded = [row for name, row in rows.items() if name.endswith("+pad_conv_inputs")]
+    assert padded, sorted(rows)
+    for row in padded:
+        base = rows[row["candidate"].removesuffix("+pad_conv_inputs")]
+        assert any("input channels" in m for k in base["conv_kernels"] for m in k["misses"])
+        assert all(k["fused_path"] for k in row["conv_kernels"]), row["conv_kernels"]
+        assert row["validation_drop"] == base["validation_drop"]
+    assert rebuild(fp32, cal, out, row_args(padded[0])) == padded[0]["int8_sha256"]
 
 
 def test_unreachable_budget_exits_6_and_writes_nothing(tmp_path):

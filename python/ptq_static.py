@@ -1,8 +1,8 @@
 """Static int8 quantisation (QDQ) of an fp32 ONNX model, calibrated on real data (quant_mode "static").
 
 Usage: bazel run //python:ptq_static -- path/model.onnx [--calibration X.npz] [--calibrate-method
-           minmax|entropy|percentile] [--per-channel] [--fp32-nodes a,b,...] [--output P] [--report-out R]
-           [--registry R]
+           minmax|entropy|percentile] [--per-channel] [--fp32-nodes a,b,...] [--rewrite a,b] [--output P]
+           [--report-out R] [--registry R]
 
 --calibration defaults to the registry's quant_calibration_set for the model. The .npz is checked
 against the graph before anything runs: every input name present, no extra keys, shapes
@@ -10,7 +10,9 @@ compatible, float32, all finite, at least one sample. Calibration feeds the mode
 size it accepts: one sample at a time for a model whose batch is fixed at 1. The encoding is the
 one that runs fastest on x86: uint8 activations, int8 symmetric weights, on the ops with int8
 kernels (tinyq.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
-recipes name them). The artefact is stripped
+recipes name them); --rewrite applies kernel-aware graph rewrites that change no output and put
+more convolutions on onnxruntime's fused int8 path (tinyq.rewrites; the report's conv_kernels
+names each QLinearConv's missed conditions). The artefact is stripped
 of doc strings and metadata, and it and the report are written both or neither.
 Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
 an input or a registry's fp32 model), nothing written; 3 written but not smaller than the fp32
@@ -23,7 +25,7 @@ import time
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, ptq, quantize, registry
+from tinyq import calibration, cli, ptq, quantize, registry, rewrites
 from tinyq.fileio import sha256_file
 
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")
@@ -32,6 +34,8 @@ _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weigh
 _AUGMENT = flags.DEFINE_bool("calibration-augment", False, "Range-robust calibration: add seeded noisy copies of the "
                              "calibration set (tinyq.calibration.augmented), so ranges cover noisier inputs.")
 _FP32_NODES = flags.DEFINE_list("fp32-nodes", [], "Nodes of the fp32 graph to leave unquantised (by node name).")
+_REWRITE = flags.DEFINE_list("rewrite", [], "Kernel-aware graph rewrites, outputs unchanged (tinyq.rewrites): "
+                              "pad_conv_inputs, pad_conv_outputs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-report-v1 JSON report here.")
@@ -70,8 +74,12 @@ def _quantise(src, calib_path):
     if unknown:
         raise cli.UsageError(f"{src}: --fp32-nodes names nodes the graph does not have: {', '.join(unknown)}")
     try:
+        rewrites.check_names(_REWRITE.value)
+    except ValueError as e:
+        raise cli.UsageError(f"--rewrite: {e}") from None
+    try:
         int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value,
-                                            exclude_nodes=_FP32_NODES.value, batch=batch)
+                                            exclude_nodes=_FP32_NODES.value, batch=batch, rewrites=_REWRITE.value)
     except quantize.QuantizeError as e:
         raise cli.UsageError(f"{src}: {e}") from None
     return model, repairs, arrays, batch, int8
@@ -97,6 +105,7 @@ def main(argv):
         "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,
                      "activation_type": "uint8", "weight_type": "int8", "weight_symmetric": True,
                      "op_types": list(quantize.STATIC_OP_TYPES), "fp32_nodes": list(_FP32_NODES.value),
+                     "rewrites": list(_REWRITE.value),
                      "calibration_augment": list(calibration.AUGMENT_SIGMAS) if _AUGMENT.value else None},
         "calibration": {
             "path": str(calib_path),
@@ -108,6 +117,7 @@ def main(argv):
         },
         "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
         "quantize_wall_time_s": round(wall, 3),
+        "conv_kernels": [k.as_dict() for k in rewrites.conv_kernels(int8)],
     }
     cov = quantize.coverage_of(int8, "static")
     return ptq.finish("ptq_static", p, int8, cov, "QDQ", report,

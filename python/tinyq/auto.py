@@ -14,14 +14,16 @@ Small classes with one job each, after NNCF's accuracy-control design:
     optimised graph;
   - LatencyMeter: fp32 and int8 runs interleaved at batch 1 and 256 on a fixed thread count, medians;
   - search(): every subset of groups while there are at most EXHAUSTIVE_GROUPS groups, a greedy
-    search over the groups ranked by their own accuracy gain beyond that;
-  - choose(): the fastest candidate within budget, ties (within the noise margin) to the smaller file.
+    search over the groups ranked by their own accuracy gain beyond that; then the kernel-aware
+    rewrites (tinyq.rewrites) on the most accurate candidates within budget whose convolutions
+    miss onnxruntime's fused int8 path;
+  - choose(): the fastest candidate within budget; among those within the noise margin of it, the
+    lowest drop, then the smallest file.
 """
 
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import numpy as np
 import onnx
 
-from tinyq import calibration, gate, quantize, runner
+from tinyq import calibration, gate, quantize, rewrites, runner
 
 # Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
 # Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
@@ -175,13 +177,14 @@ class Candidate:
     per_channel: bool = False
     fp32_groups: Tuple[str, ...] = ()
     augment: bool = False  # range-robust calibration (tinyq.calibration.augmented)
+    rewrites: Tuple[str, ...] = ()  # tinyq.rewrites, in REWRITES order
 
     @property
     def name(self) -> str:
         if self.encoding == "weight_only":
             return "weight_only"
         base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
-        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups)
+        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites)
 
 
 def base_candidates() -> List[Candidate]:
@@ -191,6 +194,11 @@ def base_candidates() -> List[Candidate]:
 
 def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
     return Candidate(base.encoding, base.method, base.per_channel, tuple(groups), base.augment)
+
+
+def with_rewrites(base: Candidate, names: Sequence[str]) -> Candidate:
+    return Candidate(base.encoding, base.method, base.per_channel, base.fp32_groups, base.augment,
+                     tuple(n for n in rewrites.REWRITES if n in names))
 
 
 class CandidateBuilder:
@@ -215,7 +223,8 @@ class CandidateBuilder:
         data = self._augmented if candidate.augment else self.calibration
         cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
         return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
-                                            exclude_nodes=self.exclude(candidate), calibration_cache=cache)
+                                            exclude_nodes=self.exclude(candidate), calibration_cache=cache,
+                                            rewrites=candidate.rewrites)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -226,14 +235,7 @@ def fusion(int8: bytes) -> List[str]:
     optimised graph (extended level: stable across machines). Empty: every op between quantised
     tensors runs as an int8 kernel. An fp32 region's edges (fed by DequantizeLinear, or feeding
     QuantizeLinear, not both) are fp32 on purpose and not counted."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="tinyq_fusion_") as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
-        ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
-        optimised = onnx.load(opts.optimized_model_filepath)
+    optimised = rewrites.optimised(int8)
     made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
     read_by: Dict[str, List[str]] = {}
     for n in optimised.graph.node:
@@ -341,6 +343,11 @@ class Row:
     timing: Dict[int, Timing] = field(default_factory=dict)
     int8: bytes = field(default=b"", repr=False)
     same_as: Optional[str] = None  # an earlier candidate that built byte-identical int8
+    convs: List[rewrites.ConvKernel] = field(default_factory=list)  # QLinearConvs, fused path or not
+
+    @property
+    def conv_misses(self) -> List[str]:
+        return [m for k in self.convs for m in k.misses]
 
     @property
     def speed_batch(self) -> int:
@@ -365,10 +372,11 @@ class Measure:
             int8 = self.builder.build(candidate)
             twin = next((r for r in self.rows.values() if r.int8 == int8 and r.same_as is None), None)
             if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
-                row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name)
+                row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
             else:
                 sess8 = runner.session(int8)
-                row = Row(candidate, len(int8), self.evaluator(sess8), fusion(int8), self.meter(sess8), int8)
+                row = Row(candidate, len(int8), self.evaluator(sess8), fusion(int8), self.meter(sess8), int8,
+                          convs=rewrites.conv_kernels(int8))
             self.rows[candidate] = row
             self.progress(_progress_line(len(self.rows), row))
         return self.rows[candidate]
@@ -399,7 +407,37 @@ def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
     for base in qdq:
         for subset in subsets:
             measure(with_groups(base, subset))
+    for row in rewrite_bases(measure.rows.values()):
+        for names in rewrite_sets(row):
+            measure(with_rewrites(row.candidate, names))
     return list(measure.rows.values())
+
+
+REWRITE_BASES_PER_GROUPS = 2  # the most accurate candidates within budget per set of fp32 groups ...
+MAX_REWRITE_BASES = 8  # ... and at most this many in all
+
+
+def rewrite_bases(rows: Iterable[Row]) -> List[Row]:
+    """The candidates the rewrites are tried on: within budget, fully fused, some QLinearConv off
+    the fused path; per set of fp32 groups the most accurate (rewrites change speed, not drops)."""
+    ok = sorted((r for r in rows if r.accuracy.within_budget and r.candidate.encoding == "qdq" and not r.unfused
+                 and r.conv_misses and r.same_as is None and not r.candidate.rewrites),
+                key=lambda r: (_drop_key(r), r.bytes, r.candidate.name))
+    per_groups: Dict[Tuple[str, ...], int] = {}
+    chosen = []
+    for r in ok:
+        k = r.candidate.fp32_groups
+        if per_groups.get(k, 0) < REWRITE_BASES_PER_GROUPS:
+            per_groups[k] = per_groups.get(k, 0) + 1
+            chosen.append(r)
+    return chosen[:MAX_REWRITE_BASES]
+
+
+def rewrite_sets(row: Row) -> List[Tuple[str, ...]]:
+    """Each rewrite that fixes a condition the row's convolutions miss, alone, and all of them together."""
+    useful = tuple(name for name in rewrites.REWRITES if any(name in m for m in row.conv_misses))
+    sets = [(name,) for name in useful]
+    return sets + [useful] if len(useful) > 1 else sets
 
 
 def _rank(measure: Measure, qdq: Sequence[Candidate], names: Sequence[str]) -> List[str]:
@@ -435,8 +473,8 @@ def noise_margin(timings: Iterable[Timing]) -> float:
 def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choice]:
     """The fastest candidate within budget (the largest speed-up over fp32 at the largest batch) that
     runs fully fused and beats fp32 by more than the margin; among those within the margin of the
-    fastest, the smallest file. Otherwise the
-    weight-only artefact as size-only (or fp32, per no_speedup). None: nothing is within budget."""
+    fastest, the lowest drop, then the smallest file. Otherwise the weight-only artefact as
+    size-only (or fp32, per no_speedup). None: nothing is within budget."""
     margin = noise_margin(t for r in rows for t in r.timing.values())
     ok = [r for r in rows if r.accuracy.within_budget]
     if not ok:
@@ -447,10 +485,11 @@ def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choic
         # the machine's drift between candidates cancels out.
         best = max(r.speedup() for r in fast)
         tied = [r for r in fast if r.speedup() * (1 + margin) >= best]
-        row = min(tied, key=lambda r: (r.bytes, len(r.candidate.fp32_groups), r.same_as is not None, -r.speedup(),
-                                       r.candidate.name))
+        row = min(tied, key=lambda r: (_drop_key(r), r.bytes, len(r.candidate.fp32_groups), r.same_as is not None,
+                                       -r.speedup(), r.candidate.name))
         return Choice(row, "speed", margin, f"fastest within budget: x{row.speedup():.2f} at batch {row.speed_batch}, "
-                                            f"{len(tied)} within the {margin:.0%} margin, smallest file kept")
+                                            f"{len(tied)} within the {margin:.0%} margin, the lowest drop kept "
+                                            f"({row.accuracy.drop:.2e}), then the smallest file")
     size = next((r for r in ok if r.candidate.encoding == "weight_only"), None)
     why = f"no candidate within budget beats fp32 by more than the {margin:.0%} margin while fully fused"
     if no_speedup == "size-only" and size is not None:

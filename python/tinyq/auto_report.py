@@ -18,7 +18,11 @@ def encoding_name(c: Candidate) -> str:
     granularity = "per_channel" if c.per_channel else "per_tensor"
     augment = "_augmented" if c.augment else ""
     groups = "_fp32_groups" if c.fp32_groups else ""
-    return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}"
+    return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}" + "".join(f"_{REWRITE_TAGS[r]}" for r in c.rewrites)
+
+
+# How quant_encoding names each rewrite (tinyq.rewrites.REWRITES).
+REWRITE_TAGS = {"pad_conv_inputs": "padin", "pad_conv_outputs": "padout"}
 
 
 def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
@@ -37,16 +41,19 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
         exclude = builder.exclude(c)
         if exclude:
             args.append("--fp32-nodes=" + ",".join(exclude))
+        if c.rewrites:
+            args.append("--rewrite=" + ",".join(c.rewrites))
         mode = "static"
     return {"mode": mode, "args": args, "encoding": encoding_name(c), "purpose": choice.purpose,
-            "fp32_groups": list(c.fp32_groups)}
+            "fp32_groups": list(c.fp32_groups), "rewrites": list(c.rewrites), "conv_misses": choice.row.conv_misses}
 
 
 def zoo_entry(model_id: str, rec: Dict[str, object]) -> str:
     """The recipe as a line of model/zoo.bzl's ZOO_INT8."""
     if rec["mode"] == "fp32":
         return f"# {model_id}: stays fp32 (remove it from ZOO_INT8 and set quant_mode fp32)"
-    fields = ", ".join(f'"{k}": {_starlark(rec[k])}' for k in ("mode", "args", "encoding", "purpose"))
+    keys = ("mode", "args", "encoding", "purpose") + (("conv_misses",) if rec.get("conv_misses") else ())
+    fields = ", ".join(f'"{k}": {_starlark(rec[k])}' for k in keys)
     return f'"{model_id}": {{{fields}}},'
 
 
@@ -68,6 +75,8 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
         "int8_bytes": r.bytes,
         "int8_sha256": hashlib.sha256(r.int8).hexdigest(),
         "calibration_augment": c.augment,
+        "rewrites": list(c.rewrites),
+        "conv_kernels": [k.as_dict() for k in r.convs],
         "validation_drop": r.accuracy.drop,
         "shift_drop": r.accuracy.shift_drop,
         "kept_gain": r.accuracy.kept_gain,

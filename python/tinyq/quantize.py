@@ -421,6 +421,7 @@ def quantize_static_qdq(
     exclude_nodes: Sequence[str] = (),
     calibration_cache: Optional[Path] = None,
     batch: Optional[int] = None,
+    rewrites: Sequence[str] = (),
 ) -> bytes:
     """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
     STATIC_OP_TYPES, calibrated on the arrays (one per input) fed `batch` samples at a time, by
@@ -429,7 +430,9 @@ def quantize_static_qdq(
     calibration_cache: onnxruntime's own cache of the ranges (written on the first call, read on
     the next), so that candidates differing only in granularity or fp32 nodes share one
     calibration; the ranges and so the bytes are the same as without it.
+    rewrites: tinyq.rewrites to apply to the QDQ graph before compaction (outputs unchanged).
     """
+    from tinyq import rewrites as graph_rewrites
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -456,7 +459,9 @@ def quantize_static_qdq(
                 )
         except Exception as e:  # onnxruntime raises many types on graphs it cannot calibrate or quantise
             raise QuantizeError(f"onnxruntime's quantize_static failed on this graph ({type(e).__name__}: {e})") from None
-        return compact(onnx.load(str(dst))).SerializeToString()
+        qdq = onnx.load(str(dst))
+        graph_rewrites.apply(qdq, rewrites)
+        return compact(qdq).SerializeToString()
 
 
 # --- what both PTQ tools share ---------------------------------------------------------------

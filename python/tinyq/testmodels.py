@@ -4,7 +4,9 @@
   - the same CNN with its batch fixed at 1 (dynamo=True without dynamic shapes does that);
   - a two-input image-to-image net with a ConvTranspose decoder, by the legacy exporter
     (dynamo=False);
-  - an skl2onnx MLPRegressor at opset 21.
+  - an skl2onnx MLPRegressor at opset 21;
+  - a 1-channel digits classifier CNN by torch's default exporter (scikit-learn's 8x8 digits,
+    upsampled to 32x32), for the kernel benchmark (//python:bench_user_cnn).
 Each is fitted briefly on the real corpus (model/corpus/vq_corpus.npz), so its outputs vary the way
 a trained model's do; fit() is seeded and single-threaded.
 """
@@ -165,3 +167,39 @@ def user_models(d: Path) -> Dict[str, UserModel]:
         "skl_mlp_opset21": UserModel(sklearn_mlp(x, y, d / "skl_mlp_opset21.onnx"), "fr", {"features": x[:256]},
                                      {"features": sx, "target": sy}),
     }
+
+
+DIGITS_SIDE = 32
+
+
+def digits() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's handwritten digits, upsampled to DIGITS_SIDE (bilinear), in [0, 1]: {split:
+    (images [N, 1, 32, 32], labels [N])}, a seeded shuffle split into train 1000, val 400, soak 397."""
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = zoom(d.images / 16.0, (1, DIGITS_SIDE / 8, DIGITS_SIDE / 8), order=1).clip(0, 1).astype(np.float32)[:, None]
+    order = np.random.default_rng(0).permutation(len(images))
+    cuts = {"train": order[:1000], "val": order[1000:1400], "soak": order[1400:]}
+    return {k: (images[i], d.target[i].astype(np.int64)) for k, i in cuts.items()}
+
+
+def digits_cnn(train: Tuple[np.ndarray, np.ndarray], steps: int = 800):
+    """A user's small CNN: Conv(1->16)-MaxPool-Conv(16->32)-MaxPool-Conv(32->32)-mean-Linear(32->10),
+    fitted with seeded Adam on cross-entropy; logits [N, 10]."""
+    torch = _torch()
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    x, y = (torch.from_numpy(a) for a in train)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(len(y), size=64, replace=False))
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()

@@ -1,0 +1,52 @@
+"""tinyq.auto's choice and rewrite stage on measured rows: the tie rule, and which candidates the
+rewrites are tried on."""
+
+from tinyq import auto, rewrites
+from tinyq.auto import Accuracy, Candidate, Row, Timing
+
+
+def row(name, speedup, drop, size, within=True, groups=(), misses=(), method="minmax", names=()):
+    c = Candidate("qdq", method, name.endswith("pc"), tuple(groups), rewrites=tuple(names))
+    convs = [rewrites.ConvKernel(3, 16, 1, list(misses))]
+    return Row(c, size, Accuracy(drop, None, within, ""), [], {256: Timing(10.0 * speedup, 10.0, 0.0)}, convs=convs)
+
+
+def test_within_the_margin_the_lower_drop_wins_over_the_smaller_file():
+    # Per-tensor won with 83x more loss to save 8 % of the bytes before this rule.
+    per_tensor = row("pt", 2.00, 5.1e-3, 1000)
+    per_channel = row("pc", 1.97, 6.2e-5, 1080)
+    choice = auto.choose([per_tensor, per_channel])
+    assert choice.row is per_channel and choice.purpose == "speed"
+    assert "lowest drop" in choice.reason
+
+
+def test_equal_drops_fall_back_to_the_smaller_file():
+    big, small = row("a", 2.0, 1e-4, 1200), row("b", 1.98, 1e-4, 1000)
+    assert auto.choose([big, small]).row is small
+
+
+def test_beyond_the_margin_speed_wins():
+    fast, accurate = row("fast", 2.4, 5e-3, 1000), row("accurate", 2.0, 1e-5, 900)
+    assert auto.choose([fast, accurate]).row is fast
+
+
+def test_over_budget_is_never_chosen():
+    assert auto.choose([row("x", 3.0, 0.5, 10, within=False), row("y", 2.0, 1e-3, 10)]).row.candidate.method == "minmax"
+    assert auto.choose([row("x", 3.0, 0.5, 10, within=False)]) is None
+
+
+def test_rewrite_sets_follow_the_misses():
+    both = row("a", 2, 1e-4, 1, misses=["3 input channels, not a multiple of 4 (rewrite pad_conv_inputs)",
+                                        "4 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"])
+    assert auto.rewrite_sets(both) == [("pad_conv_inputs",), ("pad_conv_outputs",), ("pad_conv_inputs", "pad_conv_outputs")]
+    assert auto.rewrite_sets(row("b", 2, 1e-4, 1)) == []
+
+
+def test_rewrite_bases_are_the_most_accurate_within_budget_per_group_set():
+    miss = ["3 input channels, not a multiple of 4 (rewrite pad_conv_inputs)"]
+    rows = [row(f"r{i}", 2, drop, 1, method=m, misses=miss) for i, (drop, m) in
+            enumerate([(3e-4, "minmax"), (1e-4, "entropy"), (2e-4, "percentile")])]
+    rows.append(row("over", 2, 0.5, 1, within=False, method="minmax", groups=("g",), misses=miss))
+    rows.append(row("fused", 2, 1e-6, 1, method="minmax", groups=("h",)))
+    chosen = auto.rewrite_bases(rows)
+    assert [r.accuracy.drop for r in chosen] == [1e-4, 2e-4]
