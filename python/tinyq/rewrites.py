@@ -176,6 +176,17 @@ def _pad_dq_rows(g: _Graph, dq: onnx.NodeProto, rows: int, data: bool, scale_fil
         _pad_rows(g, dq.input[2], rows, 0)
 
 
+def _as_per_channel(g: _Graph, dq: onnx.NodeProto) -> None:
+    """A one-channel DequantizeLinear written per tensor (scalar scale) made per channel (axis 0),
+    as its per-channel weights are once padded."""
+    if _attr(dq, "axis", None) is not None:
+        return
+    for name in dq.input[1:]:
+        if name:
+            g.set_array(name, g.array(name).reshape(1))
+    dq.attribute.append(helper.make_attribute("axis", 0))
+
+
 def pad_conv_outputs(g: _Graph) -> List[str]:
     """Output channels up to at least MIN_OUTPUTS and a multiple of OUTPUT_ALIGN, sliced back
     after the output's QuantizeLinear; returns what it changed."""
@@ -194,6 +205,8 @@ def pad_conv_outputs(g: _Graph) -> List[str]:
         _pad_dq_rows(g, c.w_dq, padded, data=False, scale_fill=1.0)
         bias_dq = g.dq_of(c.node.input[2]) if len(c.node.input) > 2 and c.node.input[2] else None
         if bias_dq is not None:  # onnxruntime fuses it only with bias scale = input scale x weight scale
+            if _attr(c.w_dq, "axis", None) is not None:
+                _as_per_channel(g, bias_dq)
             _pad_dq_rows(g, bias_dq, padded, data=True, scale_fill=float(g.array(c.x_dq.input[1])))
         q = readers[0].output[0]
         tag = c.node.output[0]

@@ -15,7 +15,8 @@ SIDE = 12
 
 def stem_cnn(tmp_path):
     """3-channel stem (input channels off the fused path), a 16 -> 4 conv (output channels off
-    it), then a 4 -> 16 conv and a mean."""
+    it), a 4 -> 16 conv, a 16 -> 1 head (one output channel: per-tensor bias scale next to
+    per-channel weights) and a mean."""
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
@@ -23,12 +24,14 @@ def stem_cnn(tmp_path):
         helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="narrow", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="wide", pads=[1, 1, 1, 1]),
-        helper.make_node("ReduceMean", ["c2"], ["y"], name="mean", axes=[2, 3], keepdims=0),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], name="head", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c3"], ["y"], name="mean", axes=[2, 3], keepdims=0),
     ]
     inits = [const("w0", rng.standard_normal((16, 3, 3, 3)) * 0.3), const("b0", rng.standard_normal(16) * 0.1),
              const("w1", rng.standard_normal((4, 16, 3, 3)) * 0.1), const("b1", rng.standard_normal(4) * 0.1),
-             const("w2", rng.standard_normal((16, 4, 3, 3)) * 0.2), const("b2", rng.standard_normal(16) * 0.1)]
-    path = save_graph(tmp_path / "stem.onnx", nodes, [floats("x", ["n", 3, SIDE, SIDE])], [floats("y", ["n", 16])], inits)
+             const("w2", rng.standard_normal((16, 4, 3, 3)) * 0.2), const("b2", rng.standard_normal(16) * 0.1),
+             const("w3", rng.standard_normal((1, 16, 3, 3)) * 0.2), const("b3", rng.standard_normal(1) * 0.1)]
+    path = save_graph(tmp_path / "stem.onnx", nodes, [floats("x", ["n", 3, SIDE, SIDE])], [floats("y", ["n", 1])], inits)
     return onnx.load(str(path))
 
 
@@ -69,7 +72,8 @@ def test_rewrite_changes_no_output_and_fixes_its_condition(tmp_path, per_channel
 
 def test_every_conv_on_the_fused_path_after_both(tmp_path):
     kernels = rewrites.conv_kernels(int8(stem_cnn(tmp_path), False, ["pad_conv_inputs", "pad_conv_outputs"]))
-    assert [(k.input_channels, k.output_channels, k.fused) for k in kernels] == [(4, 16, True), (16, 16, True), (4, 16, True)]
+    assert [(k.input_channels, k.output_channels, k.fused) for k in kernels] == [
+        (4, 16, True), (16, 16, True), (4, 16, True), (16, 16, True)]
 
 
 def test_unchanged_where_nothing_misses(tmp_path):
@@ -128,8 +132,9 @@ def test_negative_control_outputs(tmp_path):
     x = images(4, 3)
 
     unpadded_weight = onnx.ModelProto.FromString(rewritten.SerializeToString())
-    padded = [t for t in unpadded_weight.graph.initializer if tuple(t.dims) == (16, 16, 3, 3)]
-    assert len(padded) == 1 and not numpy_helper.to_array(padded[0])[4:].any()
+    padded = [t for t in unpadded_weight.graph.initializer if tuple(t.dims) == (16, 16, 3, 3)
+              and not numpy_helper.to_array(t)[4:].any() and numpy_helper.to_array(t)[1:4].any()]
+    assert len(padded) == 1  # narrow's, 4 rows padded to 16
     padded[0].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(padded[0])[:4], padded[0].name))
     with pytest.raises(Exception):
         outputs(unpadded_weight.SerializeToString(), x)
