@@ -151,6 +151,8 @@ def _breakdown_md(mid: str, variant: str, b: profile.Breakdown) -> str:
              f"{b.overhead_ms:.2f} ms ({b.overhead_ms / b.int8_ms:.0%} of int8), kernels {1 - b.overhead_ms / b.int8_ms:.0%}; "
              f"ceiling {ceiling}", "", "| op | fp32 ms | int8 ms |", "|---|---|---|"]
     lines += [f"| {op} | {cell(b.fp32_ops, op)} | {cell(b.int8_ops, op)} |" for op in ops]
+    lines += ["", "QLinearConvs in run order (input channels, multiply-accumulates per ms): " + ", ".join(
+        f"{t.input_channels} ch {t.macs / t.ms / 1e6:.2f} G" for t in b.convs)]
     return "\n".join(lines) + "\n"
 
 

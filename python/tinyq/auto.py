@@ -48,6 +48,8 @@ EXHAUSTIVE_GROUPS = 3  # every subset of up to 3 groups (8 subsets); a ranked gr
 METHODS = ("minmax", "entropy", "percentile")
 LATENCY_BATCHES = (1, 256)
 MIN_MARGIN = 0.05  # a speed-up must beat fp32 by more than this (or the measured noise, if larger)
+MIN_TIMED_S = 1.0  # fp32 runs add up to at least this much CPU time per batch size ...
+MAX_REPEATS = 400  # ... within this many repeats, and never fewer than the repeats asked for
 
 
 # --- fallback groups ---------------------------------------------------------------------------
@@ -299,7 +301,8 @@ class Timing:
 
 
 class LatencyMeter:
-    """fp32 and int8 runs interleaved (fp32, int8, fp32, int8, ...) on one thread, medians.
+    """fp32 and int8 runs interleaved (fp32, int8, fp32, int8, ...) on one thread, medians; as many
+    repeats as asked, more where fp32's runs would add up to less than MIN_TIMED_S.
 
     With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run's time
     is that thread's CPU time (time.thread_time): the latency on an idle core, and what other
@@ -315,20 +318,30 @@ class LatencyMeter:
                        for b in ((fixed,) if fixed else LATENCY_BATCHES)}
 
     def __call__(self, sess8) -> Dict[int, Timing]:
-        return {b: self._pair(sess8, x, self.repeats.get(b, 5)) for b, x in self.inputs.items()}
+        return self.side_by_side([sess8])[0]
 
-    def _pair(self, sess8, x, repeats: int) -> Timing:
-        t32, t8 = [], []
-        for sess in (self.sess32, sess8):
+    def side_by_side(self, sessions: Sequence) -> List[Dict[int, Timing]]:
+        """Each int8 session against fp32, all interleaved in one run (fp32, a, b, fp32, a, b, ...),
+        so that the int8 sessions' speed-ups are also comparable with each other."""
+        per_batch = {b: self._interleaved(sessions, x, self.repeats.get(b, 5)) for b, x in self.inputs.items()}
+        return [{b: timings[i] for b, timings in per_batch.items()} for i in range(len(sessions))]
+
+    def _interleaved(self, sessions: Sequence, x, repeats: int) -> List[Timing]:
+        order = [self.sess32, *sessions]
+        times: List[List[float]] = [[] for _ in order]
+        for sess in order:
             sess.run(None, x)  # warm-up
-        for _ in range(repeats):
-            for sess, times in ((self.sess32, t32), (sess8, t8)):
+        start = time.thread_time()
+        self.sess32.run(None, x)
+        once = max(time.thread_time() - start, 1e-6)
+        for _ in range(min(MAX_REPEATS, max(repeats, int(np.ceil(MIN_TIMED_S / once))))):
+            for sess, t in zip(order, times):
                 start = time.thread_time()
                 sess.run(None, x)
-                times.append(time.thread_time() - start)
-        m32 = float(np.median(t32))
-        spread = float(np.median(np.abs(np.array(t32) - m32)) / m32)
-        return Timing(m32 * 1e3, float(np.median(t8)) * 1e3, spread)
+                t.append(time.thread_time() - start)
+        m32 = float(np.median(times[0]))
+        spread = float(np.median(np.abs(np.array(times[0]) - m32)) / m32)
+        return [Timing(m32 * 1e3, float(np.median(t)) * 1e3, spread) for t in times[1:]]
 
 
 # --- the search ----------------------------------------------------------------------------------
@@ -382,6 +395,21 @@ class Measure:
         return self.rows[candidate]
 
 
+    def rewritten(self, base: Row, name_sets: Sequence[Sequence[str]]) -> List[Row]:
+        """The base candidate with each set of rewrites, all timed in one interleaved run with the
+        base (fp32, base, rewritten, ...): a rewrite changes speed only, so they are compared side by
+        side; the base's timing becomes that run's."""
+        candidates = [c for c in (with_rewrites(base.candidate, n) for n in name_sets) if c not in self.rows]
+        built = [self.builder.build(c) for c in candidates]
+        sessions = [runner.session(b) for b in built]
+        timings = self.meter.side_by_side([runner.session(base.int8), *sessions])
+        base.timing = timings[0]
+        for c, int8, sess8, timing in zip(candidates, built, sessions, timings[1:]):
+            self.rows[c] = Row(c, len(int8), self.evaluator(sess8), fusion(int8), timing, int8, convs=rewrites.conv_kernels(int8))
+            self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
+        return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
+
+
 def _progress_line(i: int, row: Row) -> str:
     drop = "n/a" if row.accuracy.drop is None else f"{row.accuracy.drop:.2e}"
     if row.accuracy.shift_drop is not None:
@@ -408,8 +436,7 @@ def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
         for subset in subsets:
             measure(with_groups(base, subset))
     for row in rewrite_bases(measure.rows.values()):
-        for names in rewrite_sets(row):
-            measure(with_rewrites(row.candidate, names))
+        measure.rewritten(row, rewrite_sets(row))
     return list(measure.rows.values())
 
 

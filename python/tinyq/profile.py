@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import numpy as np
@@ -119,6 +119,7 @@ class Breakdown:
     fp32_ops: Dict[str, float]
     int8_ops: Dict[str, float]
     ceiling_int8_ms: Optional[float]  # None: no trunk convolution to take the speed from
+    convs: List[NodeTime] = field(default_factory=list)  # the int8 model's QLinearConvs, in run order
 
     @property
     def speedup(self) -> float:
@@ -132,7 +133,8 @@ class Breakdown:
         return {"fp32_ms": self.fp32_ms, "int8_ms": self.int8_ms, "overhead_ms": self.overhead_ms,
                 "overhead_share": self.overhead_ms / self.int8_ms, "speedup": self.speedup,
                 "ceiling_int8_ms": self.ceiling_int8_ms, "ceiling_speedup": self.ceiling_speedup,
-                "fp32_ops_ms": self.fp32_ops, "int8_ops_ms": self.int8_ops}
+                "fp32_ops_ms": self.fp32_ops, "int8_ops_ms": self.int8_ops,
+                "qlinearconvs": [{"input_channels": t.input_channels, "macs": t.macs, "ms": t.ms} for t in self.convs]}
 
 
 def breakdown(fp32: onnx.ModelProto, int8: bytes, feeds: Dict[str, np.ndarray], runs: int = 5) -> Breakdown:
@@ -145,5 +147,5 @@ def breakdown(fp32: onnx.ModelProto, int8: bytes, feeds: Dict[str, np.ndarray], 
         rest = sum(t.ms for t in t8 if t.op not in CONV_OPS)
         ceiling = rest + conv_macs(fp32, feeds) / rate
     return Breakdown(sum(t.ms for t in t32), sum(t.ms for t in t8), sum(t.ms for t in t8 if t.op in OVERHEAD_OPS),
-                     by_op(t32), by_op(t8), ceiling)
+                     by_op(t32), by_op(t8), ceiling, [t for t in t8 if t.macs])
 
