@@ -15,7 +15,7 @@ three are then judged on the soak fixture, which none of them saw:
   tinyq_unrewritten  where the recipe has kernel-aware rewrites (ptq_static --rewrite): the same
           recipe without them, rebuilt by ptq_static, to show what the rewrites give.
 Columns: size, soak drop (the gate's), within budget, the task metric on the soak fixture, and
-int8 against fp32 latency at batch 1 and 256 (tinyq.auto.LatencyMeter: runs interleaved, one
+int8 against fp32 latency at batch 1 and 256 (tinyq.latency.LatencyMeter: runs interleaved, one
 thread, medians of the calling thread's CPU time).
 
 Then, for every tinyq variant, where the time goes at batch 256 (tinyq.profile: onnxruntime's
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, calibration, cli, gate, profile, provenance, quantize, registry, runner, starlark
+from tinyq import auto, calibration, cli, gate, latency, profile, provenance, quantize, registry, runner, starlark
 from tinyq.fileio import atomic_write_bytes
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
@@ -151,8 +151,8 @@ def _breakdown_md(mid: str, variant: str, b: profile.Breakdown) -> str:
              f"{b.overhead_ms:.2f} ms ({b.overhead_ms / b.int8_ms:.0%} of int8), kernels {1 - b.overhead_ms / b.int8_ms:.0%}; "
              f"ceiling {ceiling}", "", "| op | fp32 ms | int8 ms |", "|---|---|---|"]
     lines += [f"| {op} | {cell(b.fp32_ops, op)} | {cell(b.int8_ops, op)} |" for op in ops]
-    lines += ["", "QLinearConvs in run order (input channels, multiply-accumulates per ms): " + ", ".join(
-        f"{t.input_channels} ch {t.macs / t.ms / 1e6:.2f} G" for t in b.convs)]
+    lines += ["", "QLinearConvs in run order (input channels: speed in 10^9 multiply-accumulates per second): " + ", ".join(
+        f"{t.input_channels} ch: {t.macs / t.ms / 1e6:.0f}" for t in b.convs)]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +179,7 @@ def main(argv):
         variants = _variants(entry, reg, budgets, residual)  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
-        meter = auto.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS)
+        meter = latency.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS)
         fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         for variant, blob in variants.items():
             rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))

@@ -8,7 +8,7 @@ fitted with torch and exported by its default exporter (dynamo=True, dynamic bat
 split (calibration), a val split (validation) and a held-out soak split. Then runs, as a user
 would, `ptq_auto --fp32 ... --output DIR/digits_cnn.int8.onnx`, and measures its artefact
 against fp32 on the soak split, which ptq_auto never saw: the gate's drop, top-1 accuracy, and
-speed (tinyq.auto.LatencyMeter: runs interleaved, one thread, medians of the calling thread's CPU
+speed (tinyq.latency.LatencyMeter: runs interleaved, one thread, medians of the calling thread's CPU
 time), next to the same recipe built without its rewrites. Prints a Markdown table; --out-json
 writes it with run_provenance.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import auto, cli, gate, provenance, runner, testmodels
+from tinyq import cli, gate, latency, provenance, runner, testmodels
 from tinyq.fileio import atomic_write_npz
 
 _OUT_DIR = flags.DEFINE_string("out-dir", None, "Directory for the model, its data and ptq_auto's outputs.", required=True)
@@ -78,7 +78,7 @@ def main(argv):
     if recipe["mode"] == "fp32":
         raise cli.UsageError(f"ptq_auto kept the model fp32: {json.loads((out / 'digits_cnn.int8.auto.json').read_text())['choice']['reason']}")
     sess32 = runner.session(str(model))
-    meter = auto.LatencyMeter(sess32, {"input": soak[0]}, _REPEATS)
+    meter = latency.LatencyMeter(sess32, {"input": soak[0]}, _REPEATS)
     top1_fp32 = float((sess32.run(None, {"input": soak[0]})[0].argmax(1) == soak[1]).mean())
     variants = {f"ptq_auto ({recipe['encoding']})": artefact}
     if recipe.get("rewrites"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import auto, cli, corpus, gate, provenance, registry, restoration, runner, train, zoo
+from tinyq import cli, corpus, gate, latency, provenance, registry, restoration, runner, train, zoo
 from tinyq.fileio import atomic_write_all, dumps_json
 from tinyq.metrics import filter_metrics, psnr
 
@@ -93,7 +93,7 @@ def paired_differences(dist, ref, outs, labels, against):
 
 def _speedups(candidates, dist):
     """{label: {batch: fp32 time / int8 time}} for every int8 candidate, fp32 re-timed beside each."""
-    meter = auto.LatencyMeter(runner.session(str(candidates[0][1]), threads=1), {"dist": dist}, {1: 30, 256: 7})
+    meter = latency.LatencyMeter(runner.session(str(candidates[0][1]), threads=1), {"dist": dist}, {1: 30, 256: 7})
     out = {}
     for label, path in candidates[1:]:
         timing = meter(runner.session(str(path), threads=1))

@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 import onnx
 from absl import flags
 
-from tinyq import auto, calibration, cli, drops, gate, gate_report, provenance, registry, runner
+from tinyq import auto, calibration, cli, drops, gate, gate_report, latency, provenance, registry, runner
 from tinyq.fileio import atomic_write_bytes
 
 _ALL = flags.DEFINE_bool("all", False, "Gate every non-fp32 model in the registry.")
@@ -177,11 +177,11 @@ EXIT_SLOWER = 7
 
 
 def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
-    """Times int8 against fp32 (tinyq.auto.LatencyMeter: interleaved, one thread, medians)."""
+    """Times int8 against fp32 (tinyq.latency.LatencyMeter: interleaved, one thread, medians)."""
     sess32, sess8 = runner.session(str(fp32)), runner.session(str(int8))
     feeds = {i.name: real[i.name] for i in sess32.get_inputs()} if real is not None else \
         gate.synthetic_inputs(sess32, model_id, {}, shapes)
-    timing = auto.LatencyMeter(sess32, feeds, {1: 50, 256: 9})(sess8)
+    timing = latency.LatencyMeter(sess32, feeds, {1: 50, 256: 9})(sess8)
     margin = auto.noise_margin(timing.values())
     ok = True
     for b, t in sorted(timing.items()):

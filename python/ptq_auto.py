@@ -35,7 +35,7 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, auto_report, calibration, cli, drops, gate, provenance, quantize, registry, runner
+from tinyq import auto, auto_report, calibration, cli, drops, gate, latency, provenance, quantize, registry, runner
 from tinyq.fileio import atomic_write_all, dumps_json
 
 EXIT_NONE_WITHIN_BUDGET = 6
@@ -128,7 +128,7 @@ def _search(label, model, cal, val, shift, budgets, residual, workdir):
     sess32 = runner.session(model.SerializeToString())
     feeds = {i.name: val[i.name] for i in sess32.get_inputs()}
     measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets, residual, shift),
-                           auto.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
+                           latency.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
     return measure, auto.search(measure, groups)
 
 

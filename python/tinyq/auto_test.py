@@ -2,7 +2,8 @@
 rewrites are tried on."""
 
 from tinyq import auto, rewrites
-from tinyq.auto import Accuracy, Candidate, Row, Timing
+from tinyq.auto import Accuracy, Candidate, Row
+from tinyq.latency import Timing
 
 
 def row(name, speedup, drop, size, within=True, groups=(), misses=(), method="minmax", names=()):
