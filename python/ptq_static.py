@@ -69,7 +69,7 @@ def _quantise(src, calib_path):
             arrays = calibration.augmented(arrays)
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
-    batch = quantize.calibration_batch(model)
+    batch = quantize.calibration_batch(model, len(next(iter(arrays.values()))))
     unknown = sorted(set(_FP32_NODES.value) - {n.name for n in model.graph.node})
     if unknown:
         raise cli.UsageError(f"{src}: --fp32-nodes names nodes the graph does not have: {', '.join(unknown)}")

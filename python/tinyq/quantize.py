@@ -382,12 +382,20 @@ def encode(model: onnx.ModelProto, encoding: str, per_channel: bool) -> Encoded:
     return Encoded(encoding, out.SerializeToString(), coverage_of(out, encoding))
 
 
-def calibration_batch(model: onnx.ModelProto) -> int:
-    """The batch size to calibrate at: the one the model fixes on axis 0, else DEFAULT_CALIBRATION_BATCH."""
+def calibration_batch(model: onnx.ModelProto, samples: Optional[int] = None) -> int:
+    """The batch size to calibrate at: the one the model fixes on axis 0; else DEFAULT_CALIBRATION_BATCH,
+    or, when that does not divide the sample count, the largest batch below it that does.
+    onnxruntime's histogram calibration (Entropy, Percentile) stacks every batch's outputs and fails
+    on a ragged last batch ("inhomogeneous shape"); equal batches give every method any sample count."""
     from tinyq.calibration import graph_inputs
 
     fixed = {i.shape[0] for i in graph_inputs(model) if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
-    return min(fixed) if fixed else DEFAULT_CALIBRATION_BATCH
+    if fixed:
+        return min(fixed)
+    batch = DEFAULT_CALIBRATION_BATCH if samples is None else min(DEFAULT_CALIBRATION_BATCH, samples)
+    while samples and samples % batch:
+        batch -= 1
+    return batch
 
 
 def calibration_reader(arrays: Dict[str, np.ndarray], batch: int):
@@ -425,7 +433,8 @@ def quantize_static_qdq(
 ) -> bytes:
     """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
     STATIC_OP_TYPES, calibrated on the arrays (one per input) fed `batch` samples at a time, by
-    default the batch the model accepts (calibration_batch); exclude_nodes stay fp32.
+    default the batch the model accepts that divides the sample count (calibration_batch);
+    exclude_nodes stay fp32.
 
     calibration_cache: onnxruntime's own cache of the ranges (written on the first call, read on
     the next), so that candidates differing only in granularity or fp32 nodes share one
@@ -436,7 +445,7 @@ def quantize_static_qdq(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-    batch = batch or calibration_batch(model)
+    batch = batch or calibration_batch(model, len(next(iter(calibration.values()))))
 
     with tempfile.TemporaryDirectory(prefix="tinyq_ptq_") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"

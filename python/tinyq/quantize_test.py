@@ -230,3 +230,20 @@ def test_strip_metadata_leaves_no_exporter_trace():
         assert b"/home/user" not in quantize.encode(model, encoding, False).model_bytes, encoding
     calib = {"x": np.random.default_rng(1).random((4, 1, 16, 16), dtype=np.float32)}
     assert b"/home/user" not in quantize.quantize_static_qdq(model, calib)
+
+
+@pytest.mark.parametrize("samples", [48, 200, 1000, 37])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_static_calibrates_any_sample_count_with_every_method(samples, method):
+    """Entropy and Percentile failed ("inhomogeneous shape") whenever the count was not a multiple
+    of 32: onnxruntime stacks every batch's outputs. The batch now divides the count."""
+    batch = quantize.calibration_batch(small_cnn(batch="n"), samples)
+    assert samples % batch == 0 and batch <= quantize.DEFAULT_CALIBRATION_BATCH
+    calib = {"x": np.random.default_rng(1).random((samples, 1, 16, 16), dtype=np.float32)}
+    int8 = quantize.quantize_static_qdq(small_cnn(batch="n"), calib, method=method)
+    assert ort.InferenceSession(int8, providers=["CPUExecutionProvider"]).run(None, {"x": calib["x"][:3]})[0].shape[0] == 3
+
+
+def test_a_count_that_32_divides_keeps_batch_32():
+    # The zoo's pinned artefacts were calibrated at 32; their bytes must not move.
+    assert quantize.calibration_batch(small_cnn(batch="n"), 256) == 32
