@@ -35,6 +35,8 @@ from tinyq import auto, calibration, cli, gate, latency, profile, provenance, qu
 from tinyq.fileio import atomic_write_bytes
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
+_MIN_TIMED = flags.DEFINE_float("min-timed-s", 5.0, "Repeat each batch size until fp32's runs add up to this many "
+                                "seconds of CPU time (tinyq.latency.LatencyMeter).", lower_bound=0)
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write the rows as JSON with run_provenance here.")
 _OUT_MD = flags.DEFINE_string("out-md", None, "Write the Markdown table here.")
 _REPEATS = {1: 50, 256: 9}
@@ -179,7 +181,7 @@ def main(argv):
         variants = _variants(entry, reg, budgets, residual)  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
-        meter = latency.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS)
+        meter = latency.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS, _MIN_TIMED.value)
         fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
         for variant, blob in variants.items():
             rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))
@@ -196,7 +198,8 @@ def main(argv):
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-bench-peers-v1", "rows": rows, "profiles": profiles,
-            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
+            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()},
+                        "min_timed_s": _MIN_TIMED.value},
             "run_provenance": provenance.absl_provenance(tool="bench_peers", main_module=sys.modules[__name__],
                                                          inputs=[(reg_path, "registry")]),
         })

@@ -26,6 +26,8 @@ from tinyq.fileio import atomic_write_npz
 
 _OUT_DIR = flags.DEFINE_string("out-dir", None, "Directory for the model, its data and ptq_auto's outputs.", required=True)
 _BUDGET = flags.DEFINE_float("budget", 0.01, "ptq_auto's drop budget.", lower_bound=0)
+_MIN_TIMED = flags.DEFINE_float("min-timed-s", 5.0, "Repeat each batch size until fp32's runs add up to this many "
+                                "seconds of CPU time (tinyq.latency.LatencyMeter).", lower_bound=0)
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write the rows as JSON with run_provenance here.")
 TOOLS = Path.cwd() / "python"  # bazel run's runfiles
 _REPEATS = {1: 200, 256: 21}
@@ -78,7 +80,7 @@ def main(argv):
     if recipe["mode"] == "fp32":
         raise cli.UsageError(f"ptq_auto kept the model fp32: {json.loads((out / 'digits_cnn.int8.auto.json').read_text())['choice']['reason']}")
     sess32 = runner.session(str(model))
-    meter = latency.LatencyMeter(sess32, {"input": soak[0]}, _REPEATS)
+    meter = latency.LatencyMeter(sess32, {"input": soak[0]}, _REPEATS, _MIN_TIMED.value)
     top1_fp32 = float((sess32.run(None, {"input": soak[0]})[0].argmax(1) == soak[1]).mean())
     variants = {f"ptq_auto ({recipe['encoding']})": artefact}
     if recipe.get("rewrites"):
@@ -93,7 +95,8 @@ def main(argv):
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-bench-user-cnn-v1", "recipe": recipe, "top1_fp32": top1_fp32, "rows": rows,
-            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
+            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()},
+                        "min_timed_s": _MIN_TIMED.value},
             "run_provenance": provenance.absl_provenance(tool="bench_user_cnn", main_module=sys.modules[__name__],
                                                          inputs=[(model, "fp32_model")]),
         })

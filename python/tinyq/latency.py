@@ -29,16 +29,17 @@ class Timing:
 
 class LatencyMeter:
     """fp32 and int8 runs interleaved (fp32, int8, fp32, int8, ...) on one thread, medians; as many
-    repeats as asked, more where fp32's runs would add up to less than MIN_TIMED_S.
+    repeats as asked, more where fp32's runs would add up to less than min_timed_s (MIN_TIMED_S).
 
     With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run's time
     is that thread's CPU time (time.thread_time): the latency on an idle core, and what other
     processes on a shared machine disturb least (wall time on a busy 2-core machine moved
     speed-ups by +-40 % between identical models)."""
 
-    def __init__(self, fp32_session, feeds: Dict[str, np.ndarray], repeats: Dict[int, int]):
+    def __init__(self, fp32_session, feeds: Dict[str, np.ndarray], repeats: Dict[int, int], min_timed_s: float = MIN_TIMED_S):
         self.sess32 = fp32_session
         self.repeats = repeats
+        self.min_timed_s = min_timed_s
         fixed = runner.fixed_batch(fp32_session)
         n = len(next(iter(feeds.values())))
         self.inputs = {b: {k: np.ascontiguousarray(v[np.arange(b) % n]) for k, v in feeds.items()}
@@ -61,7 +62,7 @@ class LatencyMeter:
         start = time.thread_time()
         self.sess32.run(None, x)
         once = max(time.thread_time() - start, 1e-6)
-        for _ in range(min(MAX_REPEATS, max(repeats, int(np.ceil(MIN_TIMED_S / once))))):
+        for _ in range(min(MAX_REPEATS, max(repeats, int(np.ceil(self.min_timed_s / once))))):
             for sess, t in zip(order, times):
                 start = time.thread_time()
                 sess.run(None, x)
