@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from tinyq import cli, gate, latency, provenance, runner, testmodels
 from tinyq.fileio import atomic_write_npz
@@ -71,6 +71,7 @@ def _row(label, path, sess32, soak, meter):
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # torch's exporter logs every graph pass at INFO
     out = cli.resolve_user_path(_OUT_DIR.value)
     out.mkdir(parents=True, exist_ok=True)
     model, cal, val, soak = make_user_model(out)

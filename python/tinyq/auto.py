@@ -113,7 +113,9 @@ _LAYER_OPS = {"Conv", "Gemm", "MatMul"}
 
 def _stem(g: _Graph, graph_inputs: Sequence[str]) -> Set[int]:
     """Every node from the graph inputs up to the first Conv/Gemm/MatMul on each path, with the
-    Relu/Clip fused after it: the input layer, whose few input channels gain least from int8."""
+    Relu/Clip fused after it: the input layer, whose few input channels gain least from int8.
+    A Shape node ends its path: what reads an input's shape (torch's dynamo exports compute the
+    flatten size from it) is not fed by its values."""
     members: Set[int] = set()
     stack = [c for name in graph_inputs for c in g.consumers.get(name, [])]
     while stack:
@@ -123,7 +125,7 @@ def _stem(g: _Graph, graph_inputs: Sequence[str]) -> Set[int]:
         members.add(i)
         if g.nodes[i].op_type in _LAYER_OPS:
             members.update(s for s in g.successors(i) if g.nodes[s].op_type in ("Relu", "Clip"))
-        else:
+        elif g.nodes[i].op_type != "Shape":
             stack.extend(g.successors(i))
     return members
 
