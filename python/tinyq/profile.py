@@ -8,7 +8,8 @@ QGemm, QuantizeLinear, ...).
 
 Overhead is what quantisation adds around the int8 kernels: QuantizeLinear, DequantizeLinear,
 layout Transposes, and the Pad and Slice of tinyq.rewrites. The trunk is every QLinearConv with at
-least TRUNK_CHANNELS input channels; its speed is its multiply-accumulates per millisecond. The
+least TRUNK_CHANNELS input channels and channels aligned for the fused int8 path; its speed is its
+multiply-accumulates per millisecond. The
 ceiling keeps every other node's measured int8 time and runs each convolution's multiply-accumulates
 (the fp32 model's, unpadded) at the trunk's speed.
 """
@@ -25,6 +26,8 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import onnx
 
+from tinyq import rewrites
+
 OVERHEAD_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Transpose", "Pad", "Slice",
                 "ReorderInput", "ReorderOutput"}
 CONV_OPS = {"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv"}
@@ -38,6 +41,14 @@ class NodeTime:
     ms: float
     macs: Optional[int] = None  # multiply-accumulates of a QLinearConv, from its profiled shapes
     input_channels: int = 0  # a QLinearConv's, per group
+    output_channels: int = 0
+
+    @property
+    def trunk(self) -> bool:
+        """A QLinearConv of the trunk: at least TRUNK_CHANNELS input channels, and channels that
+        meet the fused int8 path's alignment (tinyq.rewrites)."""
+        return (self.input_channels >= TRUNK_CHANNELS and self.input_channels % rewrites.INPUT_ALIGN == 0
+                and self.output_channels >= rewrites.MIN_OUTPUTS and self.output_channels % rewrites.OUTPUT_ALIGN == 0)
 
 
 def _shape(entry: Dict[str, List[int]]) -> List[int]:
@@ -50,7 +61,8 @@ def _node(name: str, args: Dict, ms: float, weights: Dict[str, List[int]]) -> No
     if args.get("op_name") != "QLinearConv" or name not in weights:
         return NodeTime(name, args["op_name"], ms)
     weight, out = weights[name], _shape(args["output_type_shape"][0])
-    return NodeTime(name, "QLinearConv", ms, int(np.prod(out, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64)), weight[1])
+    macs = int(np.prod(out, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
+    return NodeTime(name, "QLinearConv", ms, macs, weight[1], weight[0])
 
 
 def _conv_weights(optimised: str) -> Dict[str, List[int]]:
@@ -134,13 +146,14 @@ class Breakdown:
                 "overhead_share": self.overhead_ms / self.int8_ms, "speedup": self.speedup,
                 "ceiling_int8_ms": self.ceiling_int8_ms, "ceiling_speedup": self.ceiling_speedup,
                 "fp32_ops_ms": self.fp32_ops, "int8_ops_ms": self.int8_ops,
-                "qlinearconvs": [{"input_channels": t.input_channels, "macs": t.macs, "ms": t.ms} for t in self.convs]}
+                "qlinearconvs": [{"input_channels": t.input_channels, "output_channels": t.output_channels, "macs": t.macs,
+                                  "ms": t.ms, "trunk": t.trunk} for t in self.convs]}
 
 
 def breakdown(fp32: onnx.ModelProto, int8: bytes, feeds: Dict[str, np.ndarray], runs: int = 5) -> Breakdown:
     """fp32 and int8 profiled on the same feeds, and the ceiling."""
     t32, t8 = node_times(fp32.SerializeToString(), feeds, runs), node_times(int8, feeds, runs)
-    trunk = [t for t in t8 if t.macs and t.input_channels >= TRUNK_CHANNELS]
+    trunk = [t for t in t8 if t.macs and t.trunk]
     ceiling = None
     if trunk:
         rate = sum(t.macs for t in trunk) / sum(t.ms for t in trunk)
