@@ -2,9 +2,9 @@
 model would reach if every convolution ran at its trunk's int8 speed.
 
 The profile is onnxruntime's own (SessionOptions.enable_profiling): each node's kernel time,
-the median over the timed runs after one warm-up run. Op types are onnxruntime's, after its graph
-optimisations (fp32: Conv, FusedConv, ReorderInput/Output of the NCHWc layout; int8: QLinearConv,
-QGemm, QuantizeLinear, ...).
+the median over the timed runs after one warm-up run, the fp32 and int8 models' runs interleaved.
+Op types are onnxruntime's, after its graph optimisations (fp32: Conv, FusedConv, ReorderInput/Output
+of the NCHWc layout; int8: QLinearConv, QGemm, QuantizeLinear, ...).
 
 Overhead is what quantisation adds around the int8 kernels: QuantizeLinear, DequantizeLinear,
 layout Transposes, and the Pad and Slice of tinyq.rewrites. The trunk is every QLinearConv with at
@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -71,24 +71,22 @@ def _conv_weights(optimised: str) -> Dict[str, List[int]]:
     return {n.name: shapes[n.input[3]] for n in model.graph.node if n.op_type == "QLinearConv" and n.input[3] in shapes}
 
 
-def node_times(model: Union[str, bytes], feeds: Dict[str, np.ndarray], runs: int = 5) -> List[NodeTime]:
-    """Each node's median kernel time over `runs` runs after a warm-up, one onnxruntime thread."""
+def _profiled_session(model: Union[str, bytes], tmp: str, tag: str):
+    """(session profiling every node, its QLinearConv weight shapes)."""
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="tinyq_profile_") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.log_severity_level = 3  # the optimised graph is saved only to read weight shapes
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        opts.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        weights = _conv_weights(opts.optimized_model_filepath)
-        for _ in range(runs + 1):
-            sess.run(None, feeds)
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.log_severity_level = 3  # the optimised graph is saved only to read weight shapes
+    opts.profile_file_prefix = os.path.join(tmp, f"profile_{tag}")
+    opts.optimized_model_filepath = os.path.join(tmp, f"optimised_{tag}.onnx")
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return sess, _conv_weights(opts.optimized_model_filepath)
+
+
+def _node_times(events: List[Dict], weights: Dict[str, List[int]]) -> List[NodeTime]:
     durations: Dict[str, List[float]] = defaultdict(list)
     first: Dict[str, Dict] = {}
     for e in events:
@@ -97,6 +95,21 @@ def node_times(model: Union[str, bytes], feeds: Dict[str, np.ndarray], runs: int
             durations[name].append(e["dur"] / 1e3)
             first.setdefault(name, e["args"])
     return [_node(name, first[name], float(np.median(d[1:] if len(d) > 1 else d)), weights) for name, d in durations.items()]
+
+
+def node_times(models: Sequence[Union[str, bytes]], feeds: Dict[str, np.ndarray], runs: int = 5) -> List[List[NodeTime]]:
+    """Each model's per-node median kernel times over `runs` runs after a warm-up, one onnxruntime
+    thread, the models' runs interleaved (a, b, a, b, ...) so that drift hits them alike."""
+    with tempfile.TemporaryDirectory(prefix="tinyq_profile_") as tmp:
+        sessions = [_profiled_session(m, tmp, str(k)) for k, m in enumerate(models)]
+        for _ in range(runs + 1):
+            for sess, _ in sessions:
+                sess.run(None, feeds)
+        out = []
+        for sess, weights in sessions:
+            with open(sess.end_profiling()) as f:
+                out.append(_node_times(json.load(f), weights))
+        return out
 
 
 def by_op(times: List[NodeTime]) -> Dict[str, float]:
@@ -150,9 +163,9 @@ class Breakdown:
                                   "ms": t.ms, "trunk": t.trunk} for t in self.convs]}
 
 
-def breakdown(fp32: onnx.ModelProto, int8: bytes, feeds: Dict[str, np.ndarray], runs: int = 5) -> Breakdown:
-    """fp32 and int8 profiled on the same feeds, and the ceiling."""
-    t32, t8 = node_times(fp32.SerializeToString(), feeds, runs), node_times(int8, feeds, runs)
+def breakdown(fp32: onnx.ModelProto, int8: bytes, feeds: Dict[str, np.ndarray], runs: int = 9) -> Breakdown:
+    """fp32 and int8 profiled on the same feeds, their runs interleaved, and the ceiling."""
+    t32, t8 = node_times([fp32.SerializeToString(), int8], feeds, runs)
     trunk = [t for t in t8 if t.macs and t.trunk]
     ceiling = None
     if trunk:

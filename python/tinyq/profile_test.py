@@ -33,7 +33,7 @@ def test_conv_macs_counts_every_conv(models):
 
 def test_node_times_see_the_int8_kernels(models):
     _, int8, feeds = models
-    times = profile.node_times(int8, feeds, runs=3)
+    (times,) = profile.node_times([int8], feeds, runs=3)
     convs = [t for t in times if t.op == "QLinearConv"]
     assert [(t.input_channels, t.output_channels, t.macs) for t in convs] == [(4, 16, 2 * 16 * 64 * 36), (16, 16, 2 * 16 * 64 * 144)]
     assert [t.trunk for t in convs] == [False, True]  # the 4-channel stem is not the trunk
