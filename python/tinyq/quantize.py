@@ -33,6 +33,7 @@ in fp32 with the reason.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -300,12 +301,14 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     # Short names for everything that is not a graph input or output.
     io_names = {v.name for v in (*graph.input, *graph.output)}
     rename: Dict[str, str] = {}
+    # Hex names in order, skipping any a graph input or output already has ("a", "1f", ...).
+    fresh = (format(k, "x") for k in itertools.count() if format(k, "x") not in io_names)
 
     def short(name: str) -> str:
         if not name or name in io_names:
             return name
         if name not in rename:
-            rename[name] = format(len(rename), "x")
+            rename[name] = next(fresh)
         return rename[name]
 
     for t in graph.initializer:

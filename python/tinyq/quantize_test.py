@@ -247,3 +247,21 @@ def test_static_calibrates_any_sample_count_with_every_method(samples, method):
 def test_a_count_that_32_divides_keeps_batch_32():
     # The zoo's pinned artefacts were calibrated at 32; their bytes must not move.
     assert quantize.calibration_batch(small_cnn(batch="n"), 256) == 32
+
+
+def test_compaction_never_renames_a_tensor_to_a_graph_input_name(tmp_path):
+    """Short hex names once reached "a" and collided with a graph input named "a"."""
+    from onnx import helper
+
+    from tinyq.testutil import const, floats
+
+    nodes = [helper.make_node("Add", ["a", "c0"], ["t0"])] + [helper.make_node("Add", [f"t{i}", f"c{i + 1}"], [f"t{i + 1}"])
+                                                              for i in range(15)]
+    nodes.append(helper.make_node("Identity", ["t15"], ["b"]))
+    graph = helper.make_graph(nodes, "chain", [floats("a", ["n", 4])], [floats("b", ["n", 4])],
+                              initializer=[const(f"c{i}", np.full(4, i)) for i in range(16)])
+    compacted = quantize.compact(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    names = [t.name for t in compacted.graph.initializer] + [o for n in compacted.graph.node for o in n.output]
+    assert names.count("a") == 0 and names.count("b") == 1
+    x = np.ones((2, 4), np.float32)
+    assert ort.InferenceSession(compacted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": x})[0][0, 0] == 121

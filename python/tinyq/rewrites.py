@@ -99,7 +99,8 @@ class _Graph:
 
 @dataclass
 class QuantConv:
-    """A Conv of a QDQ graph fed by DequantizeLinear on its input and on int8 weights with zero points 0."""
+    """A Conv of a QDQ graph fed by DequantizeLinear on its input and on int8 weights with zero points 0,
+    the weights its own (a shared weight is never padded)."""
 
     node: onnx.NodeProto
     x_dq: onnx.NodeProto
@@ -119,6 +120,8 @@ def _quant_convs(g: _Graph) -> List[QuantConv]:
         x_dq, w_dq = g.dq_of(node.input[0]), g.dq_of(node.input[1])
         if x_dq is None or w_dq is None or w_dq.input[0] not in g.inits:
             continue
+        if len(g.consumers.get(w_dq.output[0], [])) != 1 or len(g.consumers.get(w_dq.input[0], [])) != 1:
+            continue  # a weight shared with another node: padding it would change that node too
         w = g.array(w_dq.input[0])
         zero = g.array(w_dq.input[2]) if len(w_dq.input) > 2 and w_dq.input[2] else np.zeros(1, np.int8)
         if w.dtype == np.int8 and not zero.any() and w.ndim >= 3:

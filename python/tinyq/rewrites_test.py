@@ -148,3 +148,23 @@ def test_negative_control_outputs(tmp_path):
 def test_unknown_rewrite_is_refused():
     with pytest.raises(ValueError, match="unknown rewrite"):
         rewrites.check_names(["pad_everything"])
+
+
+def test_a_weight_shared_by_two_convs_is_padded_for_both_or_neither(tmp_path):
+    """A siamese stem: two inputs through one 3-channel conv weight. Padding it for one conv alone
+    would break the other; the outputs stay identical either way."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["a", "w", "b"], ["ca"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b_in", "w", "b"], ["cb"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["ca", "cb"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["y"], axes=[2, 3], keepdims=0)]
+    inits = [const("w", rng.standard_normal((16, 3, 3, 3)) * 0.3), const("b", np.zeros(16))]
+    path = save_graph(tmp_path / "siamese.onnx", nodes, [floats("a", ["n", 3, SIDE, SIDE]), floats("b_in", ["n", 3, SIDE, SIDE])],
+                      [floats("y", ["n", 16])], inits)
+    model = onnx.load(str(path))
+    cal = {"a": images(32, 1), "b_in": images(32, 2)}
+    plain = quantize.quantize_static_qdq(model, cal)
+    rewritten = quantize.quantize_static_qdq(model, cal, rewrites=["pad_conv_inputs"])
+    feeds = {"a": images(4, 3), "b_in": images(4, 4)}
+    run = lambda m: ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(run(rewritten), run(plain))
