@@ -110,6 +110,11 @@ def _load(fp32, cal_path, val_path, shift_path):
         shift = calibration.load_npz(shift_path, inputs) if shift_path else None
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
+    for what, path, arrays, minimum in (("the calibration set", cal_path, cal, calibration.MIN_CALIBRATION_SAMPLES),
+                                        ("the validation set", val_path, val, calibration.MIN_VALIDATION_SAMPLES)):
+        warning = calibration.tiny_data_warning(what, path, arrays, minimum)
+        if warning:
+            print(warning, file=sys.stderr)
     return model, cal, val, shift
 
 

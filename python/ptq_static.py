@@ -40,7 +40,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input base
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-report-v1 JSON report here.")
 
-MIN_CALIBRATION_SAMPLES = 16
 _LARGER_HINT = ("Static QDQ adds quantise/dequantise nodes and scales around every tensor, which a model this small "
                 "does not pay back: try `ptq_dynamic --encoding=weight_only`, or keep the model fp32.")
 
@@ -97,9 +96,9 @@ def main(argv):
     for r in repairs:
         print(f"ptq_static: repaired {r.code}: {r.detail}")
     print(f"ptq_static: calibrated on {samples} samples from {calib_path}, {batch} at a time")
-    if samples < MIN_CALIBRATION_SAMPLES:
-        print(f"WARNING: {calib_path} has {samples} samples; activation ranges from fewer than {MIN_CALIBRATION_SAMPLES} are "
-              f"unreliable (one sample gave a soak drop of 0.2, 256 gave 5e-4): calibrate on hundreds", file=sys.stderr)
+    warning = calibration.tiny_data_warning("the calibration set", calib_path, arrays, calibration.MIN_CALIBRATION_SAMPLES)
+    if warning:
+        print(warning, file=sys.stderr)
     report = {
         "schema": "tinyq-ptq-static-report-v1",
         "settings": {"format": "QDQ", "calibrate_method": _METHOD.value, "per_channel": _PER_CHANNEL.value,

@@ -125,6 +125,10 @@ def _fixture(flag, value, dest, inputs, keep_target):
         raise cli.UsageError(f"{flag}: {e}") from None
     if not keep_target:
         arrays.pop(calibration.TARGET_KEY, None)
+    minimum = calibration.MIN_VALIDATION_SAMPLES if keep_target else calibration.MIN_CALIBRATION_SAMPLES
+    warning = calibration.tiny_data_warning(f"{flag}", src, arrays, minimum)
+    if warning:
+        print(warning, file=sys.stderr)
     return src, dest, npz_bytes(arrays)
 
 

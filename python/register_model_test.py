@@ -152,3 +152,18 @@ def test_residual_of_is_recorded_and_checked_against_the_graph(user):
     r = register(src, reg, "--kind", "nr", "--residual-of", "guide")
     assert r.returncode == 2 and "--residual-of: residual_of names input 'guide'" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(reg.read_text())["models"][0]["residual_of"] == {output: "features"}
+
+
+def test_tiny_data_is_registered_with_a_warning_naming_the_count_and_the_minimum(user):
+    src, reg = user
+    rng = np.random.default_rng(1)
+    atomic_write_npz(src.parent / "few.npz", {"features": rng.random((12, 6), dtype=np.float32)})
+    atomic_write_npz(src.parent / "few_soak.npz", {"features": rng.random((4, 6), dtype=np.float32)})
+    r = register(src, reg, "--kind", "fr", "--calibration-data", src.parent / "few.npz", "--soak-data", src.parent / "few_soak.npz")
+    assert r.returncode == 0, r.stderr
+    assert "few.npz: --calibration-data has 12 samples, fewer than the 16" in r.stderr
+    assert "few_soak.npz: --soak-data has 4 samples, fewer than the 32" in r.stderr
+    enough = reg.parent.parent / "enough" / "registry.json"
+    enough.parent.mkdir()
+    r = register(src, enough, "--kind", "fr", "--calibration-data", src.parent / "calib.npz", "--soak-data", src.parent / "soak.npz")
+    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr  # 64 and 32 samples: enough

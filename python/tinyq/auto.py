@@ -332,12 +332,22 @@ class Measure:
                 row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
             else:
                 sess8 = runner.session(int8)
-                row = Row(candidate, len(int8), self.evaluator(sess8), fusion(int8), self.meter(sess8), int8,
+                row = Row(candidate, len(int8), self.judge(sess8, int8, candidate), fusion(int8), self.meter(sess8), int8,
                           convs=rewrites.conv_kernels(int8))
             self.rows[candidate] = row
             self.progress(_progress_line(len(self.rows), row))
         return self.rows[candidate]
 
+
+    def judge(self, sess8, int8: bytes, candidate: Candidate) -> Accuracy:
+        """The evaluator's judgement; never within budget when the artefact quantises no weight,
+        which ptq_dynamic and ptq_static refuse to write (exit 4): a choice must be buildable."""
+        accuracy = self.evaluator(sess8)
+        if quantize.coverage_of(int8, "weight_only" if candidate.encoding == "weight_only" else "static").nothing_quantised:
+            why = "quantises no weight (its recipe would be refused, exit 4)"
+            return Accuracy(accuracy.drop, accuracy.kept_gain, False, "; ".join(filter(None, [why, accuracy.reason])),
+                            accuracy.shift_drop)
+        return accuracy
 
     def rewritten(self, base: Row, name_sets: Sequence[Sequence[str]]) -> List[Row]:
         """The base candidate with each set of rewrites, all timed in one interleaved run with the
@@ -349,7 +359,8 @@ class Measure:
         timings = self.meter.side_by_side([runner.session(base.int8), *sessions])
         base.timing = timings[0]
         for c, int8, sess8, timing in zip(candidates, built, sessions, timings[1:]):
-            self.rows[c] = Row(c, len(int8), self.evaluator(sess8), fusion(int8), timing, int8, convs=rewrites.conv_kernels(int8))
+            self.rows[c] = Row(c, len(int8), self.judge(sess8, int8, c), fusion(int8), timing, int8,
+                               convs=rewrites.conv_kernels(int8))
             self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
         return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
 

@@ -51,3 +51,27 @@ def test_rewrite_bases_are_the_most_accurate_within_budget_per_group_set():
     rows.append(row("fused", 2, 1e-6, 1, method="minmax", groups=("h",)))
     chosen = auto.rewrite_bases(rows)
     assert [r.accuracy.drop for r in chosen] == [1e-4, 2e-4]
+
+
+def test_a_candidate_that_quantises_no_weight_is_never_within_budget(tmp_path):
+    """A saliency head whose only weight is a 3-element 1x1 Conv: weight-only int8 leaves it fp32
+    (fewer than 16 elements), and ptq_dynamic would refuse that recipe (exit 4)."""
+    import numpy as np
+    from onnx import helper
+
+    from tinyq import gate, quantize, runner
+    from tinyq.latency import LatencyMeter
+    from tinyq.testutil import const, floats, save_graph
+
+    rng = np.random.default_rng(0)
+    path = save_graph(tmp_path / "saliency.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
+                      [floats("x", ["n", 3, 8, 8])], [floats("y", ["n", 1, 8, 8])], [const("w", rng.standard_normal((1, 3, 1, 1)))])
+    model, _ = quantize.load_for_quantization(path)
+    data = {"x": rng.random((32, 3, 8, 8), dtype=np.float32)}
+    sess32 = runner.session(model.SerializeToString())
+    measure = auto.Measure(auto.CandidateBuilder(model, data, [], tmp_path), auto.Evaluator(sess32, data, gate.Budgets(0.01)),
+                           LatencyMeter(sess32, data, {1: 5, 256: 3}, min_timed_s=0), lambda line: None)
+    weight_only = measure(Candidate("weight_only"))
+    assert weight_only.accuracy.drop is not None and weight_only.accuracy.drop < 0.01  # accurate, yet ...
+    assert not weight_only.accuracy.within_budget and "quantises no weight" in weight_only.accuracy.reason
+    assert measure(Candidate("qdq", "minmax")).accuracy.within_budget  # static QDQ quantises the conv

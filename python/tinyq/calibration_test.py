@@ -85,3 +85,11 @@ def test_unreadable_and_missing_files(mlp_inputs, tmp_path):
         calibration.load_npz(bad, mlp_inputs)
     with pytest.raises(calibration.CalibrationError, match="file not found"):
         calibration.load_npz(tmp_path / "none.npz", mlp_inputs)
+
+
+def test_tiny_data_warning_names_the_file_the_count_and_the_minimum(tmp_path):
+    few = {"x": np.zeros((12, 3), np.float32), calibration.TARGET_KEY: np.zeros(12)}
+    warning = calibration.tiny_data_warning("the calibration set", tmp_path / "c.npz", few, calibration.MIN_CALIBRATION_SAMPLES)
+    assert warning is not None and "c.npz" in warning and "12 samples" in warning and "16" in warning
+    enough = {"x": np.zeros((16, 3), np.float32)}
+    assert calibration.tiny_data_warning("the calibration set", tmp_path / "c.npz", enough, 16) is None

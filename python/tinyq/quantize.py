@@ -6,6 +6,9 @@ with a message naming the fix, what cannot be repaired:
     are inferred again ("Inferred shape and existing shape differ" in quantize_dynamic);
   - external data whose `location` no longer names the file beside the model: re-pointed at the
     one data file that is there, then inlined (tiny models need no external data);
+  - initialisers shared by several quantisable nodes (a siamese backbone): copied per node, so that
+    every int8 kernel owns its weights (onnxruntime's x64quantprecision transformer fails on shared
+    ones);
   - fp16 models and opsets outside 13..21: refused.
 
 A model that is already quantised is refused too: pass its fp32 source.
@@ -127,6 +130,34 @@ def _repair_value_info(model: onnx.ModelProto, repairs: List[Repair]) -> None:
     )
 
 
+def _unshare_initialisers(model: onnx.ModelProto, repairs: List[Repair]) -> None:
+    """Gives every quantisable node its own copy of an initialiser it shares with other nodes (a
+    siamese model's backbone read by two inputs). Quantised, a shared weight becomes one int8
+    tensor feeding several int8 kernels, and onnxruntime's x64quantprecision transformer, which
+    rewrites each kernel's initialisers in place, then fails ("Attempt to replace the existing tensor")."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append(node)
+    copied = 0
+    for name, nodes in readers.items():
+        if len(nodes) < 2 or not any(n.op_type in STATIC_OP_TYPES for n in nodes):
+            continue
+        for k, node in enumerate(nodes[1:], start=1):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = f"{name}__copy{k}"
+            graph.initializer.append(copy)
+            node.input[:] = [copy.name if i == name else i for i in node.input]
+            copied += 1
+    if copied:
+        shared = sum(1 for nodes in readers.values() if len(nodes) > 1)
+        repairs.append(Repair("shared_initialisers_unshared", f"{shared} initialisers read by several nodes: {copied} copies"))
+
+
 def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
     """The fp32 model at path, repaired and shape-inferred; raises QuantizeError when it cannot be."""
     path = Path(path)
@@ -158,6 +189,7 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
             f"re-export the model in float32 (model.float()) and quantise that"
         )
     _repair_value_info(model, repairs)
+    _unshare_initialisers(model, repairs)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model)

@@ -265,3 +265,26 @@ def test_compaction_never_renames_a_tensor_to_a_graph_input_name(tmp_path):
     assert names.count("a") == 0 and names.count("b") == 1
     x = np.ones((2, 4), np.float32)
     assert ort.InferenceSession(compacted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": x})[0][0, 0] == 121
+
+
+def test_shared_weights_are_unshared_so_every_artefact_loads_with_precise_x64_kernels(tmp_path):
+    """A siamese model: two inputs through one conv weight and bias. onnxruntime's own
+    quantize_static output then fails to load with session.x64quantprecision=1 ("Attempt to
+    replace the existing tensor"); tinyq copies the shared initialisers per node first."""
+    from onnx import helper
+
+    from tinyq.testutil import const, floats, save_graph
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["left", "w", "b"], ["cl"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["right", "w", "b"], ["cr"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["cl", "cr"], ["d"]),
+             helper.make_node("ReduceMean", ["d"], ["y"], axes=[1, 2, 3], keepdims=0)]
+    path = save_graph(tmp_path / "siamese.onnx", nodes, [floats("left", ["n", 4, 12, 12]), floats("right", ["n", 4, 12, 12])],
+                      [floats("y", ["n"])], [const("w", rng.standard_normal((16, 4, 3, 3)) * 0.3), const("b", np.zeros(16))])
+    model, repairs = quantize.load_for_quantization(path)
+    assert [r.code for r in repairs] == ["shared_initialisers_unshared"], repairs
+    calib = {k: rng.random((32, 4, 12, 12), dtype=np.float32) for k in ("left", "right")}
+    for per_channel in (False, True):
+        x64_precise_and_default_sessions(quantize.quantize_static_qdq(model, calib, per_channel=per_channel))
+    x64_precise_and_default_sessions(quantize.encode(model, "weight_only", False).model_bytes)
