@@ -17,8 +17,9 @@ against fp32 at batch 1 and 256, interleaved, on one thread. The candidates with
 convolutions miss onnxruntime's fused int8 path are tried again with the kernel-aware rewrites
 (tinyq.rewrites: padded channels, outputs unchanged). The choice: the fastest fully fused candidate
 within budget that beats fp32 by more than the noise margin; among those within the margin of it,
-the lowest drop, then the smallest file; else weight-only as a size-only artefact (or fp32,
---no-speedup fp32).
+the lowest drop, then the smallest file; else weight-only as a size-only artefact when it is as
+fast as fp32 within the margin, and fp32 when it is slower (--no-speedup size-only ships it anyway,
+--no-speedup fp32 never).
 
 It prints the candidate table and the recipe, the line for model/zoo.bzl from which
 //model:<id>_int8 rebuilds the artefact byte for byte. --output writes the chosen artefact, with
@@ -51,8 +52,10 @@ _SHIFT_BUDGET = flags.DEFINE_float("shift-budget", None, "Drop budget on the shi
                                    "10x the budget).", lower_bound=0)
 _BUDGET = flags.DEFINE_float("budget", None, "Drop budget (default: the registry's, else 0.01).", lower_bound=0)
 _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose.", lower_bound=0, upper_bound=1)
-_NO_SPEEDUP = flags.DEFINE_enum("no-speedup", "size-only", ["size-only", "fp32"],
-                                "When no candidate is faster than fp32: ship weight-only as size-only, or stay fp32.")
+_NO_SPEEDUP = flags.DEFINE_enum("no-speedup", None, ["size-only", "fp32"],
+                                "When no candidate is faster than fp32: size-only ships weight-only for its size even "
+                                "when it runs slower; fp32 keeps the model fp32. Default: weight-only as size-only only "
+                                "when it is as fast as fp32 within the noise margin, else fp32.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the chosen int8 artefact here, with its report and recipe "
                               "(default beside it: <output minus .onnx>.auto.json, .recipe.json).")
 _REPORT = flags.DEFINE_string("report-out", None, "Write the tinyq-ptq-auto-report-v1 JSON (every candidate) here.")

@@ -452,11 +452,12 @@ def noise_margin(timings: Iterable[Timing]) -> float:
     return max(MIN_MARGIN, 2 * float(np.median(spreads))) if spreads else MIN_MARGIN
 
 
-def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choice]:
+def choose(rows: Sequence[Row], no_speedup: Optional[str] = None) -> Optional[Choice]:
     """The fastest candidate within budget (the largest speed-up over fp32 at the largest batch) that
     runs fully fused and beats fp32 by more than the margin; among those within the margin of the
     fastest, the lowest drop, then the smallest file. Otherwise the weight-only artefact as
-    size-only (or fp32, per no_speedup). None: nothing is within budget."""
+    size-only, unless it runs slower than fp32 beyond the margin: then fp32, and only
+    no_speedup="size-only" ships it (no_speedup="fp32": always fp32). None: nothing is within budget."""
     margin = noise_margin(t for r in rows for t in r.timing.values())
     ok = [r for r in rows if r.accuracy.within_budget]
     if not ok:
@@ -474,6 +475,11 @@ def choose(rows: Sequence[Row], no_speedup: str = "size-only") -> Optional[Choic
                                             f"({row.accuracy.drop:.2e}), then the smallest file")
     size = next((r for r in ok if r.candidate.encoding == "weight_only"), None)
     why = f"no candidate within budget beats fp32 by more than the {margin:.0%} margin while fully fused"
-    if no_speedup == "size-only" and size is not None:
-        return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact")
-    return Choice(None, "fp32", margin, why + "; the model stays fp32")
+    if size is None or no_speedup == "fp32":
+        return Choice(None, "fp32", margin, why + "; the model stays fp32")
+    if no_speedup == "size-only":
+        return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact (--no-speedup size-only)")
+    if size.speedup() * (1 + margin) < 1:
+        return Choice(None, "fp32", margin, why + f"; weight-only runs at x{size.speedup():.2f} of fp32, slower beyond the "
+                                                  f"margin, so the model stays fp32 (--no-speedup size-only ships it for its size)")
+    return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact, as fast as fp32 within the margin")

@@ -75,3 +75,18 @@ def test_a_candidate_that_quantises_no_weight_is_never_within_budget(tmp_path):
     assert weight_only.accuracy.drop is not None and weight_only.accuracy.drop < 0.01  # accurate, yet ...
     assert not weight_only.accuracy.within_budget and "quantises no weight" in weight_only.accuracy.reason
     assert measure(Candidate("qdq", "minmax")).accuracy.within_budget  # static QDQ quantises the conv
+
+
+def _weight_only(speedup):
+    return Row(Candidate("weight_only"), 100, Accuracy(1e-5, None, True, ""), [], {256: Timing(10.0 * speedup, 10.0, 0.0)})
+
+
+def test_a_size_only_artefact_slower_than_fp32_is_never_the_default():
+    slow_static = row("pt", 0.9, 1e-4, 120)  # within budget, not faster: no speed choice
+    slow = auto.choose([_weight_only(0.49), slow_static])
+    assert slow.row is None and slow.purpose == "fp32" and "--no-speedup size-only" in slow.reason
+    asked = auto.choose([_weight_only(0.49), slow_static], no_speedup="size-only")
+    assert asked.row.candidate.encoding == "weight_only" and asked.purpose == "size"
+    as_fast = auto.choose([_weight_only(0.97), slow_static])
+    assert as_fast.row.candidate.encoding == "weight_only" and as_fast.purpose == "size"
+    assert auto.choose([_weight_only(0.97)], no_speedup="fp32").row is None
