@@ -96,6 +96,12 @@ def _inputs():
         cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
             entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
         val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
+        if not _VALIDATION.value and not val.is_file():
+            raise cli.UsageError(f"{entry.id} has no validation set ({val} does not exist): register one with "
+                                 f"register_model --validation-data V.npz (real val-split inputs), or pass --validation V.npz")
+        if not _CALIBRATION.value and not Path(cal).is_file():
+            raise cli.UsageError(f"{entry.id} has no calibration set ({cal} does not exist): register one with "
+                                 f"register_model --calibration-data C.npz, or pass --calibration C.npz")
         registered = calibration.shift_path(reg.root, entry.id)
         shift = None if _SHIFT.value or not registered.is_file() else registered
     if _SHIFT.value or _FP32.value:

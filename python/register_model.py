@@ -2,7 +2,7 @@
 
 Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|shot_detector
            [--registry R] [--id ID] [--input-semantics NAME=TEXT]... [--calibration-data C.npz]
-           [--soak-data S.npz] [--budget B] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
+           [--validation-data V.npz] [--soak-data S.npz] [--budget B] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
            [--description D] [--license L] [--license-url U] [--notes N]
 
 The registry defaults to model/tiny/registry.json in the workspace; one that does not exist yet is
@@ -10,8 +10,10 @@ created. A model outside the registry's directory, or one with external data (to
 writes <name>.onnx.data), is copied in as one self-contained <id>.onnx; a model already inside it
 is registered in place. --calibration-data (inputs from the train split) becomes
 calibration/<id>.npz and the entry's quant_calibration_set; --soak-data (held-out inputs plus an
-optional `target`) becomes fixtures/<id>.soak.npz, which the gate judges the budget on. Both are
-checked against the graph first. --kind also takes the reference toolkit's finer kinds (the
+optional `target`) becomes fixtures/<id>.soak.npz, which the gate judges the budget on;
+--validation-data (inputs from the val split, optional `target`) becomes validation/<id>.val.npz,
+on which `ptq_auto --id <id>` chooses, so that it needs no other flag. All are checked against the
+graph first, and fewer samples than tinyq.calibration's minimums warn. --kind also takes the reference toolkit's finer kinds (the
 sidecar keeps shot_detector, the registry files it as nr).
 
 Run it again with --quant-mode static (or dynamic, qat) after quantising: it pins
@@ -38,6 +40,8 @@ _REGISTRY = flags.DEFINE_string("registry", None, "Registry to add the model to 
 _ID = flags.DEFINE_string("id", None, "Registry id (default: the model file's name without .onnx).")
 _SEMANTICS = flags.DEFINE_multi_string("input-semantics", [], "NAME=TEXT: what ONNX input NAME holds, e.g. 'image=luma in [0, 1]'.")
 _CALIBRATION = flags.DEFINE_string("calibration-data", None, "Real inputs for static calibration: one [N, ...] array per ONNX input.")
+_VALIDATION = flags.DEFINE_string("validation-data", None, "Real inputs from the val split (plus an optional 'target') "
+                                  "that ptq_auto --id chooses on; becomes validation/<id>.val.npz.")
 _SOAK = flags.DEFINE_string("soak-data", None, "Held-out real inputs (one array per ONNX input) plus an optional 'target'.")
 _BUDGET = flags.DEFINE_float("budget", None, "quant_accuracy_budget_plcc (default 0.01).", lower_bound=0, upper_bound=1)
 _MODE = flags.DEFINE_enum("quant-mode", None, list(registry.QUANT_MODES), "quant_mode (default: the entry's, fp32 for a new one).")
@@ -241,7 +245,9 @@ class Plan:
         calib_path, soak_path = calibration.calibration_path(self.reg_dir, self.mid), calibration.fixture_path(self.reg_dir, self.mid)
         calib = _fixture("--calibration-data", _CALIBRATION.value, calib_path, inputs, keep_target=False)
         soak = _fixture("--soak-data", _SOAK.value, soak_path, inputs, keep_target=True)
-        self.files += [f for f in (calib, soak) if f is not None]
+        val = _fixture("--validation-data", _VALIDATION.value, calibration.validation_path(self.reg_dir, self.mid), inputs,
+                       keep_target=True)
+        self.files += [f for f in (calib, soak, val) if f is not None]
         self.calib_rel = f"calibration/{self.mid}.npz" if calib or calib_path.is_file() else None
         self.has_soak = bool(soak) or soak_path.is_file()
 

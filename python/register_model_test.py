@@ -167,3 +167,22 @@ def test_tiny_data_is_registered_with_a_warning_naming_the_count_and_the_minimum
     enough.parent.mkdir()
     r = register(src, enough, "--kind", "fr", "--calibration-data", src.parent / "calib.npz", "--soak-data", src.parent / "soak.npz")
     assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr  # 64 and 32 samples: enough
+
+
+PTQ_AUTO = Path.cwd() / "python" / "ptq_auto"
+
+
+def test_a_registered_validation_set_is_all_ptq_auto_id_needs(user):
+    src, reg = user
+    rng = np.random.default_rng(2)
+    atomic_write_npz(src.parent / "val.npz", {"features": rng.random((48, 6), dtype=np.float32)})
+    base = ["--kind", "fr", "--calibration-data", src.parent / "calib.npz", "--soak-data", src.parent / "soak.npz"]
+    assert register(src, reg, *base).returncode == 0
+    missing = run(PTQ_AUTO, "--id", "scorer", "--registry", reg)
+    assert missing.returncode == 2 and "register_model --validation-data" in missing.stderr, missing.stderr
+    r = register(src, reg, *base, "--validation-data", src.parent / "val.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(reg.parent / "validation" / "scorer.val.npz") as z:
+        assert z["features"].shape == (48, 6)
+    chosen = run(PTQ_AUTO, "--id", "scorer", "--registry", reg)
+    assert chosen.returncode == 0 and "choice: " in chosen.stdout, chosen.stdout[-2000:] + chosen.stderr[-2000:]
