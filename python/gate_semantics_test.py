@@ -194,3 +194,16 @@ def test_auto_judges_a_zipmap_classifier_on_its_labels(tmp_path):
     assert candidates and all(c["validation_drop"] is not None for c in candidates)
     # Each drop is the label disagreement the gate computes: a multiple of 1/200 samples.
     assert all(abs(c["validation_drop"] * 200 - round(c["validation_drop"] * 200)) < 1e-9 for c in candidates)
+
+
+def test_a_classifier_is_judged_for_accuracy_from_logits_or_labels():
+    """Integer target labels: top-1 accuracy from logits [N, classes], or from an output of labels."""
+    from tinyq import gate
+
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]], np.float32)
+    target = np.array([0, 1, 1], np.int64)
+    assert gate.task_metrics({}, ["logits"], [logits], target, {}) == {"accuracy": pytest.approx(2 / 3)}
+    labels = np.array([0, 1, 0], np.int64)
+    assert gate.task_metrics({}, ["label"], [labels], target, {}) == {"accuracy": pytest.approx(2 / 3)}
+    scores = np.array([0.1, 0.9, 0.4], np.float32)  # a float target stays a score
+    assert "plcc" in gate.task_metrics({}, ["score"], [scores], np.array([0.2, 0.8, 0.5], np.float32), {})

@@ -1,6 +1,6 @@
 """Registers a model of your own: sidecar, hashes, registry entry and real-data fixtures, then validates.
 
-Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|shot_detector
+Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|classifier|regressor|shot_detector
            [--registry R] [--id ID] [--input-semantics NAME=TEXT]... [--calibration-data C.npz]
            [--validation-data V.npz] [--soak-data S.npz] [--budget B] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
            [--description D] [--license L] [--license-url U] [--notes N]

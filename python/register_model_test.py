@@ -186,3 +186,12 @@ def test_a_registered_validation_set_is_all_ptq_auto_id_needs(user):
         assert z["features"].shape == (48, 6)
     chosen = run(PTQ_AUTO, "--id", "scorer", "--registry", reg)
     assert chosen.returncode == 0 and "choice: " in chosen.stdout, chosen.stdout[-2000:] + chosen.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_classifier_and_regressor_kinds_are_registered_as_such(user, kind):
+    src, reg = user
+    r = register(src, reg, "--kind", kind)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(reg.read_text())["models"][0]["kind"] == kind
+    assert json.loads((reg.parent / "scorer.json").read_text())["kind"] == kind

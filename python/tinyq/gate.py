@@ -256,9 +256,14 @@ def judge_set(input_set: str, sess32, sess8, feeds: Dict[str, np.ndarray], budge
 def task_metrics(feeds: Dict[str, np.ndarray], names: Sequence[str], outputs: List[np.ndarray],
                  target: np.ndarray, residual: Dict[str, str]) -> Dict[str, float]:
     """Agreement with the ground truth, on the first output the target fits: PSNR gain for a
-    declared residual output, accuracy for labels, PLCC/SROCC/RMSE for scores. Empty when none fits."""
+    declared residual output, top-1 accuracy for integer labels (from an output of labels, or of
+    logits [N, classes]), PLCC/SROCC/RMSE for scores. Empty when none fits."""
     from tinyq.metrics import filter_metrics, quality_metrics
 
+    if target.dtype.kind in "iub":
+        logits = [o for o in outputs if o.ndim == 2 and o.shape[0] == target.size and o.shape[1] >= 2 and o.dtype.kind == "f"]
+        if logits:
+            return {"accuracy": float(np.mean(logits[0].argmax(axis=1) == target.ravel()))}
     fits = [i for i, o in enumerate(outputs) if o.size == target.size and o.size >= 2]
     if not fits:
         return {}

@@ -30,9 +30,10 @@ import jsonschema
 from tinyq.fileio import sha256_file
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
-KINDS = ("fr", "nr", "filter")
+KINDS = ("fr", "nr", "filter", "classifier", "regressor")
 # Every kind the reference toolkit's sidecars use, and the registry kind it belongs to.
-REFERENCE_KINDS = {"fr": "fr", "nr": "nr", "filter": "filter", "shot_detector": "nr"}
+REFERENCE_KINDS = {"fr": "fr", "nr": "nr", "filter": "filter", "classifier": "classifier", "regressor": "regressor",
+                   "shot_detector": "nr"}
 DEFAULT_QUANT_MODE = "fp32"
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # registry.schema.json's id: pattern and maxLength 64
 MIN_OPSET, MAX_OPSET = 7, 21  # registry.schema.json's opset range
