@@ -298,8 +298,8 @@ def main(argv):
     _, findings = registry.check(reg_path)
     for f in findings:
         print(f.format(reg_path), file=sys.stderr)
-    if findings:
-        print(f"INVALID: {reg_path}: {len(findings)} findings", file=sys.stderr)
+    if registry.errors(findings):
+        print(f"INVALID: {reg_path}: {len(registry.errors(findings))} findings", file=sys.stderr)
         return cli.EXIT_FAIL
     print(f"OK: {reg_path} is valid")
     return cli.EXIT_OK

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import testutil
+from tinyq import registry, testutil
 
 # Not resolved: the stub finds its runfiles from this path.
 TOOL = Path.cwd() / "python" / "validate_registry"
@@ -46,12 +46,19 @@ def test_relative_path_resolves_against_the_callers_directory(tree):
 
 @pytest.mark.parametrize("case", testutil.BAD_CASES, ids=[c.name for c in testutil.BAD_CASES])
 def test_bad_input_exits_1_naming_entry_field_and_fix(tree, case):
+    """Every finding names the entry, the field and the fix. Errors exit 1; a warning (a quantised
+    entry without a soak fixture) exits 0 and fails only under --strict."""
     case.mutate(tree)
-    r = run(tree)
+    warning = case.code in registry.WARNING_CODES
+    r = run(tree, "--strict")
     assert r.returncode == 1, (r.stdout, r.stderr)
     line = next(l for l in r.stderr.splitlines() if f"[{case.code}]" in l)
     assert str(tree) in line and (case.pointer or "/") in line and "Fix:" in line
     assert "INVALID" in r.stderr and "Traceback" not in r.stderr
+    r = run(tree)
+    assert r.returncode == (0 if warning else 1), (r.stdout, r.stderr)
+    if warning:
+        assert f"warning: {tree}" in r.stderr and "1 warnings" in r.stdout
 
 
 def test_missing_registry_exits_2(tmp_path):
@@ -89,3 +96,9 @@ def test_out_json_report_lists_findings(tree, tmp_path):
     assert report["valid"] is False
     assert report["findings"][0]["code"] == "unknown_quant_mode"
     assert report["findings"][0]["entry"] == "m_dyn"
+
+
+def test_the_projects_own_registry_is_valid_under_strict():
+    """CI holds the zoo's registry to --strict: a quantised entry without its soak fixture fails."""
+    r = run(Path.cwd() / "model" / "tiny" / "registry.json", "--strict")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stdout + r.stderr

@@ -73,3 +73,17 @@ def test_tinyq_resolve_reads_reference_sidecars(tmp_path):
     assert r.returncode == 0 and "mode: fp32" in r.stdout and "verdict: verified" in r.stdout, r.stdout
     r = run(RESOLVE, reg.parent / "transnet_v2.onnx", "--policy=fallback-fp32")
     assert "schema_error" not in r.stdout, r.stdout
+
+
+def test_reference_quantised_entries_without_a_soak_fixture_warn_and_fail_only_under_strict(tmp_path):
+    """The reference toolkit's quantised entries have no soak fixture (tinyq's gate judges on it):
+    the registry stays valid, each such entry is a warning naming the fix, and --strict fails."""
+    reg = reference_tree(tmp_path)
+    (tmp_path / "fixtures" / "learned_filter_v1.soak.npz").unlink()
+    r = run(VALIDATE, reg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 warnings" in r.stdout
+    line = next(l for l in r.stderr.splitlines() if "[fixture_missing]" in l)
+    assert line.startswith("warning: ") and "learned_filter_v1" in line and "--soak-data" in line
+    strict = run(VALIDATE, reg, "--strict")
+    assert strict.returncode == 1 and "[fixture_missing]" in strict.stderr and "INVALID" in strict.stderr
