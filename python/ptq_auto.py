@@ -29,6 +29,7 @@ Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget (noth
 the message names the next step, quantisation-aware training).
 """
 
+import hashlib
 import sys
 import tempfile
 import time
@@ -182,7 +183,8 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
     if paths["--plot-out"]:
         outputs[paths["--plot-out"]] = auto_report.plot_png(label, rows, choice, budgets.plcc)
     if paths["--recipe-out"]:
-        outputs[paths["--recipe-out"]] = _json({"id": label, **rec})
+        pinned = {"int8_sha256": hashlib.sha256(choice.row.int8).hexdigest()} if choice.row is not None else {}
+        outputs[paths["--recipe-out"]] = _json({"id": label, **rec, **pinned})
     if paths["--report-out"]:
         report = {
             "schema": "tinyq-ptq-auto-report-v1",

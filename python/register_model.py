@@ -2,7 +2,7 @@
 
 Usage: bazel run //python:register_model -- path/model.onnx --kind fr|nr|filter|classifier|regressor|shot_detector
            [--registry R] [--id ID] [--input-semantics NAME=TEXT]... [--calibration-data C.npz]
-           [--validation-data V.npz] [--soak-data S.npz] [--budget B] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
+           [--validation-data V.npz] [--soak-data S.npz] [--budget B] [--recipe R.recipe.json] [--residual-of [OUTPUT=]INPUT] [--quant-mode fp32|dynamic|static|qat] [--int8 P]
            [--description D] [--license L] [--license-url U] [--notes N]
 
 The registry defaults to model/tiny/registry.json in the workspace; one that does not exist yet is
@@ -18,7 +18,8 @@ sidecar keeps shot_detector, the registry files it as nr).
 
 Run it again with --quant-mode static (or dynamic, qat) after quantising: it pins
 <basename>.int8.onnx (or --int8 P, copied in beside the model) by its sha256 in the registry and
-the sidecar. Every file is written atomically and all of them or none; no registered fp32 model and
+the sidecar. --recipe R.json (ptq_auto's) pins it with the recipe's quant_mode, quant_encoding and
+quant_purpose (speed or size), after checking the file is the artefact the recipe describes. Every file is written atomically and all of them or none; no registered fp32 model and
 no input is ever overwritten. The registry is validated last.
 Exit codes: 0 registered and the registry valid; 1 registered but the registry has findings
 (printed, with fixes); 2 bad input or flags, nothing written; 3 the int8 file is not smaller than
@@ -48,6 +49,9 @@ _MODE = flags.DEFINE_enum("quant-mode", None, list(registry.QUANT_MODES), "quant
 _RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "residual_of: INPUT (the first output restores it) or "
                                          "OUTPUT=INPUT, an output the gate judges on its residual (output - input); "
                                          "a filter with one input needs none.")
+_RECIPE = flags.DEFINE_string("recipe", None, "ptq_auto's recipe JSON (<output>.recipe.json beside `ptq_auto --output`, or "
+                              "--recipe-out): pins its artefact with the recipe's quant_mode, quant_encoding and "
+                              "quant_purpose, and refuses an int8 file that is not the one the recipe describes.")
 _INT8 = flags.DEFINE_string("int8", None, "The int8 artefact to pin (default: <basename>.int8.onnx beside the registered model).")
 _TEXT = {
     name: flags.DEFINE_string(name.replace("_", "-"), None, f"The entry's {name}.")
@@ -170,8 +174,33 @@ def _int8(fp32_path, fp32_size, mode):
     return src, dest, data
 
 
-def _entry(prev, mid, kind, rel, sha, model, mode, int8_sha, calib_rel):
-    entry = {k: v for k, v in prev.items() if k not in ("int8_sha256", "quant_calibration_set", "opset")}
+def _recipe():
+    """ptq_auto's recipe from --recipe, checked: (mode, {quant_encoding, quant_purpose}, int8 sha256 or None)."""
+    path = cli.resolve_user_path(_RECIPE.value)
+    try:
+        rec = registry.read_json(path)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"--recipe {path}: not a readable JSON recipe ({e}); pass the .recipe.json ptq_auto wrote") from None
+    if not isinstance(rec, dict) or rec.get("mode") not in registry.QUANT_MODES:
+        raise cli.UsageError(f"--recipe {path}: field 'mode' must be one of {', '.join(registry.QUANT_MODES)}; pass the "
+                             f".recipe.json ptq_auto wrote")
+    if _MODE.value and _MODE.value != rec["mode"]:
+        raise cli.UsageError(f"--quant-mode {_MODE.value} contradicts --recipe {path} (mode {rec['mode']}): drop --quant-mode")
+    fields = {} if rec["mode"] == "fp32" else {"quant_encoding": rec.get("encoding"), "quant_purpose": rec.get("purpose")}
+    missing = [k for k, v in fields.items() if not isinstance(v, str)]
+    if missing:
+        raise cli.UsageError(f"--recipe {path}: no {' or '.join(m.removeprefix('quant_') for m in missing)} field; pass the "
+                             f".recipe.json ptq_auto wrote")
+    return rec["mode"], fields, rec.get("int8_sha256")
+
+
+def _entry(prev, mid, kind, rel, sha, model, mode, int8_sha, calib_rel, described=None):
+    """The registry entry. described: the recipe's quant_encoding and quant_purpose; without one, the
+    previous entry's are kept only while it pins the same int8 artefact."""
+    same_int8 = int8_sha is not None and prev.get("int8_sha256") == int8_sha
+    dropped = ("int8_sha256", "quant_calibration_set", "opset") + (() if same_int8 else ("quant_encoding", "quant_purpose"))
+    entry = {k: v for k, v in prev.items() if k not in dropped}
+    entry.update(described or {})
     entry.update(id=mid, kind=registry.REFERENCE_KINDS[kind], onnx=rel, sha256=sha, quant_mode=mode)
     opset = quantize.model_opset(model)
     if registry.MIN_OPSET <= opset <= registry.MAX_OPSET:
@@ -233,10 +262,14 @@ class Plan:
         self.sha = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else sha256_file(self.fp32)
         self.fp32_size = len(model_bytes) if model_bytes is not None else quantize.model_bytes_on_disk(self.fp32)
         self._fixtures()
-        self.mode = _MODE.value or self.prev.get("quant_mode", registry.DEFAULT_QUANT_MODE)
+        recipe_mode, described, recipe_sha = _recipe() if _RECIPE.value else (None, None, None)
+        self.mode = recipe_mode or _MODE.value or self.prev.get("quant_mode", registry.DEFAULT_QUANT_MODE)
         self.int8_sha = self._int8() if self.mode != "fp32" else None
+        if recipe_sha and self.int8_sha != recipe_sha:
+            raise cli.UsageError(f"the int8 file to pin (sha256 {self.int8_sha}) is not the artefact --recipe describes "
+                                 f"(int8_sha256 {recipe_sha}): pass the file ptq_auto wrote with it (--int8 P)")
         self.entry = _entry(self.prev, self.mid, self.kind, self.rel, self.sha, self.model, self.mode, self.int8_sha,
-                            self.calib_rel)
+                            self.calib_rel, described)
         side = registry.sidecar_path_for(self.fp32)
         self.files.append((None, side, dumps_json(_sidecar(side, self.entry, self.model)).encode()))
 

@@ -184,8 +184,24 @@ def test_a_registered_validation_set_is_all_ptq_auto_id_needs(user):
     assert r.returncode == 0, r.stderr
     with np.load(reg.parent / "validation" / "scorer.val.npz") as z:
         assert z["features"].shape == (48, 6)
-    chosen = run(PTQ_AUTO, "--id", "scorer", "--registry", reg)
+    out = reg.parent / "scorer.int8.onnx"
+    chosen = run(PTQ_AUTO, "--id", "scorer", "--registry", reg, "--no-speedup", "size-only", "--output", out)
     assert chosen.returncode == 0 and "choice: " in chosen.stdout, chosen.stdout[-2000:] + chosen.stderr[-2000:]
+    # register -> ptq_auto --id -> register_model --recipe: pinned with its mode, encoding and purpose.
+    recipe_path = reg.parent / "scorer.int8.recipe.json"
+    recipe = json.loads(recipe_path.read_text())
+    assert recipe["int8_sha256"] == sha256_file(out)
+    r = register(src, reg, "--recipe", recipe_path)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(reg.read_text())["models"][0]
+    assert (entry["quant_mode"], entry["quant_encoding"], entry["quant_purpose"]) == (
+        recipe["mode"], recipe["encoding"], recipe["purpose"])
+    assert entry["int8_sha256"] == recipe["int8_sha256"] and registry.load(reg).get("scorer").quantised
+    # A recipe that does not describe the file is refused, and nothing changes.
+    before = reg.read_bytes()
+    recipe_path.write_text(json.dumps({**recipe, "int8_sha256": "0" * 64}))
+    r = register(src, reg, "--recipe", recipe_path)
+    assert r.returncode == 2 and "not the artefact --recipe describes" in r.stderr and reg.read_bytes() == before
 
 
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
