@@ -105,16 +105,32 @@ def _model_id(src):
     return mid
 
 
+def _exporter_metadata(model) -> int:
+    """How many doc strings and metadata_props entries the model's graph and nodes carry."""
+    nodes = list(model.graph.node)
+    return (sum(bool(n.doc_string) + len(n.metadata_props) for n in nodes) + len(model.metadata_props)
+            + bool(model.doc_string) + bool(model.graph.doc_string))
+
+
 def _placement(src, model, reg_dir, mid):
     """(path relative to the registry, bytes to write or None to keep the file as it is).
 
     A self-contained model inside the registry's directory stays where it is; any other is
-    written as <id>.onnx with its external data inlined, never over a different file."""
+    written as <id>.onnx with its external data inlined and without the exporter's environment (doc
+    strings and metadata_props: torch's dynamo exporter writes stack traces with local source paths
+    there), never over a different file."""
     own = onnx.load(str(src), load_external_data=False)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in own.graph.initializer)
     if src.resolve().is_relative_to(reg_dir.resolve()) and not external:
+        if _exporter_metadata(own):
+            print(f"WARNING: {src} is registered in place with the exporter's metadata ({_exporter_metadata(own)} doc "
+                  f"strings and metadata entries, which may hold local paths); register it from outside the registry's "
+                  f"directory to have them stripped", file=sys.stderr)
         return PurePosixPath(src.resolve().relative_to(reg_dir.resolve())).as_posix(), None
-    data = model.SerializeToString()
+    clean = onnx.ModelProto.FromString(model.SerializeToString())
+    if _exporter_metadata(clean):  # a model without any keeps its bytes
+        quantize.strip_metadata(clean)
+    data = clean.SerializeToString()
     dest = reg_dir / f"{mid}.onnx"
     if dest.exists() and dest.read_bytes() != data:
         raise cli.UsageError(f"{dest} exists and holds another model; tinyq never overwrites it: remove it first, or pass "

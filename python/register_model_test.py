@@ -211,3 +211,18 @@ def test_classifier_and_regressor_kinds_are_registered_as_such(user, kind):
     assert r.returncode == 0, r.stderr
     assert json.loads(reg.read_text())["models"][0]["kind"] == kind
     assert json.loads((reg.parent / "scorer.json").read_text())["kind"] == kind
+
+
+def test_the_exporters_local_paths_are_not_registered(user, tmp_path):
+    """torch's dynamo exporter writes stack traces with local source paths into node metadata."""
+    src, reg = user
+    model = onnx.load(str(src))
+    onnx.helper.set_model_props(model, {"exporter_trace": "/home/alice/train.py:12"})
+    model.graph.node[0].metadata_props.add(key="pkg.torch.onnx.stack_trace", value='File "/home/alice/net.py", line 3')
+    model.graph.node[0].doc_string = "/home/alice/net.py:3"
+    traced = tmp_path / "traced.onnx"
+    onnx.save(model, str(traced))
+    assert register(traced, reg, "--kind", "fr").returncode == 0
+    registered = (reg.parent / "traced.onnx").read_bytes()
+    assert b"/home/alice" not in registered
+    assert registry.load(reg).get("traced").sha256 == sha256_file(reg.parent / "traced.onnx")
