@@ -5,6 +5,8 @@
   - a two-input image-to-image net with a ConvTranspose decoder, by the legacy exporter
     (dynamo=False);
   - an skl2onnx MLPRegressor at opset 21;
+  - a siamese CNN (two inputs through one shared backbone, legacy exporter), 48 calibration samples;
+  - an skl2onnx MLPClassifier with its ZipMap output, judged on integer labels;
   - a 1-channel digits classifier CNN by torch's default exporter (scikit-learn's 8x8 digits,
     upsampled to 32x32), for the kernel benchmark (//python:bench_user_cnn).
 Each is fitted briefly on the real corpus (model/corpus/vq_corpus.npz), so its outputs vary the way
@@ -89,6 +91,38 @@ def two_input_unet():
     return TwoInputUNet()
 
 
+def siamese_cnn():
+    """Reference and distorted luma through one shared backbone -> |feature difference| score [N, 1]:
+    every backbone weight is read twice (shared initialisers in the export)."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Siamese(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                          nn.ReLU())
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, ref, dist):
+            a, b = self.backbone(ref).mean(dim=(2, 3)), self.backbone(dist).mean(dim=(2, 3))
+            return self.head((a - b).abs())
+
+    return Siamese()
+
+
+def sklearn_classifier(x: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """An MLPClassifier converted by skl2onnx with its default ZipMap output (label, probabilities)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit(x, labels)
+    onx = to_onnx(clf, initial_types=[("features", FloatTensorType([None, x.shape[1]]))], target_opset={"": 17, "ai.onnx.ml": 3})
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
 def standardise(y: np.ndarray) -> np.ndarray:
     """(y - mean) / std as float32 [N, 1]: a target small nets fit in a few hundred steps."""
     return ((y - y.mean()) / y.std()).astype(np.float32).reshape(-1, 1)
@@ -141,6 +175,11 @@ def sklearn_mlp(x: np.ndarray, y: np.ndarray, path: Path, opset: int = 21) -> Pa
     return path
 
 
+def quality_class(vmaf: np.ndarray) -> np.ndarray:
+    """VMAF in three classes (below 40, 40 to 70, above 70): integer labels for a classifier."""
+    return np.digitize(vmaf, [40.0, 70.0]).astype(np.int64)
+
+
 class UserModel(NamedTuple):
     path: Path
     kind: str
@@ -149,13 +188,15 @@ class UserModel(NamedTuple):
 
 
 def user_models(d: Path) -> Dict[str, UserModel]:
-    """The four models of the bring-your-own-model issue, fitted and exported into d, with real data."""
+    """The bring-your-own-model issues' models, fitted and exported into d, with real data."""
     ref, dist, _ = patches("train", 256)
     sref, sdist, _ = patches("soak", 96)
     x, y = features("train", 1000)
     sx, sy = features("soak", 300)
     cnn = fit(nr_cnn(), [dist], standardise(contrast(dist)), lr=1e-2)
     unet = fit(two_input_unet(), [ref, dist], ref - dist)
+    siamese = fit(siamese_cnn(), [ref, dist], standardise(contrast(ref - dist)), lr=1e-2)
+    labels = quality_class(y)
     return {
         "cnn_dynamo": UserModel(export_torch(cnn, {"image": dist[:2]}, ["score"], d / "cnn_dynamo.onnx", dynamo=True,
                                              dynamic_batch=True), "nr", {"image": dist}, {"image": sdist, "target": contrast(sdist)}),
@@ -166,6 +207,12 @@ def user_models(d: Path) -> Dict[str, UserModel]:
                                  {"ref": sref, "dist": sdist}),
         "skl_mlp_opset21": UserModel(sklearn_mlp(x, y, d / "skl_mlp_opset21.onnx"), "fr", {"features": x[:256]},
                                      {"features": sx, "target": sy}),
+        # 48 calibration samples: not a multiple of the calibration batch (Percentile once failed on it).
+        "siamese": UserModel(export_torch(siamese, {"ref": ref[:2], "dist": dist[:2]}, ["score"], d / "siamese.onnx",
+                                          dynamo=False, dynamic_batch=True), "fr", {"ref": ref[:48], "dist": dist[:48]},
+                             {"ref": sref, "dist": sdist}),
+        "skl_classifier_zipmap": UserModel(sklearn_classifier(x, labels, d / "skl_classifier_zipmap.onnx"), "classifier",
+                                           {"features": x[:256]}, {"features": sx, "target": quality_class(sy)}),
     }
 
 
