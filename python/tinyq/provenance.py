@@ -12,6 +12,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -124,6 +125,27 @@ def host_facts() -> Dict[str, Any]:
     }
 
 
+_RUNFILES = re.compile(r"^.*?\.runfiles/[^/]+/")
+
+
+def _relative(value: Any, root: Optional[str]) -> Any:
+    """A path under the workspace root as a relative path, a tool inside Bazel's runfiles as its
+    path in the repository (python/ptq_auto.py); anything else unchanged. Recurses into lists and
+    mappings, so flag values are relativised too."""
+    if isinstance(value, Mapping):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, root) for v in value]
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    in_runfiles = _RUNFILES.sub("", value, count=1)
+    if in_runfiles != value:
+        return in_runfiles
+    if root and (value == root or value.startswith(root.rstrip("/") + "/")):
+        return os.path.relpath(value, root)
+    return value
+
+
 def collect(
     *,
     tool: str,
@@ -134,18 +156,20 @@ def collect(
     outputs: Iterable[Artefact] = (),
 ) -> Dict[str, Any]:
     """The run_provenance block. Outputs are hashed from their bytes when given, else from disk
-    (call it after they are written)."""
-    return {
+    (call it after they are written). Paths inside the workspace (BUILD_WORKSPACE_DIRECTORY, set by
+    `bazel run`) are recorded relative to it, and the tool by its path in the repository; the
+    absolute workspace root appears once, in "root", which can be dropped to share a report."""
+    root = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or None
+    block = {
         "schema": SCHEMA,
         "tool": {"name": tool, "entry_point": os.fspath(entry_point), "sha256": sha256_file(entry_point)},
         "argv": [str(a) for a in argv],
         "args": normalise(dict(args)),
         "inputs": [describe_file(*a) for a in inputs],
         "outputs": [describe_file(*a) for a in outputs],
-        "versions": package_versions(),
-        "lock_sha256": lock_sha256(),
-        "host": host_facts(),
     }
+    return {**_relative(block, root), "root": root, "versions": package_versions(), "lock_sha256": lock_sha256(),
+            "host": host_facts()}
 
 
 def tool_args(flag_values: Any, module_name: str) -> Dict[str, Any]:

@@ -75,3 +75,27 @@ def test_write_report_is_sorted_with_trailing_newline(tmp_path):
     assert text.endswith("}\n")
     assert json.loads(text) == {"a": {"b": None, "y": "/p"}, "z": 1}
     assert text.index('"a"') < text.index('"z"')
+
+
+def test_paths_inside_the_workspace_are_relative_with_the_root_once(tmp_path, monkeypatch):
+    """No local path but the root, which a user can drop: paths under the workspace relative to it,
+    the tool by its path in the repository, anything outside as given."""
+    root = tmp_path / "ws"
+    (root / "model").mkdir(parents=True)
+    src = root / "model" / "m.onnx"
+    src.write_bytes(b"model")
+    tool = tmp_path / "out" / "ptq_auto.runfiles" / "tinyq" / "python" / "ptq_auto.py"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("pass\n")
+    elsewhere = tmp_path / "elsewhere.npz"
+    elsewhere.write_bytes(b"x")
+    monkeypatch.setenv("BUILD_WORKSPACE_DIRECTORY", str(root))
+    block = provenance.collect(tool="ptq_auto", entry_point=tool, argv=[str(tool), "--fp32", str(src)],
+                               args={"fp32": str(src), "data": str(elsewhere)}, inputs=[(src, "fp32_model"), (elsewhere, "data")])
+    assert block["root"] == str(root)
+    assert block["tool"]["entry_point"] == "python/ptq_auto.py"
+    assert block["argv"] == ["python/ptq_auto.py", "--fp32", "model/m.onnx"]
+    assert block["args"] == {"fp32": "model/m.onnx", "data": str(elsewhere)}
+    assert [i["path"] for i in block["inputs"]] == ["model/m.onnx", str(elsewhere)]
+    without_root = json.dumps({k: v for k, v in block.items() if k != "root"})
+    assert str(root) not in without_root
