@@ -19,7 +19,8 @@ sidecar keeps shot_detector, the registry files it as nr).
 Run it again with --quant-mode static (or dynamic, qat) after quantising: it pins
 <basename>.int8.onnx (or --int8 P, copied in beside the model) by its sha256 in the registry and
 the sidecar. --recipe R.json (ptq_auto's) pins it with the recipe's quant_mode, quant_encoding and
-quant_purpose (speed or size), after checking the file is the artefact the recipe describes. Every file is written atomically and all of them or none; no registered fp32 model and
+quant_purpose (speed or size), after checking the file is the artefact the recipe describes. Every
+file is written atomically and all of them or none; no registered fp32 model and
 no input is ever overwritten. The registry is validated last.
 Exit codes: 0 registered and the registry valid; 1 registered but the registry has findings
 (printed, with fixes); 2 bad input or flags, nothing written; 3 the int8 file is not smaller than

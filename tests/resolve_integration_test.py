@@ -26,6 +26,17 @@ def test_shipped_model_resolves_to_its_verified_int8(entry):
     assert out["sha256"] == entry.int8_sha256 and out["verdict"] == "verified"
 
 
+def test_a_size_only_entry_resolves_to_its_int8_by_default():
+    """The resolver serves what the registry pins, speed or size alike: a size-only artefact
+    (quant_purpose size; the zoo's MLPs) is the int8 file. A model whose only int8 is slower than
+    fp32 stays fp32 in the registry instead (ptq_auto's default; docs/user-guide.md)."""
+    size_only = [e for e in REG.quantised() if e.raw.get("quant_purpose") == "size"]
+    assert size_only, "the zoo has size-only entries (the MLPs)"
+    for entry in size_only:
+        code, out, _ = resolve(entry.onnx)
+        assert code == 0 and out["path"].endswith(f"{entry.id}.int8.onnx") and out["mode"] == "dynamic", out
+
+
 @pytest.fixture
 def copied(tmp_path):
     entry = REG.get("vmaf_tiny_v3")
