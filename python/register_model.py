@@ -341,6 +341,10 @@ def main(argv):
         return e.code
     written = _write(plan, reg_path, data)
     entry = plan.entry
+    if entry["quant_mode"] != "fp32" and "quant_purpose" not in entry:
+        print(f"WARNING: {entry['id']} is pinned without quant_encoding and quant_purpose (what the artefact is and "
+              f"whether it is for speed or size): pin ptq_auto's artefact with --recipe R.recipe.json to record both",
+              file=sys.stderr)
     for path in written:
         print(f"register_model: {entry['id']}: wrote {path}")
     print(f"register_model: {entry['id']}: {entry['kind']}, quant_mode {entry['quant_mode']}, sha256 {entry['sha256']}"

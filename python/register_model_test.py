@@ -70,6 +70,7 @@ def test_pins_the_int8_after_quantising_and_the_registry_validates(user):
     assert run(PTQ_DYNAMIC, fp32).returncode == 0
     r = register(fp32, reg, "--quant-mode", "dynamic")
     assert r.returncode == 0, r.stderr
+    assert "pinned without quant_encoding and quant_purpose" in r.stderr and "--recipe" in r.stderr  # no recipe: said
     m = registry.load(reg).get("scorer")
     assert m.quant_mode == "dynamic" and m.int8_sha256 == sha256_file(reg.parent / "scorer.int8.onnx")
     side = json.loads((reg.parent / "scorer.json").read_text())
