@@ -63,6 +63,7 @@ _SPEED_GATE = flags.DEFINE_bool("speed-gate", False, "Also time every artefact m
                                  "speed; a --fp32/--int8 pair always) against fp32, interleaved on one thread; exit 7 when "
                                  "one is slower than fp32 beyond the noise margin.")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
+cli.finite(_BUDGET, _SYNTH_BUDGET, _TASK_BUDGET, _SHIFT_BUDGET)
 
 
 def _plots_dir():

@@ -67,6 +67,7 @@ _RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "With --fp32: INPUT 
                                           "judged on itself (a registry model: its kind and residual_of).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
 _REPEATS = {1: 50, 256: 9}
+cli.finite(_BUDGET, _SHIFT_BUDGET, _TASK_BUDGET)
 
 
 def _inputs():

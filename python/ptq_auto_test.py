@@ -179,5 +179,8 @@ def test_soak_fixture_is_never_read_during_selection(tmp_path):
 
 def test_usage_errors_exit_2(tmp_path):
     assert run().returncode == 2
+    for flag in ("--budget", "--shift-budget", "--task-budget"):  # NaN passes absl's bounds checks
+        r = run("--id", "vmaf_tiny_v2", flag, "nan")
+        assert r.returncode == 2 and "must be a finite number" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert run("--fp32", tmp_path / "a.onnx").returncode == 2
     assert run("--id", "no_such_model").returncode == 2

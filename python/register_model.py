@@ -69,6 +69,7 @@ class Refused(Exception):
     def __init__(self, code: int, message: str):
         self.code = code
         super().__init__(message)
+cli.finite(_BUDGET)
 
 
 def _load_registry(path):

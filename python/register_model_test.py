@@ -227,3 +227,9 @@ def test_the_exporters_local_paths_are_not_registered(user, tmp_path):
     registered = (reg.parent / "traced.onnx").read_bytes()
     assert b"/home/alice" not in registered
     assert registry.load(reg).get("traced").sha256 == sha256_file(reg.parent / "traced.onnx")
+
+
+def test_a_nan_budget_is_refused_before_anything_is_written(user):
+    src, reg = user
+    r = register(src, reg, "--kind", "fr", "--budget", "nan")
+    assert r.returncode == 2 and "must be a finite number" in r.stderr and not reg.exists(), r.stderr

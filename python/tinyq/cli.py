@@ -54,6 +54,16 @@ def _parse_flags(argv: List[str]) -> List[str]:
         sys.exit(EXIT_USAGE)
 
 
+def finite(*holders) -> None:
+    """Refuses NaN and infinity for these float flags at parsing (exit 2): absl's bounds checks let
+    NaN through, since every comparison with it is false."""
+    import math
+
+    for holder in holders:
+        flags.register_validator(holder, lambda v: v is None or math.isfinite(v),
+                                 message="must be a finite number (not nan or inf)")
+
+
 def run(main: Callable[[List[str]], int]) -> None:
     """absl's app.run, with flag errors and UsageError mapped to exit code 2."""
 

@@ -9,7 +9,8 @@ with a message naming the fix, what cannot be repaired:
   - initialisers shared by several quantisable nodes (a siamese backbone): copied per node, so that
     every int8 kernel owns its weights (onnxruntime's x64quantprecision transformer fails on shared
     ones);
-  - fp16 models and opsets outside 13..21: refused.
+  - fp16 models and opsets outside 13..21, graphs without outputs and NaN or infinite weights:
+    refused.
 
 A model that is already quantised is refused too: pass its fp32 source.
 
@@ -130,6 +131,21 @@ def _repair_value_info(model: onnx.ModelProto, repairs: List[Repair]) -> None:
     )
 
 
+def _refuse_unusable(path: Path, model: onnx.ModelProto) -> None:
+    """A graph with no outputs, or with NaN or infinite float weights, would quantise into a
+    useless artefact that still writes (exit 0): refused, naming the fix."""
+    if not model.graph.output:
+        raise QuantizeError(f"{path}: the graph has no outputs, so there is nothing to compute or judge; re-export it "
+                            f"with its outputs")
+    for t in model.graph.initializer:
+        if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            w = numpy_helper.to_array(t)
+            bad = int(w.size - np.count_nonzero(np.isfinite(w)))
+            if bad:
+                raise QuantizeError(f"{path}: initialiser {t.name!r} holds {bad} NaN or infinite values of {w.size}; "
+                                    f"int8 cannot represent them: fix the weights (a diverged training run?) and re-export")
+
+
 def _unshare_initialisers(model: onnx.ModelProto, repairs: List[Repair]) -> None:
     """Gives every quantisable node its own copy of an initialiser it shares with other nodes (a
     siamese model's backbone read by two inputs). Quantised, a shared weight becomes one int8
@@ -188,6 +204,7 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
             f"{path}: fp16 model ({len(half)} fp16 tensors, e.g. {half[0]!r}); int8 quantisation starts from fp32: "
             f"re-export the model in float32 (model.float()) and quantise that"
         )
+    _refuse_unusable(path, model)
     _repair_value_info(model, repairs)
     _unshare_initialisers(model, repairs)
     try:

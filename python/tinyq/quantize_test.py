@@ -288,3 +288,29 @@ def test_shared_weights_are_unshared_so_every_artefact_loads_with_precise_x64_ke
     for per_channel in (False, True):
         x64_precise_and_default_sessions(quantize.quantize_static_qdq(model, calib, per_channel=per_channel))
     x64_precise_and_default_sessions(quantize.encode(model, "weight_only", False).model_bytes)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    from onnx import helper
+
+    from tinyq.testutil import const, floats, save_graph
+
+    w = np.ones((4, 4), np.float32)
+    w[1, 2] = value
+    path = save_graph(tmp_path / "bad.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])], [floats("x", ["n", 4])],
+                      [floats("y", ["n", 4])], [const("w", w)])
+    with pytest.raises(quantize.QuantizeError, match="'w' holds 1 NaN or infinite values"):
+        quantize.load_for_quantization(path)
+
+
+def test_a_graph_without_outputs_is_refused(tmp_path):
+    from onnx import helper
+
+    from tinyq.testutil import floats
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "no_outputs", [floats("x", ["n", 4])], [])
+    path = tmp_path / "no_outputs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(quantize.QuantizeError, match="no outputs"):
+        quantize.load_for_quantization(path)

@@ -71,6 +71,7 @@ _FIXES = {
     "calibration_set_missing": "add quant_calibration_set pointing at the model's calibration .npz, "
     "or use quant_mode dynamic",
     "duplicate_id": "give each model a unique id",
+    "duplicate_key": "keep one of the two values and delete the other: JSON readers disagree on which one wins",
     "path_escape": "use a relative path that stays inside the registry's directory, with no '..' and no "
     "symlink leading out",
     "file_missing": "add the file, or correct the path",
@@ -457,6 +458,22 @@ def _entry_from(root: Path, m: Dict[str, Any]) -> ModelEntry:
     )
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs):
+    """json's object_pairs_hook: a key given twice is refused (json.loads would keep the last silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], List[Finding]]:
     """Validates the registry at path.
 
@@ -474,10 +491,13 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
         raise RegistryReadError(f"{path}: cannot read the registry: {e.strerror}") from None
 
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError as e:
         f = Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])
         return None, [f]
+    except _DuplicateKey as e:
+        return None, [Finding("duplicate_key", "(registry)", "", f"key {e.key!r} appears twice in one object",
+                              _FIXES["duplicate_key"])]
     except json.JSONDecodeError as e:
         f = Finding(
             "malformed_json", "(registry)", "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", _FIXES["malformed_json"]

@@ -135,3 +135,12 @@ def test_sidecar_onnx_opset_alias_is_compared(tree):
 def test_shipped_registry_is_valid():
     reg = registry.load(Path("model/tiny/registry.json"))
     assert reg.path.name == "registry.json"
+
+
+def test_a_key_given_twice_is_refused(tree):
+    """json.loads keeps the last of two equal keys silently; the registry, the trust root, refuses it."""
+    text = tree.read_text()
+    tree.write_text(text.replace('"quant_mode": "dynamic"', '"quant_mode": "fp32", "quant_mode": "dynamic"', 1))
+    assert '"quant_mode": "fp32", "quant_mode": "dynamic"' in tree.read_text()
+    reg, findings = registry.check(tree)
+    assert reg is None and [f.code for f in findings] == ["duplicate_key"] and "'quant_mode'" in findings[0].message
