@@ -114,10 +114,6 @@ HEADER = ("| model | variant | int8 B | fp32/int8 size | soak drop | within budg
           "| ×fp32 speed b1 | ×fp32 speed b256 |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _recipes():
-    return starlark.constant(cli.workspace_dir() / "model" / "zoo.bzl", "ZOO_INT8")
-
-
 def unrewritten(entry, cal_path: Path, recipe) -> bytes:
     """The recipe without its --rewrite flag, built by ptq_static as //model:<id>_int8 builds it."""
     args = [a for a in recipe["args"] if not a.startswith("--rewrite")]
@@ -130,14 +126,12 @@ def unrewritten(entry, cal_path: Path, recipe) -> bytes:
         return out.read_bytes()
 
 
-def _variants(entry, reg, budgets, residual):
-    model, _ = quantize.load_for_quantization(entry.onnx)
+def _variants(entry, model, reg, budgets, residual, recipe):
     inputs = calibration.graph_inputs(model)
     cal_path = calibration.calibration_path(reg.root, entry.id)
     cal = calibration.load_npz(cal_path, inputs)
     val = calibration.load_npz(calibration.validation_path(reg.root, entry.id), inputs, (calibration.TARGET_KEY,))
     out = {"tinyq": entry.int8_onnx.read_bytes()}
-    recipe = _recipes().get(entry.id, {})
     if any(a.startswith("--rewrite") for a in recipe.get("args", [])):
         out["tinyq_unrewritten"] = unrewritten(entry, cal_path, recipe)
     out.update({"ort": ort_static(entry.onnx, cal), "nncf": nncf_accuracy_control(entry.onnx, cal, val, budgets, residual)})
@@ -172,13 +166,16 @@ def main(argv):
         entries = [reg.get(m) for m in _MODELS.value] if _MODELS.value else reg.quantised()
     except KeyError as e:
         raise cli.UsageError(str(e.args[0])) from None
+    recipes = starlark.constant(cli.workspace_dir() / "model" / "zoo.bzl", "ZOO_INT8")
     rows, profiles, sections = [], [], []
     print(HEADER, flush=True)
     for entry in entries:
         budgets = gate.Budgets.of_entry(entry)
         sess32 = runner.session(str(entry.onnx))
         residual = gate.residuals_of_entry(entry)
-        variants = _variants(entry, reg, budgets, residual)  # all selection happens before the soak fixture is read
+        recipe = recipes.get(entry.id, {})
+        fp32_model = quantize.load_for_quantization(entry.onnx)[0]
+        variants = _variants(entry, fp32_model, reg, budgets, residual, recipe)  # all selection happens before the soak fixture is read
         soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
         meter = latency.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS, _MIN_TIMED.value)
@@ -186,8 +183,7 @@ def main(argv):
         for variant, blob in variants.items():
             rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))
             print(_line(rows[-1]), flush=True)
-        fp32_model = quantize.load_for_quantization(entry.onnx)[0]
-        for variant in (v for v in variants if v.startswith("tinyq") and _recipes().get(entry.id, {}).get("purpose") == "speed"):
+        for variant in (v for v in variants if v.startswith("tinyq") and recipe.get("purpose") == "speed"):
             b = profile.breakdown(fp32_model, variants[variant], _profile_feeds(sess32, soak))
             profiles.append({"id": entry.id, "variant": variant, "batch": PROFILE_BATCH, **b.as_dict()})
             sections.append(_breakdown_md(entry.id, variant, b))
@@ -198,8 +194,7 @@ def main(argv):
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-bench-peers-v1", "rows": rows, "profiles": profiles,
-            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()},
-                        "min_timed_s": _MIN_TIMED.value},
+            "latency": latency.settings(_REPEATS, _MIN_TIMED.value),
             "run_provenance": provenance.absl_provenance(tool="bench_peers", main_module=sys.modules[__name__],
                                                          inputs=[(reg_path, "registry")]),
         })

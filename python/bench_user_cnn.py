@@ -96,8 +96,7 @@ def main(argv):
     if _OUT_JSON.value:
         provenance.write_report(cli.resolve_user_path(_OUT_JSON.value), {
             "schema": "tinyq-bench-user-cnn-v1", "recipe": recipe, "top1_fp32": top1_fp32, "rows": rows,
-            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()},
-                        "min_timed_s": _MIN_TIMED.value},
+            "latency": latency.settings(_REPEATS, _MIN_TIMED.value),
             "run_provenance": provenance.absl_provenance(tool="bench_user_cnn", main_module=sys.modules[__name__],
                                                          inputs=[(model, "fp32_model")]),
         })

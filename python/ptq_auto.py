@@ -197,7 +197,7 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
             "noise_margin": choice.margin,
             "fallback_groups": [g.__dict__ for g in measure.builder.groups.values()],
             "exhaustive_groups_limit": auto.EXHAUSTIVE_GROUPS,
-            "latency": {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in _REPEATS.items()}},
+            "latency": latency.settings(_REPEATS),
             "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],
             "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason,
                        "output": str(paths["--output"]) if paths["--output"] and choice.row else None},

@@ -124,8 +124,9 @@ def _placement(src, model, reg_dir, mid):
     own = onnx.load(str(src), load_external_data=False)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in own.graph.initializer)
     if src.resolve().is_relative_to(reg_dir.resolve()) and not external:
-        if _exporter_metadata(own):
-            print(f"WARNING: {src} is registered in place with the exporter's metadata ({_exporter_metadata(own)} doc "
+        carried = _exporter_metadata(own)
+        if carried:
+            print(f"WARNING: {src} is registered in place with the exporter's metadata ({carried} doc "
                   f"strings and metadata entries, which may hold local paths); register it from outside the registry's "
                   f"directory to have them stripped", file=sys.stderr)
         return PurePosixPath(src.resolve().relative_to(reg_dir.resolve())).as_posix(), None
@@ -152,7 +153,7 @@ def _fixture(flag, value, dest, inputs, keep_target):
     if not keep_target:
         arrays.pop(calibration.TARGET_KEY, None)
     minimum = calibration.MIN_VALIDATION_SAMPLES if keep_target else calibration.MIN_CALIBRATION_SAMPLES
-    warning = calibration.tiny_data_warning(f"{flag}", src, arrays, minimum)
+    warning = calibration.tiny_data_warning(flag, src, arrays, minimum)
     if warning:
         print(warning, file=sys.stderr)
     return src, dest, npz_bytes(arrays)

@@ -236,7 +236,11 @@ def fusion(int8: bytes) -> List[str]:
     optimised graph (extended level: stable across machines). Empty: every op between quantised
     tensors runs as an int8 kernel. An fp32 region's edges (fed by DequantizeLinear, or feeding
     QuantizeLinear, not both) are fp32 on purpose and not counted."""
-    optimised = rewrites.optimised(int8)
+    return unfused_ops(rewrites.optimised(int8))
+
+
+def unfused_ops(optimised: onnx.ModelProto) -> List[str]:
+    """fusion() on a graph onnxruntime already optimised (tinyq.rewrites.optimised)."""
     made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
     read_by: Dict[str, List[str]] = {}
     for n in optimised.graph.node:
@@ -332,8 +336,9 @@ class Measure:
                 row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
             else:
                 sess8 = runner.session(int8)
-                row = Row(candidate, len(int8), self.judge(sess8, int8, candidate), fusion(int8), self.meter(sess8), int8,
-                          convs=rewrites.conv_kernels(int8))
+                unfused, convs = _inspect(int8)
+                row = Row(candidate, len(int8), self.judge(sess8, int8, candidate), unfused, self.meter(sess8), int8,
+                          convs=convs)
             self.rows[candidate] = row
             self.progress(_progress_line(len(self.rows), row))
         return self.rows[candidate]
@@ -359,10 +364,16 @@ class Measure:
         timings = self.meter.side_by_side([runner.session(base.int8), *sessions])
         base.timing = timings[0]
         for c, int8, sess8, timing in zip(candidates, built, sessions, timings[1:]):
-            self.rows[c] = Row(c, len(int8), self.judge(sess8, int8, c), fusion(int8), timing, int8,
-                               convs=rewrites.conv_kernels(int8))
+            unfused, convs = _inspect(int8)
+            self.rows[c] = Row(c, len(int8), self.judge(sess8, int8, c), unfused, timing, int8, convs=convs)
             self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
         return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
+
+
+def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
+    """(unfused compute ops, QLinearConvs and their fused-path misses), from one optimised graph."""
+    optimised = rewrites.optimised(int8)
+    return unfused_ops(optimised), rewrites.kernels(optimised)
 
 
 def _progress_line(i: int, row: Row) -> str:
@@ -417,7 +428,7 @@ def rewrite_bases(rows: Iterable[Row]) -> List[Row]:
 
 def rewrite_sets(row: Row) -> List[Tuple[str, ...]]:
     """Each rewrite that fixes a condition the row's convolutions miss, alone, and all of them together."""
-    useful = tuple(name for name in rewrites.REWRITES if any(name in m for m in row.conv_misses))
+    useful = tuple(name for name in rewrites.REWRITES if any(name in k.fixed_by for k in row.convs))
     sets = [(name,) for name in useful]
     return sets + [useful] if len(useful) > 1 else sets
 

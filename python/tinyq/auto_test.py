@@ -6,9 +6,9 @@ from tinyq.auto import Accuracy, Candidate, Row
 from tinyq.latency import Timing
 
 
-def row(name, speedup, drop, size, within=True, groups=(), misses=(), method="minmax", names=()):
+def row(name, speedup, drop, size, within=True, groups=(), misses=(), method="minmax", names=(), fixes=()):
     c = Candidate("qdq", method, name.endswith("pc"), tuple(groups), rewrites=tuple(names))
-    convs = [rewrites.ConvKernel(3, 16, 1, list(misses))]
+    convs = [rewrites.ConvKernel(3, 16, 1, list(misses), list(fixes))]
     return Row(c, size, Accuracy(drop, None, within, ""), [], {256: Timing(10.0 * speedup, 10.0, 0.0)}, convs=convs)
 
 
@@ -38,7 +38,8 @@ def test_over_budget_is_never_chosen():
 
 def test_rewrite_sets_follow_the_misses():
     both = row("a", 2, 1e-4, 1, misses=["3 input channels, not a multiple of 4 (rewrite pad_conv_inputs)",
-                                        "4 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"])
+                                        "4 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"],
+               fixes=["pad_conv_inputs", "pad_conv_outputs"])
     assert auto.rewrite_sets(both) == [("pad_conv_inputs",), ("pad_conv_outputs",), ("pad_conv_inputs", "pad_conv_outputs")]
     assert auto.rewrite_sets(row("b", 2, 1e-4, 1)) == []
 

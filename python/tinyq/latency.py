@@ -16,6 +16,12 @@ MIN_TIMED_S = 1.0  # fp32 runs add up to at least this much CPU time per batch s
 MAX_REPEATS = 400  # ... within this many repeats, and never fewer than the repeats asked for
 
 
+def settings(repeats: Dict[int, int], min_timed_s: float = MIN_TIMED_S) -> Dict[str, object]:
+    """How a LatencyMeter timed, as reports record it."""
+    return {"threads": 1, "clock": "calling thread's CPU time", "repeats": {str(k): v for k, v in repeats.items()},
+            "min_timed_s": min_timed_s}
+
+
 @dataclass
 class Timing:
     fp32_ms: float

@@ -26,7 +26,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -261,6 +261,7 @@ class ConvKernel:
     output_channels: int
     group: int
     misses: List[str] = field(default_factory=list)
+    fixed_by: List[str] = field(default_factory=list)  # the rewrites (REWRITES) that would fix a miss
 
     @property
     def fused(self) -> bool:
@@ -271,9 +272,10 @@ class ConvKernel:
                 "fused_path": self.fused, "misses": self.misses}
 
 
-def _misses(w: np.ndarray, zero: np.ndarray, group: int) -> List[str]:
+def _misses(w: np.ndarray, zero: np.ndarray, group: int) -> Tuple[List[str], List[str]]:
+    """(the fused path's conditions the QLinearConv misses, the rewrites that would fix them)."""
     out, cin = w.shape[0], w.shape[1]
-    misses = []
+    misses, fixed_by = [], []
     if w.dtype != np.int8:
         misses.append(f"weights are {w.dtype}, not int8")
     if zero.any():
@@ -283,12 +285,14 @@ def _misses(w: np.ndarray, zero: np.ndarray, group: int) -> List[str]:
             misses.append(f"grouped ({group} groups) but not depthwise")
         elif group % DEPTHWISE_GROUP_ALIGN:
             misses.append(f"depthwise with {group} groups, not a multiple of {DEPTHWISE_GROUP_ALIGN}")
-        return misses
+        return misses, fixed_by
     if cin % INPUT_ALIGN:
         misses.append(f"{cin} input channels, not a multiple of {INPUT_ALIGN} (rewrite pad_conv_inputs)")
+        fixed_by.append("pad_conv_inputs")
     if out < MIN_OUTPUTS or out % OUTPUT_ALIGN:
         misses.append(f"{out} output channels, not >= {MIN_OUTPUTS} and a multiple of {OUTPUT_ALIGN} (rewrite pad_conv_outputs)")
-    return misses
+        fixed_by.append("pad_conv_outputs")
+    return misses, fixed_by
 
 
 def optimised(int8: bytes) -> onnx.ModelProto:
@@ -306,14 +310,18 @@ def optimised(int8: bytes) -> onnx.ModelProto:
 def conv_kernels(int8: bytes) -> List[ConvKernel]:
     """Every QLinearConv of onnxruntime's optimised graph, in graph order, with what it misses of
     the fused path's conditions."""
-    model = optimised(int8)
-    g = _Graph(model)
+    return kernels(optimised(int8))
+
+
+def kernels(optimised_model: onnx.ModelProto) -> List[ConvKernel]:
+    """conv_kernels() on a graph onnxruntime already optimised (optimised())."""
+    g = _Graph(optimised_model)
     found = []
-    for node in model.graph.node:
+    for node in optimised_model.graph.node:
         if node.op_type != "QLinearConv":
             continue
         w = g.array(node.input[3])
         zero = g.array(node.input[5]) if len(node.input) > 5 and node.input[5] in g.inits else np.zeros(1, np.int8)
         group = _attr(node, "group", 1)
-        found.append(ConvKernel(int(w.shape[1]), int(w.shape[0]), int(group), _misses(w, zero, group)))
+        found.append(ConvKernel(int(w.shape[1]), int(w.shape[0]), int(group), *_misses(w, zero, group)))
     return found
