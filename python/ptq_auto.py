@@ -222,7 +222,11 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     label, fp32, cal_path, val_path, shift_path, budgets, declared = _inputs()
-    cli.guard_outputs(_output_paths(), [fp32, cal_path, val_path] + ([shift_path] if shift_path else []),
+    given = {"--report-out": _REPORT.value, "--recipe-out": _RECIPE.value}
+    # A report or recipe put beside --output by default is named as such in a refusal.
+    named = {flag if given.get(flag, True) else f"{flag} (by default beside --output)": path
+             for flag, path in _output_paths().items()}
+    cli.guard_outputs(named, [fp32, cal_path, val_path] + ([shift_path] if shift_path else []),
                       cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
     model, cal, val, shift = _load(fp32, cal_path, val_path, shift_path)
     start = time.monotonic()

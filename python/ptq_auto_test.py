@@ -184,3 +184,12 @@ def test_usage_errors_exit_2(tmp_path):
         assert r.returncode == 2 and "must be a finite number" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert run("--fp32", tmp_path / "a.onnx").returncode == 2
     assert run("--id", "no_such_model").returncode == 2
+    # --output's report would land on the validation set: refused before any work, naming where it comes from.
+    fp32 = mscn_cnn(tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", x=images(16, 0))
+    with open(tmp_path / "m.int8.auto.json", "wb") as f:  # an .npz under a report's name
+        np.savez(f, x=images(16, 1))
+    r = run("--fp32", fp32, "--calibration", tmp_path / "cal.npz", "--validation", tmp_path / "m.int8.auto.json",
+            "--output", tmp_path / "m.int8.onnx")
+    assert r.returncode == 2 and "--report-out (by default beside --output)" in r.stderr, r.stderr
+    assert not (tmp_path / "m.int8.onnx").exists()
