@@ -15,10 +15,42 @@ EXIT_OK = 0
 EXIT_FAIL = 1  # The input was read and judged: invalid registry, over budget, ...
 EXIT_USAGE = 2  # Bad flags, unreadable or missing files, anything that stopped the judging.
 EXIT_NOT_JUDGED = 5  # The models ran, but no output could be judged (all skipped, or one value): never a pass.
+# 3, 4, 6 and 7 belong to single tools (see the exit-code table in docs/user-guide.md).
+EXIT_UNSAFE_OUTPUT = 9  # An output would overwrite an input or a file a registry names: nothing written.
+EXIT_TOO_LARGE = 10  # An input passes a stated resource cap (decompressed bytes, samples, nesting).
+EXIT_BUSY = 11  # Another tinyq tool holds the directory's lock past the bounded wait.
+EXIT_WRITE_FAILED = 12  # The outputs could not be written (disk full, read-only, permissions): nothing written.
+EXIT_INTERNAL = 70  # A bug in tinyq: an unexpected exception (the one-line safety net; TINYQ_DEBUG=1 shows it).
 
 
 class UsageError(Exception):
     """A problem with how the tool was called or with reading its inputs (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsafeOutput(UsageError):
+    """An output path that would overwrite an input or a file a registry names (exit 9)."""
+
+    exit_code = EXIT_UNSAFE_OUTPUT
+
+
+class TooLarge(UsageError):
+    """An input over a stated resource cap, found before it is loaded (exit 10)."""
+
+    exit_code = EXIT_TOO_LARGE
+
+
+class Busy(UsageError):
+    """Another tinyq writer holds the lock past the bounded wait (exit 11)."""
+
+    exit_code = EXIT_BUSY
+
+
+class WriteFailed(UsageError):
+    """The outputs could not be written; every old file is still in place (exit 12)."""
+
+    exit_code = EXIT_WRITE_FAILED
 
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -68,14 +100,27 @@ def run(main: Callable[[List[str]], int]) -> None:
     """absl's app.run, with flag errors and UsageError mapped to exit code 2."""
 
     def _main(argv: List[str]) -> int:
+        prog = os.path.basename(argv[0]) if argv else "tinyq"
         try:
             return main(argv)
         except UsageError as e:
-            prog = os.path.basename(argv[0]) if argv else "tinyq"
-            sys.stderr.write(f"{prog}: error: {e}\n")
-            return EXIT_USAGE
+            sys.stderr.write(f"{prog}: error: {_printable(str(e))}\n")
+            return e.exit_code
+        except Exception as e:  # the safety net: every known case has its own check and message
+            if os.environ.get("TINYQ_DEBUG"):
+                raise
+            sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {_printable(str(e))}; this is a tinyq bug: "
+                             f"please report it with the command (TINYQ_DEBUG=1 shows the traceback)\n")
+            return EXIT_INTERNAL
 
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as escapes, never a traceback
+        stream.reconfigure(errors="backslashreplace")
     app.run(_main, flags_parser=_parse_flags)
+
+
+def _printable(text: str) -> str:
+    """text safe for any terminal encoding: undecodable file-name bytes (surrogates) as \\x escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def caller_dir() -> Path:
