@@ -7,16 +7,18 @@ For every model with a recipe in model/zoo.bzl (ZOO_INT8) it copies the freshly 
 then records quant_mode, quant_encoding and quant_purpose (what the artefact is for: speed or
 size), int8_sha256, the fp32 sha256 and, for static models, the calibration set in the registry,
 and mirrors them into each sidecar. Models without a recipe go back to fp32.
-It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
+Every pin, sidecar and the registry are written as one unit (tinyq.transaction) under the registry's
+lock. It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
 validating the registry (exit 1 if anything is still wrong). Nobody edits hashes by hand.
 """
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 
-from tinyq import cli, quantize, registry, sidecar, starlark
-from tinyq.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from tinyq import cli, quantize, registry, sidecar, starlark, transaction
+from tinyq.fileio import atomic_write_all, dumps_json, sha256_file
 
 BUILT = Path("model") / "int8"  # in this target's runfiles
 
@@ -29,10 +31,23 @@ def main() -> int:
     if not ws:
         print("update_pins: run me with `tools/bazel run //model:update_pins`", file=sys.stderr)
         return cli.EXIT_USAGE
-    recipes = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
     tiny = Path(ws) / "model" / "tiny"
+    try:
+        with transaction.locked(tiny):  # one writer; every pin, sidecar and the registry land as one unit
+            return _update(tiny)
+    except cli.UsageError as e:
+        print(f"update_pins: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except transaction.LockTimeout as e:
+        print(f"update_pins: error: {e}", file=sys.stderr)
+        return cli.EXIT_BUSY
+
+
+def _update(tiny: Path) -> int:
+    recipes = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
     reg_path = tiny / "registry.json"
     data = registry.read_json(reg_path)
+    files = {}  # path -> new bytes, or None to remove
     for entry in data["models"]:
         mid = entry["id"]
         fp32 = tiny / entry["onnx"]
@@ -44,15 +59,13 @@ def main() -> int:
             for field in ("int8_sha256", "quant_calibration_set", "quant_encoding", "quant_purpose"):
                 entry.pop(field, None)
             if int8.exists():
-                int8.unlink()
-                print(f"update_pins: {mid}: fp32, removed {int8.name}")
+                files[int8] = None
+                print(f"update_pins: {mid}: fp32, removing {int8.name}")
             continue
-        if recipe["mode"] != "qat":
-            built = BUILT / f"{mid}.int8.onnx"
-            payload = built.read_bytes()
-            if not int8.exists() or int8.read_bytes() != payload:
-                atomic_write_bytes(int8, payload)
-        size, fp32_size = int8.stat().st_size, quantize.model_bytes_on_disk(fp32)
+        payload = (BUILT / f"{mid}.int8.onnx" if recipe["mode"] != "qat" else int8).read_bytes()
+        if not int8.exists() or int8.read_bytes() != payload:
+            files[int8] = payload
+        size, fp32_size = len(payload), quantize.model_bytes_on_disk(fp32)
         if size >= fp32_size:
             print(f"update_pins: {mid}: {int8.name} ({size} B) is not smaller than {fp32.name} ({fp32_size} B); refusing to pin it",
                   file=sys.stderr)
@@ -60,16 +73,17 @@ def main() -> int:
         entry["quant_mode"] = recipe["mode"]
         entry["quant_encoding"] = recipe["encoding"]
         entry["quant_purpose"] = recipe["purpose"]
-        entry["int8_sha256"] = sha256_file(int8)
+        entry["int8_sha256"] = hashlib.sha256(payload).hexdigest()
         if recipe["mode"] == "static":
             entry["quant_calibration_set"] = f"calibration/{mid}.npz"
         else:
             entry.pop("quant_calibration_set", None)
         print(f"update_pins: {mid}: {recipe['mode']} ({recipe['purpose']}), {fp32_size} -> {size} B (x{fp32_size / size:.2f}), int8 sha256 {entry['int8_sha256']}")
-    atomic_write_json(reg_path, data)
     for entry in data["models"]:
         side_path = registry.sidecar_path_for(tiny / entry["onnx"])
-        atomic_write_json(side_path, sidecar.sync(registry.read_json(side_path), entry))
+        files[side_path] = dumps_json(sidecar.sync(registry.read_json(side_path), entry)).encode()
+    files[reg_path] = dumps_json(data).encode()  # last: the journal lies beside it
+    atomic_write_all(list(files.items()))
 
     _, findings = registry.check(reg_path)
     for f in findings:

@@ -161,6 +161,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     reg_path = cli.workspace_dir() / registry.DEFAULT_REGISTRY
+    cli.guard_flags({"--out-json": _OUT_JSON.value, "--out-md": _OUT_MD.value}, [], reg_path)
     reg = cli.load_valid_registry(reg_path)
     try:
         entries = [reg.get(m) for m in _MODELS.value] if _MODELS.value else reg.quantised()

@@ -73,6 +73,9 @@ def main(argv):
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # torch's exporter logs every graph pass at INFO
     out = cli.resolve_user_path(_OUT_DIR.value)
+    if out.exists() and not out.is_dir():
+        raise cli.UsageError(f"--out-dir {out} is a file; pass a directory (it is created when missing)")
+    cli.guard_flags({"--out-json": _OUT_JSON.value})
     out.mkdir(parents=True, exist_ok=True)
     model, cal, val, soak = make_user_model(out)
     artefact = out / "digits_cnn.int8.onnx"

@@ -45,6 +45,7 @@ def main(argv):
     corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
                             cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    cli.guard_flags({"--report-out": _REPORT.value}, [], reg_path)
     reg = cli.load_valid_registry(reg_path)
     ids = _MODELS.value or [m.id for m in reg.models if m.id in zoo.SPECS]
     outputs = []

@@ -52,6 +52,7 @@ def main(argv):
         raise cli.UsageError("--sources: the restoration corpus needs val and soak sources (its baselines are chosen on val)")
     default = corpus.DEFAULT_PATH if _KIND.value == "vq" else restoration.DEFAULT_PATH
     out = cli.path_or_default(_OUT.value, default)
+    cli.guard_flags({"--report-out": _REPORT.value})
     out.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.monotonic()

@@ -57,6 +57,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    cli.guard_flags({"--report-out": _REPORT.value}, [], reg_path)
     reg = cli.load_valid_registry(reg_path, read_held_out=False)
     ids = _MODELS.value or [m.id for m in reg.models if m.id in zoo.SPECS]
     cache, outputs, stale, start = {}, [], [], time.monotonic()

@@ -160,6 +160,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    cli.guard_flags({"--out-json": _OUT_JSON.value, "--out-png": _OUT_PNG.value, "--out-md": _OUT_MD.value}, [], reg_path)
     reg = cli.load_valid_registry(reg_path)
     try:
         entry, spec = reg.get(_ID.value), zoo.spec(_ID.value)

@@ -238,6 +238,21 @@ def _write_reports(results, reg_path, gate_pass) -> None:
         })
 
 
+def _guard(plots, reg_path, jobs) -> None:
+    """Every output checked before any work: none is an input or a file a registry names (exit 9);
+    --plots-dir is a directory, and no plot would replace a registry's file."""
+    if plots and plots.exists() and not plots.is_dir():
+        raise cli.UsageError(f"--plots-dir {plots} is a file; pass a directory (it is created when missing)")
+    outs = {"--out-json": _OUT_JSON.value, "--out-md": _OUT_MD.value}
+    outs = {flag: cli.resolve_user_path(v) if v else None for flag, v in outs.items()}
+    if plots:
+        outs.update({f"--plots-dir ({job.id}.png)": plots / f"{job.id}.png" for job in jobs})
+        if not plots.exists():
+            outs = {flag: p for flag, p in outs.items() if not flag.startswith("--plots-dir")}
+    inputs = [p for job in jobs for p in (job.fp32, job.int8, job.real, job.shift) if p is not None]
+    cli.guard_outputs(outs, inputs, reg_path)
+
+
 def main(argv):
     _check_flags(argv)
     try:
@@ -245,9 +260,10 @@ def main(argv):
     except gate.GateError as e:
         raise cli.UsageError(str(e)) from None
     plots = _plots_dir()
+    reg_path, jobs = _jobs()
+    _guard(plots, reg_path, jobs)
     if plots:
         plots.mkdir(parents=True, exist_ok=True)
-    reg_path, jobs = _jobs()
     latency = _LATENCY.value if _LATENCY.value is not None else not _FP32.value
     results, slower = [], []
     for job in jobs:

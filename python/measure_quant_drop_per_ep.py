@@ -209,7 +209,8 @@ def main(argv):
     if not _OUT.value:
         raise cli.UsageError("--out DIR is required")
     out = cli.resolve_user_path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise cli.UsageError(f"--out {out} is a file; pass a directory (it is created when missing)")
     try:
         shapes = gate.parse_input_shapes(_SHAPES.value)
     except gate.GateError as e:
@@ -219,6 +220,10 @@ def main(argv):
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinyq_ep_") as tmp:
         reg_path, models = _models(Path(tmp))
+        if out.is_dir():
+            cli.guard_outputs({"--out (results.md)": out / "results.md", "--out (results.json)": out / "results.json"},
+                              [p for m in models for p in (m.fp32, m.int8)], reg_path)
+        out.mkdir(parents=True, exist_ok=True)
         for m in models:
             for v in variants:
                 row = _row(m, v, shapes)

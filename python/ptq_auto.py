@@ -208,10 +208,7 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
                 outputs=[(paths["--output"], "int8_model", choice.row.int8)] if paths["--output"] in outputs else []),
         }
         outputs[paths["--report-out"]] = _json(report)
-    try:
-        atomic_write_all(list(outputs.items()))
-    except OSError as e:
-        raise cli.UsageError(f"cannot write {e.filename}: {e.strerror}; nothing was written") from None
+    atomic_write_all(list(outputs.items()))
     for path in outputs:
         print(f"ptq_auto: wrote {path}")
     if paths["--output"] and choice.row is None:

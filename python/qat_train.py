@@ -71,13 +71,12 @@ def main(argv):
         cfg.train.seed = _SEED.value
     out = cli.resolve_user_path(_OUTPUT.value)
     conditioned_out = cli.resolve_user_path(_FP32_OUTPUT.value) if _FP32_OUTPUT.value else None
-    if conditioned_out == out:
-        raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: must differ from --output")
-    reg = cli.load_valid_registry(cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY))
+    reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    reg = cli.load_valid_registry(reg_path)
     entry = reg.get(cfg.model)
-    if conditioned_out is not None and conditioned_out.resolve() == entry.onnx.resolve():
-        raise cli.UsageError(f"--fp32-output {_FP32_OUTPUT.value}: that is the registry's fp32 model, which this run reads; "
-                             "write elsewhere and register the result")
+    report_out = cli.resolve_user_path(_REPORT.value) if _REPORT.value else None
+    cli.guard_outputs({"--output": out, "--fp32-output": conditioned_out, "--report-out": report_out},
+                      [cli.resolve_user_path(_CONFIG.value), entry.onnx], reg_path)
     spec = zoo.spec(cfg.model)
     corpora = train.Corpora(cli.path_or_default(_CORPUS.value, corpus.DEFAULT_PATH),
                             cli.path_or_default(_RESTORATION.value, restoration.DEFAULT_PATH))

@@ -29,12 +29,12 @@ the fp32 model, nothing written; 4 the int8 file quantises no weight, nothing wr
 
 import hashlib
 import sys
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import onnx
 from absl import flags
 
-from tinyq import calibration, cli, drops, quantize, registry, sidecar, weights
+from tinyq import calibration, cli, drops, quantize, registry, sidecar, transaction, weights
 from tinyq.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
 
 _KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
@@ -73,8 +73,6 @@ cli.finite(_BUDGET)
 
 
 def _load_registry(path):
-    if not path.parent.is_dir():
-        raise cli.UsageError(f"--registry {path}: the directory {path.parent} does not exist; create it first")
     if not path.exists():
         return {"$schema": "./registry.schema.json", "models": [], "schema_version": 1}
     try:
@@ -255,6 +253,13 @@ def _sidecar(path, entry, model):
         old = registry.read_json(path) if path.is_file() else {}
     except ValueError as e:
         raise cli.UsageError(f"{path}: the existing sidecar is not valid JSON ({e}); fix or remove it") from None
+    except OSError as e:
+        raise cli.UsageError(f"{path}: cannot read the existing sidecar: {e.strerror}; fix or remove it") from None
+    if not isinstance(old, dict):
+        raise cli.UsageError(f"{path}: the existing sidecar is a JSON {type(old).__name__}, not an object; fix or remove it")
+    if not isinstance(old.get("input_semantics", {}), dict):
+        raise cli.UsageError(f"{path}: the existing sidecar's input_semantics is a JSON {type(old['input_semantics']).__name__}, "
+                             f"not an object of input name -> meaning; fix or remove the field")
     semantics = {**old.get("input_semantics", {}), **_semantics(inputs)}
     side = {**old, **sidecar.build(entry, inputs=inputs, outputs=outputs, arch=None, n_params=sidecar.n_params(model),
                                    notes=entry.get("notes"), input_semantics=semantics)}
@@ -325,7 +330,8 @@ def _write(plan, reg_path, data):
     todo = [(src, dest, payload) for src, dest, payload in plan.files if src is None or not cli.same_file(src, dest)]
     for _, dest, _ in todo:
         dest.parent.mkdir(parents=True, exist_ok=True)  # calibration/ and fixtures/ in a new registry
-    cli.guard_outputs({str(dest): dest for _, dest, _ in todo}, [src for src, _, _ in todo if src is not None], reg_path)
+    cli.guard_outputs({str(dest): dest for _, dest, _ in todo}, [src for src, _, _ in todo if src is not None], reg_path,
+                      pinning=True)
     atomic_write_all([(dest, payload) for _, dest, payload in todo] + [(reg_path, dumps_json({**data, "models": models}).encode())])
     return [dest for _, dest, _ in todo]
 
@@ -335,6 +341,16 @@ def main(argv):
         raise cli.UsageError("expected exactly one model path")
     src = cli.resolve_user_path(argv[1])
     reg_path = cli.path_or_default(_REGISTRY.value, registry.DEFAULT_REGISTRY)
+    if not reg_path.parent.is_dir():
+        raise cli.UsageError(f"--registry {reg_path}: the directory {reg_path.parent} does not exist; create it first")
+    try:
+        with transaction.locked(Path(transaction.real_target(reg_path)).parent):  # one writer: read, plan, write, check
+            return _register(src, reg_path)
+    except transaction.LockTimeout as e:
+        raise cli.Busy(str(e)) from None
+
+
+def _register(src, reg_path):
     data = _load_registry(reg_path)
     try:
         plan = Plan(src, reg_path, data)

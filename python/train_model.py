@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from tinyq import cli, corpus, provenance, registry, restoration, sidecar, train, zoo
+from tinyq import cli, corpus, provenance, registry, registry_files, restoration, sidecar, train, zoo
 from tinyq.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
 _MODEL = flags.DEFINE_enum("model", None, list(zoo.SPECS), "The zoo model to train.")
@@ -38,6 +38,7 @@ def main(argv):
     corpus_path = corpora.path_for(spec)
     out_dir = cli.path_or_default(_OUT_DIR.value, registry.DEFAULT_REGISTRY.parent)
     registry_path = cli.resolve_user_path(_REGISTRY.value) if _REGISTRY.value else out_dir / "registry.json"
+    cli.guard_flags({"--report-out": _REPORT.value}, [corpus_path], registry_path)
     try:
         data = corpora.for_spec(spec)
     except FileNotFoundError as e:
@@ -59,7 +60,7 @@ def main(argv):
     atomic_write_bytes(onnx_path, onnx_bytes)
 
     soak = train.task_metrics(spec, train.predict_onnx(onnx_bytes, soak_set.inputs, [i.name for i in spec.inputs]), soak_set)
-    entry = registry.upsert(
+    entry = registry_files.upsert(
         registry_path,
         {
             "id": spec.id,

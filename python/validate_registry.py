@@ -26,6 +26,8 @@ def main(argv):
     if len(argv) > 2:
         raise cli.UsageError(f"expected at most one REGISTRY argument, got {len(argv) - 1}: {' '.join(argv[1:])}")
     path = cli.resolve_user_path(argv[1]) if len(argv) == 2 else cli.workspace_dir() / registry.DEFAULT_REGISTRY
+    if _OUT_JSON.value:
+        cli.guard_outputs({"--out-json": cli.resolve_user_path(_OUT_JSON.value)}, [path], path)
     try:
         reg, findings = registry.check(path)
     except registry.RegistryReadError as e:

@@ -6,20 +6,122 @@ their ground truth, for quantisation choices; a soak fixture (model/tiny/fixture
 their ground truth under the key "target". Both are checked against the model's graph. A shift
 set (model/tiny/shift/<id>.shift.npz, tinyq.shift) holds val-split inputs under degradations
 stronger than the corpus holds, and no target.
+
+Every input file is read only when it is a regular file (a FIFO would block the tool forever, a
+device never ends), and an .npz only after its zip directory and every array's .npy header fit the
+stated caps (MAX_NPZ_BYTES, MAX_SAMPLES, MAX_NPZ_ENTRIES): nothing is decompressed or allocated
+for an array whose header declares more. Over a cap is errors.TooLarge (cli.TooLarge, exit 10) naming the file, the
+entry, the declared size and the cap.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
+from numpy.lib import format as npy_format
+
+from tinyq import errors
 
 TARGET_KEY = "target"
 _FLOAT = onnx.TensorProto.FLOAT
+
+# Caps on an .npz, checked from its zip directory and .npy headers before any array is read.
+MAX_NPZ_BYTES = 256 * 1024 * 1024  # decompressed, all entries together (256 MiB)
+MAX_SAMPLES = 1_000_000  # rows (axis 0) of any one entry
+MAX_NPZ_ENTRIES = 1024  # entries in one archive (one per model input, plus the target)
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with entries; an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+# --- reading input files ----------------------------------------------------------------------
+
+
+class ModelFileError(errors.UsageError, ValueError):
+    """A model file tinyq cannot read as an ONNX model (exit 2, also a ValueError for the callers
+    that catch one); the message names the file and the fix."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _not_regular(path: Path, mode: int) -> str:
+    kind = _kind(mode)
+    if stat.S_ISDIR(mode):
+        return "is a directory; pass a file"
+    return f"is {kind}, not a regular file; tinyq reads only regular files: pass (or copy the data to) a regular file"
+
+
+def file_problem(path: Path) -> Optional[str]:
+    """Why path cannot be read as an input file ("file not found", "is a directory; ...", "is a
+    FIFO ..., not a regular file; ..."), or None for a regular file. Only stat: nothing is opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "file not found"
+    except NotADirectoryError:
+        return "file not found (a component of the path is not a directory)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None if stat.S_ISREG(st.st_mode) else _not_regular(path, st.st_mode)
+
+
+class _NotReadable(Exception):
+    """A file_problem found on opening (the caller raises its own error type with it)."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """path opened for binary reading, only when it is a regular file: checked with stat before
+    opening (opening some devices acts), then opened non-blocking and checked again with fstat, so a
+    FIFO swapped in between never blocks. Raises _NotReadable with the file_problem text."""
+    problem = file_problem(path)
+    if problem:
+        raise _NotReadable(problem)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise _NotReadable(f"cannot be read ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotReadable(_not_regular(path, st.st_mode))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_model(path: Union[str, Path]) -> onnx.ModelProto:
+    """The ONNX model at path, its external data not loaded; ModelFileError (naming the file) when
+    it is not a regular file, is empty, or is not an ONNX protobuf."""
+    path = Path(path)
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except _NotReadable as e:
+        fix = "; pass the path of an .onnx file" if str(e).startswith("file not found") else ""
+        raise ModelFileError(f"{path}: {e}{fix}") from None
+    if not data:
+        raise ModelFileError(f"{path}: is an empty file, not an ONNX model; export the model again")
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except Exception as e:  # protobuf's DecodeError, RuntimeWarning turned error, ...
+        raise ModelFileError(f"{path}: not an ONNX model (protobuf parse failed: {e}); pass an .onnx file") from None
+    if not model.HasField("graph"):
+        raise ModelFileError(f"{path}: not an ONNX model (it parses as protobuf but holds no graph); pass an .onnx file")
+    return model
 
 
 @dataclass(frozen=True)
@@ -35,7 +137,7 @@ class GraphInput:
 
 def graph_inputs(model: Union[str, Path, onnx.ModelProto]) -> List[GraphInput]:
     """The graph's real inputs (initialisers listed as inputs by old exporters are skipped)."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
     inits = {t.name for t in proto.graph.initializer}
     out = []
     for vi in proto.graph.input:
@@ -73,8 +175,13 @@ def check_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[GraphInput],
             continue
         a = arrays[inp.name]
         want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inp.elem_type))
+        if want.hasobject:  # a string input: an .npz holds it only pickled, which tinyq never loads
+            problems.append(f"key {inp.name!r}: the model's input is a {inp.dtype_name} tensor, which an .npz cannot hold "
+                            f"without pickling and tinyq never unpickles; tinyq calibrates and judges numeric inputs only")
+            continue
         if a.dtype != want:
-            problems.append(f"key {inp.name!r}: dtype {a.dtype}, the model's input is {want}; convert with .astype(np.{want})")
+            problems.append(f"key {inp.name!r}: dtype {a.dtype}, the model's input is {want.name}; "
+                            f"convert with .astype(np.{want.name})")
         if a.ndim != len(inp.shape):
             problems.append(
                 f"key {inp.name!r}: shape {list(a.shape)} has rank {a.ndim}, the model's input is rank {len(inp.shape)} "
@@ -98,16 +205,103 @@ def check_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[GraphInput],
     return problems
 
 
-def load_npz(path: Path, inputs: Sequence[GraphInput], extra_keys: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-    """Loads and checks an .npz against the graph inputs; raises CalibrationError listing every problem."""
-    path = Path(path)
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
+
+
+def _example(path: Path, inputs: Sequence[GraphInput]) -> str:
+    names = ", ".join(f"{i.name}=array" for i in inputs) if inputs else "<input name>=array"
+    return f"np.savez({path.with_suffix('.npz').name!r}, {names})"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str  # the array's name: the member's name without .npy, as numpy.load gives it
+    info: zipfile.ZipInfo
+    version: Tuple[int, int]
+    shape: Tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+
+
+def _entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Entry:
+    """One member's .npy header, checked against the caps before its data is read."""
+    key = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise CalibrationError(path, ["file not found"]) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise CalibrationError(path, [f"not a readable .npz ({e}); write it with numpy.savez"]) from None
+        with zf.open(info) as m:
+            version = npy_format.read_magic(m)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, fortran, dtype = read_header(m)
+            header_end = m.tell()
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+        raise CalibrationError(path, [f"entry {info.filename!r} is not a .npy array ({e}); write the file with numpy.savez"]) from None
+    if dtype.hasobject:
+        raise CalibrationError(path, [f"entry {key!r} holds Python objects (dtype {dtype}), which tinyq never unpickles; "
+                                      f"save numeric arrays (e.g. array.astype(np.float32))"])
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > MAX_NPZ_BYTES:
+        raise errors.TooLarge(f"{path}: entry {key!r} declares shape {list(shape)} {dtype} = {declared:,} bytes ({_mib(declared)}), "
+                         f"over tinyq's cap of {MAX_NPZ_BYTES:,} bytes ({_mib(MAX_NPZ_BYTES)}) per .npz; pass a smaller set "
+                         f"(hundreds to thousands of samples)")
+    if shape and shape[0] > MAX_SAMPLES:
+        raise errors.TooLarge(f"{path}: entry {key!r} declares {shape[0]:,} samples (axis 0), over tinyq's cap of {MAX_SAMPLES:,}; "
+                         f"pass a smaller set (hundreds to thousands of samples)")
+    if declared > info.file_size - header_end:
+        raise CalibrationError(path, [f"entry {key!r} declares shape {list(shape)} {dtype} ({declared:,} bytes) but holds "
+                                      f"{max(info.file_size - header_end, 0):,} bytes of data: truncated or corrupt; "
+                                      f"write the file again with numpy.savez"])
+    return _Entry(key, info, version, tuple(shape), fortran, dtype)
+
+
+def _read_npz(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarray]:
+    """The arrays of the .npz at path; every cap and header checked before any array is read."""
+    try:
+        f = open_regular(path)
+    except _NotReadable as e:
+        raise CalibrationError(path, [str(e) + ("; pass the path of an .npz" if str(e).startswith("file not found") else "")]) from None
+    with f:
+        magic = f.read(len(_NPY_MAGIC))
+        f.seek(0)
+        if not magic:
+            raise CalibrationError(path, [f"is an empty file, not an .npz; write one with {_example(path, inputs)}"])
+        if magic.startswith(_NPY_MAGIC):
+            raise CalibrationError(path, [f"{path.name} is a single .npy array; pass an .npz with one entry per model input, "
+                                          f"e.g. {_example(path, inputs)}"])
+        if not magic.startswith(_ZIP_MAGIC):
+            raise CalibrationError(path, [f"not an .npz (zip) archive; write one with {_example(path, inputs)}"])
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CalibrationError(path, [f"not a readable .npz (zip) archive ({e}); write it again with numpy.savez"]) from None
+        with zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_NPZ_ENTRIES:
+                raise errors.TooLarge(f"{path}: {len(infos):,} entries, over tinyq's cap of {MAX_NPZ_ENTRIES:,} per .npz; "
+                                 f"pass one entry per model input (plus {TARGET_KEY!r})")
+            total = sum(i.file_size for i in infos)
+            if total > MAX_NPZ_BYTES:
+                big = max(infos, key=lambda i: i.file_size)
+                raise errors.TooLarge(f"{path}: its entries decompress to {total:,} bytes ({_mib(total)}; entry {big.filename!r} "
+                                 f"{big.file_size:,} bytes), over tinyq's cap of {MAX_NPZ_BYTES:,} bytes ({_mib(MAX_NPZ_BYTES)}) "
+                                 f"per .npz; pass a smaller set (hundreds to thousands of samples)")
+            entries = [_entry(path, zf, info) for info in infos]
+            arrays = {}
+            for e in entries:
+                try:
+                    with zf.open(e.info) as m:
+                        arrays[e.key] = npy_format.read_array(m, allow_pickle=False)
+                except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as err:
+                    raise CalibrationError(path, [f"entry {e.info.filename!r} cannot be read ({err}): truncated or corrupt; "
+                                                  f"write the file again with numpy.savez"]) from None
+    return arrays
+
+
+def load_npz(path: Path, inputs: Sequence[GraphInput], extra_keys: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """Loads and checks an .npz against the graph inputs; raises CalibrationError listing every
+    problem, errors.TooLarge (cli.TooLarge, exit 10) for a file over MAX_NPZ_BYTES, MAX_SAMPLES or MAX_NPZ_ENTRIES,
+    found from the headers before any array is read."""
+    path = Path(path)
+    arrays = _read_npz(path, inputs)
     problems = check_arrays(arrays, inputs, extra_keys)
     if problems:
         raise CalibrationError(path, problems)

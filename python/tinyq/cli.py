@@ -10,47 +10,9 @@ from typing import Callable, Iterable, List, Mapping, Optional
 
 from absl import app, flags
 
-# Exit codes, the same for every tool.
-EXIT_OK = 0
-EXIT_FAIL = 1  # The input was read and judged: invalid registry, over budget, ...
-EXIT_USAGE = 2  # Bad flags, unreadable or missing files, anything that stopped the judging.
-EXIT_NOT_JUDGED = 5  # The models ran, but no output could be judged (all skipped, or one value): never a pass.
-# 3, 4, 6 and 7 belong to single tools (see the exit-code table in docs/user-guide.md).
-EXIT_UNSAFE_OUTPUT = 9  # An output would overwrite an input or a file a registry names: nothing written.
-EXIT_TOO_LARGE = 10  # An input passes a stated resource cap (decompressed bytes, samples, nesting).
-EXIT_BUSY = 11  # Another tinyq tool holds the directory's lock past the bounded wait.
-EXIT_WRITE_FAILED = 12  # The outputs could not be written (disk full, read-only, permissions): nothing written.
-EXIT_INTERNAL = 70  # A bug in tinyq: an unexpected exception (the one-line safety net; TINYQ_DEBUG=1 shows it).
-
-
-class UsageError(Exception):
-    """A problem with how the tool was called or with reading its inputs (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-
-class UnsafeOutput(UsageError):
-    """An output path that would overwrite an input or a file a registry names (exit 9)."""
-
-    exit_code = EXIT_UNSAFE_OUTPUT
-
-
-class TooLarge(UsageError):
-    """An input over a stated resource cap, found before it is loaded (exit 10)."""
-
-    exit_code = EXIT_TOO_LARGE
-
-
-class Busy(UsageError):
-    """Another tinyq writer holds the lock past the bounded wait (exit 11)."""
-
-    exit_code = EXIT_BUSY
-
-
-class WriteFailed(UsageError):
-    """The outputs could not be written; every old file is still in place (exit 12)."""
-
-    exit_code = EXIT_WRITE_FAILED
+from tinyq.errors import (  # noqa: F401  (re-exported: tools use cli.EXIT_* and cli.UsageError)
+    EXIT_BUSY, EXIT_FAIL, EXIT_INTERNAL, EXIT_NOT_JUDGED, EXIT_OK, EXIT_TOO_LARGE, EXIT_UNSAFE_OUTPUT, EXIT_USAGE,
+    EXIT_WRITE_FAILED, Busy, TooLarge, UnsafeOutput, UsageError, WriteFailed)
 
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -169,42 +131,53 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def _registries(explicit: Optional[Path], near: Iterable[Path]) -> List[Path]:
-    """The registries whose fp32 models no tool may overwrite: the one given, the workspace's,
-    and any registry.json beside an input or output."""
+    """The registries whose files no tool may overwrite: the one given, the workspace's, and any
+    registry.json beside an input or output or one directory up (fixtures/, calibration/)."""
     from tinyq import registry
 
     found = [explicit] if explicit else []
     found.append(workspace_dir() / registry.DEFAULT_REGISTRY)
-    found.extend(p.parent / "registry.json" for p in near)
+    for p in near:
+        found += [p.parent / "registry.json", p.parent.parent / "registry.json"]
     return [p for p in found if p.is_file()]
 
 
-def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path], registry_path: Optional[Path] = None) -> None:
-    """Refuses (UsageError, exit 2) before any work is done when an output's directory is missing,
-    two outputs are one file, or an output resolves to an input or to an fp32 model a registry
-    names. outputs maps the flag that sets each path (e.g. "--output") to the path, or None."""
-    from tinyq import registry
+def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path], registry_path: Optional[Path] = None,
+                  pinning: bool = False) -> None:
+    """Refuses before any work is done when an output's directory is missing or is a file (exit 2),
+    two outputs are one file, or an output resolves to an input or to any file a registry names:
+    the registry itself, a model, sidecar, pinned int8, calibration, soak or validation set (exit 9).
+    outputs maps the flag that sets each path (e.g. "--output") to the path, or None. pinning=True
+    is the pinning path (register_model), which may replace what registry_path names."""
+    from tinyq import registry_files
 
     outs = {flag: p for flag, p in outputs.items() if p is not None}
     inputs = [Path(p) for p in inputs]
     for flag, out in outs.items():
         if not out.parent.is_dir():
-            raise UsageError(f"{flag} {out}: the directory {out.parent} does not exist; create it, or pass a path in an existing directory")
+            what = "is a file, not a directory" if out.parent.exists() else "does not exist"
+            raise UsageError(f"{flag} {out}: the directory {out.parent} {what}; pass a path in an existing directory")
         if out.is_dir():
             raise UsageError(f"{flag} {out} is a directory; pass a file path")
         for src in inputs:
             if same_file(out, src):
-                raise UsageError(f"{flag} {out} is the input {src}; this tool never overwrites its input: pass another {flag}")
+                raise UnsafeOutput(f"{flag} {out} is the input {src}; this tool never overwrites its input: pass another {flag}")
     names = list(outs)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             if same_file(outs[a], outs[b]):
-                raise UsageError(f"{a} and {b} are the same file {outs[a]}; pass two different paths")
+                raise UnsafeOutput(f"{a} and {b} are the same file {outs[a]}; pass two different paths")
     for reg in _registries(registry_path, [*inputs, *outs.values()]):
-        for model_id, fp32 in registry.fp32_models(reg).items():
+        if pinning and registry_path and same_file(reg, registry_path):
+            continue
+        for named, what in registry_files.named_files(reg).items():
             for flag, out in outs.items():
-                if same_file(out, fp32):
-                    raise UsageError(
-                        f"{flag} {out} is the fp32 model of {model_id!r} in {reg}; tinyq never overwrites a registered fp32 "
-                        f"model: pass another {flag}"
-                    )
+                if same_file(out, named):
+                    raise UnsafeOutput(
+                        f"{flag} {out} is {what} in {reg}; no tool overwrites a file a registry names (pinned artefacts "
+                        f"are replaced only by register_model or update_pins): pass another {flag}")
+
+
+def guard_flags(outputs: Mapping[str, Optional[str]], inputs: Iterable[Path] = (), registry_path: Optional[Path] = None) -> None:
+    """guard_outputs for output flags as given on the command line ({"--out-json": value or None})."""
+    guard_outputs({flag: resolve_user_path(v) if v else None for flag, v in outputs.items()}, inputs, registry_path)

@@ -4,49 +4,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+import errno
 import os
-import tempfile
+import stat
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+def require_regular(path: PathLike) -> None:
+    """Raises OSError (naming why) unless path is a regular file: a FIFO would block the reader
+    forever, a directory or device is not data. Symlinks are followed."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"{_kind(st.st_mode)}, not a regular file; pass a regular file", os.fspath(path))
+
+
+def _kind(mode: int) -> str:
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+
+
+def read_regular(path: PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes, opened without blocking (a FIFO swapped in
+    after a check still cannot hang the reader). OSError naming why otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{_kind(mode)}, not a regular file; pass a regular file", os.fspath(path))
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than the {max_bytes} bytes tinyq reads of it", os.fspath(path))
+    return raw
 
 
 def sha256_file(path: PathLike) -> str:
     """Hex sha256 of a file, streamed."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _unlink(path: PathLike) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _staged(path: Path, data: bytes) -> str:
-    """A fsynced temp file beside path holding data; the caller renames or removes it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return tmp
-
-
-def _keep_aside(path: Path) -> Union[str, None]:
-    """A hard link to the file at path under a temp name, or None when there is no file."""
-    if not path.exists():
-        return None
-    backup = tempfile.mktemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
-    os.link(path, backup)
-    return backup
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -57,40 +54,25 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     atomic_write_all([(path, data)])
 
 
-def atomic_write_all(files: Sequence[Tuple[PathLike, bytes]]) -> None:
-    """Writes every (path, data) or none of them.
+def atomic_write_all(files: Sequence[Tuple[PathLike, Optional[bytes]]]) -> None:
+    """Writes every (path, data), or removes it where data is None, as one unit (tinyq.transaction):
+    after an error or a kill at any point, the next run sees every old file or every new one.
 
-    Every file is staged in a temp file beside its path first; only when all are staged are
-    they renamed into place, each old file kept aside until the last rename succeeds. An error
-    at any point puts every old file back and removes every new one.
+    A symlink is written through to its target; an existing file keeps its permissions. Raises
+    errors.WriteFailed (every old file in place) or errors.Busy (another writer held the lock too long).
     """
-    paths = [Path(p) for p, _ in files]
-    staged: List[str] = []
-    done: List[Tuple[Path, Union[str, None]]] = []  # (path, its old file kept aside, or None)
+    from tinyq import errors, transaction
+
+    targets = [(transaction.real_target(p), data) for p, data in files]
+    if len({t for t, _ in targets}) != len(targets):
+        raise ValueError(f"one file named twice in one write: {[os.fspath(p) for p, _ in files]}")
     try:
-        for path, (_, data) in zip(paths, files):
-            staged.append(_staged(path, data))
-        for path, tmp in zip(paths, staged):
-            backup = _keep_aside(path)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                if backup is not None:
-                    _unlink(backup)
-                raise
-            done.append((path, backup))
-    except BaseException:
-        for path, backup in reversed(done):
-            if backup is not None:
-                os.replace(backup, path)
-            else:
-                _unlink(path)
-        for tmp in staged:
-            _unlink(tmp)
-        raise
-    for _, backup in done:
-        if backup is not None:
-            _unlink(backup)
+        transaction.write_all(targets)
+    except transaction.LockTimeout as e:
+        raise errors.Busy(str(e)) from None
+    except OSError as e:
+        where = e.filename or (targets[-1][0] if targets else "?")
+        raise errors.WriteFailed(f"cannot write {where}: {e.strerror or e}; nothing was written, every old file is in place") from None
 
 
 def dumps_json(obj: Any) -> str:

@@ -36,7 +36,7 @@ def paths(argv: List[str], output: Optional[str], report: Optional[str]) -> Path
 
 
 def guard(p: Paths, inputs: Sequence[Path] = (), registry_path: Optional[Path] = None) -> None:
-    """cli.guard_outputs for a PTQ tool: exit 2 before any work when a path is unusable."""
+    """cli.guard_outputs for a PTQ tool: exit 2 or 9 before any work when a path is unusable."""
     cli.guard_outputs({"--output": p.out, "--report-out": p.report}, [p.src, *inputs], registry_path)
 
 
@@ -77,10 +77,7 @@ def finish(
         full = {**report, "output": str(p.out), **sizes, "weights": cov.as_dict(), "run_provenance": provenance.absl_provenance(
             tool=tool, main_module=main, inputs=inputs, outputs=[(p.out, "int8_model", artefact)])}
         files.append((p.report, provenance.report_bytes(full)))
-    try:
-        atomic_write_all(files)
-    except OSError as e:
-        raise cli.UsageError(f"cannot write {e.filename or p.out}: {e.strerror}; nothing was written") from None
+    atomic_write_all(files)
     print(f"{tool}: wrote {p.out} ({what}, {sizes['fp32_bytes']} -> {sizes['int8_bytes']} B, x{sizes['size_ratio']:.2f})"
           + (f" and {p.report}" if p.report else ""))
     print("\n".join(_coverage_lines(tool, cov)))

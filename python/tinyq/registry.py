@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
 
-from tinyq.fileio import sha256_file
+from tinyq.fileio import read_regular, sha256_file
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
 KINDS = ("fr", "nr", "filter", "classifier", "regressor")
@@ -201,26 +201,21 @@ def _pointer(parts: Iterable[Any]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+MAX_JSON_BYTES = 10 * 1024 * 1024  # a registry or sidecar larger than this is not one
+
+
+def _read_regular(path: Path) -> bytes:
+    return read_regular(path, MAX_JSON_BYTES)
+
+
 def read_json(path: Path) -> Any:
-    """A JSON file, strictly UTF-8."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    return json.loads(raw.decode("utf-8"))
-
-
-def fp32_models(path: Path) -> Dict[str, Path]:
-    """{id: fp32 model path} for every entry of the registry at path that names one, read
-    leniently (an invalid registry still protects its files); {} when it cannot be read."""
+    """A JSON file, strictly UTF-8, from a regular file (ValueError when it is not JSON, or nested
+    too deeply to be tinyq's)."""
+    raw = _read_regular(Path(path))
     try:
-        data = read_json(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    models = data.get("models") if isinstance(data, dict) else None
-    out: Dict[str, Path] = {}
-    for i, m in enumerate(models if isinstance(models, list) else []):
-        if isinstance(m, dict) and isinstance(m.get("onnx"), str):
-            out[str(m.get("id", f"models[{i}]"))] = Path(path).parent / m["onnx"]
-    return out
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply to be a tinyq JSON file") from None
 
 
 _schema_cache: Dict[Path, jsonschema.protocols.Validator] = {}
@@ -475,35 +470,51 @@ def _no_duplicate_keys(pairs):
 
 
 def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], List[Finding]]:
-    """Validates the registry at path.
+    """Validates the registry at path, under its directory's shared lock (an interrupted update
+    there is finished first, so what is read is the old state or the new one, never a mix).
 
     Returns (registry, findings): the registry is None when the file is not valid JSON or fails
     its schema. Raises RegistryReadError when the file cannot be read. read_held_out=False checks
     that each soak fixture exists without opening it: for tools that make choices (ptq_auto),
     which must never read the held-out data.
     """
+    from tinyq import transaction
+
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with transaction.locked(Path(transaction.real_target(path)).parent, shared=True):
+            return _check(path, read_held_out)
+    except transaction.LockTimeout as e:
+        raise RegistryReadError(str(e)) from None
+
+
+def _parse(raw: bytes) -> Tuple[Any, List[Finding]]:
+    """The registry's JSON, or the finding that says why it is not JSON tinyq accepts."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys), []
+    except UnicodeDecodeError as e:
+        return None, [Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])]
+    except _DuplicateKey as e:
+        return None, [Finding("duplicate_key", "(registry)", "", f"key {e.key!r} appears twice in one object",
+                              _FIXES["duplicate_key"])]
+    except RecursionError:
+        return None, [Finding("malformed_json", "(registry)", "", "nested too deeply to be a registry",
+                              _FIXES["malformed_json"])]
+    except json.JSONDecodeError as e:
+        return None, [Finding("malformed_json", "(registry)", "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}",
+                              _FIXES["malformed_json"])]
+
+
+def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Finding]]:
+    try:
+        raw = _read_regular(path)
     except FileNotFoundError:
         raise RegistryReadError(f"{path}: registry not found; pass the path of a registry.json") from None
     except OSError as e:
         raise RegistryReadError(f"{path}: cannot read the registry: {e.strerror}") from None
-
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except UnicodeDecodeError as e:
-        f = Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])
-        return None, [f]
-    except _DuplicateKey as e:
-        return None, [Finding("duplicate_key", "(registry)", "", f"key {e.key!r} appears twice in one object",
-                              _FIXES["duplicate_key"])]
-    except json.JSONDecodeError as e:
-        f = Finding(
-            "malformed_json", "(registry)", "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", _FIXES["malformed_json"]
-        )
-        return None, [f]
-
+    data, findings = _parse(raw)
+    if findings:
+        return None, findings
     c = _Checker(path, data, read_held_out)
     bad = c.check_schema()
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
@@ -525,26 +536,3 @@ def load(path: Path, read_held_out: bool = True, strict: bool = False) -> Regist
     if errors(findings, strict) or registry is None:
         raise RegistryInvalid(Path(path), findings)
     return registry
-
-
-def upsert(path: Path, entry: Dict[str, Any]) -> Dict[str, Any]:
-    """Adds or replaces the entry with entry["id"], keeping its quantisation fields; atomic.
-
-    Returns the entry as written. The registry is rewritten in the one tinyq JSON layout.
-    """
-    from tinyq.fileio import atomic_write_json
-
-    path = Path(path)
-    data = read_json(path) if path.exists() else {"$schema": "./registry.schema.json", "schema_version": 1, "models": []}
-    models = data.setdefault("models", [])
-    for i, m in enumerate(models):
-        if m.get("id") == entry["id"]:
-            kept = {k: v for k, v in m.items() if k.startswith("quant_") or k == "int8_sha256"}
-            models[i] = {**entry, **kept}
-            written = models[i]
-            break
-    else:
-        models.append(dict(entry))
-        written = models[-1]
-    atomic_write_json(path, data)
-    return written

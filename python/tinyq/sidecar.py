@@ -2,12 +2,21 @@
 writing them from a spec and a registry entry.
 
 read()/parse() follow the same rules as the C++ parser (cc/tinyq/sidecar.cc), with the same
-error codes; tests/vectors/sidecars/ holds the cases both are tested against.
+error codes; tests/vectors/sidecars/ holds the cases both are tested against. The rules
+(cc/tinyq/sidecar.h): strict UTF-8 JSON with one leading UTF-8 byte order mark ignored; a number
+that overflows a double or a lone UTF-16 surrogate escape is a parse_error (nlohmann refuses
+both); nesting deeper than MAX_DEPTH is limit_exceeded; a key given twice in one object is
+duplicate_key; integer fields must fit in int64; "onnx" must be a relative path that stays in the
+sidecar's directory (onnx_path_escape). A parse_error wins over a depth error, which wins over a
+duplicate key. read() reads only a regular file, and at most MAX_SIDECAR_BYTES + 1 bytes of it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,11 +27,16 @@ MAX_SIDECAR_BYTES = 1024 * 1024
 MAX_PATH_BYTES = 4096
 MAX_ARRAY_ELEMENTS = 4096
 MAX_RANK = 8
+MAX_DEPTH = 64  # nested arrays and objects, the top-level object counting as 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+BOM = b"\xef\xbb\xbf"
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")  # enum values 0..3, as in cc/tinyq/sidecar.h
 
 
 class SidecarError(Exception):
-    """code is one of: io_error, too_large, parse_error, schema_error, limit_exceeded, inconsistent."""
+    """code is one of: io_error, too_large, parse_error, schema_error, limit_exceeded, inconsistent,
+    duplicate_key, onnx_path_escape."""
 
     def __init__(self, code: str, message: str):
         self.code = code
@@ -50,7 +64,8 @@ class Sidecar:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer that fits in int64, as the C++ parser requires of integer fields."""
+    return isinstance(v, int) and not isinstance(v, bool) and INT64_MIN <= v <= INT64_MAX
 
 
 def _is_number(v: Any) -> bool:
@@ -61,68 +76,105 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _str(doc: Dict[str, Any], name: str, required: bool = False) -> Optional[str]:
-    if name not in doc:
-        if required:
-            raise SidecarError("schema_error", f"field '{name}' is required")
-        return None
-    if not isinstance(doc[name], str):
-        raise SidecarError("schema_error", f"field '{name}' must be a string")
-    return doc[name]
-
-
-def _array(doc: Dict[str, Any], name: str, ok) -> List[Any]:
-    v = doc[name]
-    if not isinstance(v, list):
-        raise SidecarError("schema_error", f"field '{name}' must be an array")
-    if len(v) > MAX_ARRAY_ELEMENTS:
-        raise SidecarError("limit_exceeded", f"field '{name}' has {len(v)} elements, over the limit of {MAX_ARRAY_ELEMENTS}")
-    if not all(ok(e) for e in v):
-        raise SidecarError("schema_error", f"field '{name}' has an element of the wrong type")
+def _parse_float(text: str) -> float:
+    v = float(text)
+    if math.isinf(v):
+        raise ValueError(f"the number {text[:32]} overflows a double")
     return v
 
 
-def _shape(v: Any, name: str) -> List[int]:
-    if not isinstance(v, list):
-        raise SidecarError("schema_error", f"field '{name}' must hold arrays (shapes)")
-    if len(v) > MAX_RANK:
-        raise SidecarError("limit_exceeded", f"a shape in '{name}' has rank {len(v)}, over the limit of {MAX_RANK}")
-    out = []
-    for d in v:
-        if _is_int(d):
-            out.append(d)
-        elif d is None or isinstance(d, str):
-            out.append(-1)  # a named or unknown dimension is dynamic
-        else:
-            raise SidecarError("schema_error", f"a shape in '{name}' has a dimension that is not an integer")
-    return out
+def _parse_int(text: str) -> Any:
+    """An integer as nlohmann reads it: an integer when it fits in int64 or uint64, else a double
+    (a parse error when that overflows)."""
+    if len(text) <= 21:  # no longer than "-9223372036854775808"; longer ones are out of range anyway
+        v = int(text)
+        if INT64_MIN <= v <= UINT64_MAX:
+            return v
+    return _parse_float(text)
 
 
-def _specs(doc: Dict[str, Any], which: str) -> List[Tuple[str, List[int]]]:
-    names_key, shapes_key = f"{which}_names", f"{which}_shapes"
-    if names_key in doc:
-        names = _array(doc, names_key, lambda e: isinstance(e, str))
-        shapes: List[List[int]] = []
-        if shapes_key in doc:
-            shapes = [_shape(s, shapes_key) for s in _array(doc, shapes_key, lambda e: True)]
-            if len(shapes) != len(names):
-                raise SidecarError("inconsistent", f"'{names_key}' has {len(names)} entries but '{shapes_key}' has {len(shapes)}")
-        return [(n, shapes[i] if i < len(shapes) else []) for i, n in enumerate(names)]
-    name = _str(doc, f"{which}_name")
-    if name is None:
-        return []
-    shape = _shape(doc[f"{which}_shape"], f"{which}_shape") if f"{which}_shape" in doc else []
-    return [(name, shape)]
+class _Pairs(list):
+    """An object's (key, value) pairs as the parser met them, turned into a dict by _check()."""
+
+
+def _walk(doc: Any) -> Tuple[Any, bool, Optional[str], int]:
+    """Turns every _Pairs into a dict. Returns (doc, whether a string or key holds a lone UTF-16
+    surrogate, the first duplicate key met or None, the deepest nesting). Iterative, and it looks
+    into values a duplicate key discards too, as the C++ parser's streaming pass does."""
+    lone_surrogate = False
+    duplicate: Optional[str] = None
+    max_depth = 0
+    holder: List[Any] = [doc]
+    stack: List[Tuple[Any, Any, int]] = [(holder, 0, 1)]  # (container, slot, depth a container there has)
+    while stack:
+        parent, slot, depth = stack.pop()
+        v = parent[slot]
+        if isinstance(v, str):
+            lone_surrogate = lone_surrogate or _has_surrogate(v)
+        elif isinstance(v, _Pairs):
+            max_depth = max(max_depth, depth)
+            out: Dict[str, Any] = {}
+            discarded: List[Any] = []
+            for key, value in v:
+                lone_surrogate = lone_surrogate or _has_surrogate(key)
+                if key in out:
+                    duplicate = key if duplicate is None else duplicate
+                    discarded.append(out[key])
+                out[key] = value
+            parent[slot] = out
+            stack.extend((discarded, i, depth + 1) for i in range(len(discarded)))
+            stack.extend((out, key, depth + 1) for key in out)
+        elif isinstance(v, list):
+            max_depth = max(max_depth, depth)
+            stack.extend((v, i, depth + 1) for i in range(len(v)))
+    return holder[0], lone_surrogate, duplicate, max_depth
+
+
+def _has_surrogate(s: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in s)
+
+
+def _too_large(size: Optional[int]) -> SidecarError:
+    got = f"{size} bytes, " if size is not None else ""
+    return SidecarError("too_large", f"the sidecar is {got}larger than {MAX_SIDECAR_BYTES} bytes (1 MiB cap)")
+
+
+def _load_json(data: bytes) -> Any:
+    """The document, or SidecarError: parse_error, then limit_exceeded (depth), then duplicate_key."""
+    if data.startswith(BOM):  # RFC 8259 lets a parser ignore one; nlohmann does
+        data = data[len(BOM):]
+    try:
+        doc = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            object_pairs_hook=_Pairs,
+        )
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SidecarError("parse_error", f"the sidecar is not valid UTF-8 JSON ({e})") from None
+    except RecursionError:  # nested far deeper than MAX_DEPTH
+        raise SidecarError("limit_exceeded", f"the sidecar nests arrays and objects over the limit of {MAX_DEPTH}") from None
+    doc, lone_surrogate, duplicate, depth = _walk(doc)
+    if lone_surrogate:
+        raise SidecarError("parse_error", "the sidecar is not valid UTF-8 JSON (a lone UTF-16 surrogate escape)")
+    if depth > MAX_DEPTH:
+        raise SidecarError("limit_exceeded", f"the sidecar nests arrays and objects {depth} deep, over the limit of {MAX_DEPTH}")
+    if duplicate is not None:
+        raise SidecarError("duplicate_key", f"key '{duplicate[:64]}' appears twice in one object")
+    return doc
+
+
+def _safe_relative_path(p: str) -> bool:
+    """Not absolute, no backslash, no '..' component, no NUL: the rule of the registry's path jail."""
+    return not (p.startswith("/") or "\\" in p or "\0" in p or ".." in p.split("/"))
 
 
 def parse(data: bytes) -> Sidecar:
     """A sidecar from bytes; raises SidecarError with the same code the C++ parser returns."""
     if len(data) > MAX_SIDECAR_BYTES:
-        raise SidecarError("too_large", f"the sidecar is {len(data)} bytes, over the 1 MiB limit")
-    try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise SidecarError("parse_error", f"the sidecar is not valid UTF-8 JSON ({e})") from None
+        raise _too_large(len(data))
+    doc = _load_json(data)
     if not isinstance(doc, dict):
         raise SidecarError("schema_error", "the sidecar must be a JSON object")
     # "name" identifies a reference toolkit sidecar that has no "id".
@@ -133,6 +185,12 @@ def parse(data: bytes) -> Sidecar:
     sc.onnx = _str(doc, "onnx")
     if sc.onnx is not None and len(sc.onnx.encode()) > MAX_PATH_BYTES:
         raise SidecarError("limit_exceeded", f"field 'onnx' is over the path limit of {MAX_PATH_BYTES} bytes")
+    if sc.onnx is not None and not _safe_relative_path(sc.onnx):
+        raise SidecarError(
+            "onnx_path_escape",
+            "field 'onnx' must be a path relative to the sidecar's directory that stays inside it "
+            "(not absolute, no '..', no backslash or NUL)",
+        )
     opset = doc.get("opset", doc.get("onnx_opset"))  # "onnx_opset" is accepted as an alias
     if opset is not None or "opset" in doc or "onnx_opset" in doc:
         if not _is_int(opset) or not 0 <= opset <= 1000:
@@ -175,14 +233,38 @@ def parse(data: bytes) -> Sidecar:
     return sc
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def read(path: Path) -> Sidecar:
-    """The sidecar at path; SidecarError messages name the file."""
+    """The sidecar at path; SidecarError messages name the file. Only a regular file is read (a
+    FIFO would block open() until a writer came), and at most one byte past the cap."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SIDECAR_BYTES + 1)  # one byte past the cap is enough to refuse
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise SidecarError("io_error", f"{path}: cannot open the sidecar: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a file")
+            raise SidecarError("io_error", f"{path}: not a regular file ({kind}); refusing to read it as the sidecar")
+        if st.st_size > MAX_SIDECAR_BYTES:  # refused unread, with its real size
+            e = _too_large(st.st_size)
+            raise SidecarError(e.code, f"{path}: {e}")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(MAX_SIDECAR_BYTES + 1)  # a file that grew since fstat: one byte past the cap is enough
     except OSError as e:
         raise SidecarError("io_error", f"{path}: cannot read the sidecar: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_SIDECAR_BYTES:
+        e = _too_large(None)
+        raise SidecarError(e.code, f"{path}: {e}")
     try:
         return parse(data)
     except SidecarError as e:
