@@ -1,9 +1,16 @@
 // The verified loader against the cases in tests/vectors/loader/, under both policies.
 #include "cc/tinyq/loader.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -31,6 +38,26 @@ fs::path Materialise(const fs::path& src, const json& expect) {
     fs::create_symlink(outside / "model.int8.onnx", dst / "model.int8.onnx");
   }
   return dst;
+}
+
+// Runs call, which must return within 5 s; a reader blocked on the FIFO (the bug) is released by
+// opening it for writing, so a regression fails instead of hanging.
+tinyq_code Promptly(const std::function<tinyq_code()>& call, const fs::path& fifo) {
+  auto result = std::async(std::launch::async, call);
+  if (result.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    ADD_FAILURE() << "blocked on " << fifo;
+    while (result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+      const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (w >= 0) ::close(w);
+    }
+  }
+  return result.get();
+}
+
+// Replaces file with a FIFO of the same name.
+void ReplaceWithFifo(const fs::path& file) {
+  fs::remove(file);
+  ASSERT_EQ(::mkfifo(file.c_str(), 0600), 0);
 }
 
 TEST(LoaderVectors, EveryCaseUnderBothPolicies) {
@@ -64,7 +91,7 @@ TEST(LoaderVectors, EveryCaseUnderBothPolicies) {
     }
     ++cases;
   }
-  EXPECT_GE(cases, 8);
+  EXPECT_GE(cases, 9);
 }
 
 TEST(Loader, FlippedByteIsRefusedOrFallsBack) {
@@ -94,6 +121,129 @@ TEST(Loader, WithoutAJailALinkedInt8FileIsAllowed) {
   tinyq_status st;
   ASSERT_EQ(tinyq_resolve((dir / "model.onnx").c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_OK) << st.message;
   EXPECT_EQ(res.mode, TINYQ_QUANT_DYNAMIC);
+}
+
+TEST(Loader, AFifoSidecarIsRefusedPromptly) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  ReplaceWithFifo(dir / "model.json");
+  tinyq_resolution res;
+  tinyq_status st;
+  const std::string model = (dir / "model.onnx").string();
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.json"),
+            TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find((dir / "model.json").string() + ": not a regular file (a FIFO)"), std::string::npos)
+      << st.message;
+}
+
+TEST(Loader, AFifoModelIsRefusedPromptly) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  tinyq_resolution res;
+  tinyq_status st;
+  // The int8 file a FIFO: refused under fail-closed; the fallback verifies the real fp32 file.
+  ReplaceWithFifo(dir / "model.int8.onnx");
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st); }, dir / "model.int8.onnx"),
+            TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("model.int8.onnx: not a regular file (a FIFO)"), std::string::npos) << st.message;
+  ASSERT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.int8.onnx"),
+            TINYQ_OK) << st.message;
+  EXPECT_TRUE(res.fell_back);
+  EXPECT_EQ(fs::path(res.path).filename(), "model.onnx");
+  // The fp32 file a FIFO too.
+  ReplaceWithFifo(dir / "model.onnx");
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.onnx"),
+            TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("model.onnx: not a regular file (a FIFO)"), std::string::npos) << st.message;
+}
+
+TEST(Loader, DirectoriesInPlaceOfFilesAreRefused) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  tinyq_resolution res;
+  tinyq_status st;
+  fs::remove(dir / "model.int8.onnx");
+  fs::create_directory(dir / "model.int8.onnx");
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("model.int8.onnx: not a regular file (a directory)"), std::string::npos) << st.message;
+  fs::remove(dir / "model.json");
+  fs::create_directory(dir / "model.json");
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("model.json: not a regular file (a directory)"), std::string::npos) << st.message;
+}
+
+TEST(Loader, OnnxClimbingOutIsRefusedWithItsOwnCode) {
+  const fs::path dir = Materialise("tests/vectors/loader/fp32_mode", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  json side = json::parse(std::ifstream(dir / "model.json"));
+  tinyq_resolution res;
+  tinyq_status st;
+  for (const char* onnx : {"../../etc/x.onnx", "/etc/x.onnx", "sub/../../x.onnx"}) {
+    SCOPED_TRACE(onnx);
+    side["onnx"] = onnx;
+    std::ofstream(dir / "model.json") << side.dump();
+    for (const char* jail : {static_cast<const char*>(nullptr), dir.c_str()}) {
+      EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, jail, &res, &st), TINYQ_E_ONNX_PATH_ESCAPE) << st.message;
+      EXPECT_NE(std::string(st.message).find("field 'onnx'"), std::string::npos) << st.message;
+    }
+  }
+  // A relative path that a symlink takes outside the jail: refused with a jail, allowed without.
+  const fs::path outside = dir.parent_path() / "onnx_outside";
+  fs::create_directories(outside);
+  std::ofstream(outside / "model.onnx") << "x";
+  fs::remove(dir / "sub");
+  fs::create_directory_symlink(outside, dir / "sub");
+  side["onnx"] = "sub/model.onnx";
+  std::ofstream(dir / "model.json") << side.dump();
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_E_ONNX_PATH_ESCAPE) << st.message;
+  EXPECT_NE(std::string(st.message).find("outside the model directory"), std::string::npos) << st.message;
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_OK) << st.message;
+  // Its own name, or one inside the directory, is fine.
+  side["onnx"] = "model.onnx";
+  std::ofstream(dir / "model.json") << side.dump();
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_OK) << st.message;
+}
+
+TEST(Loader, AnInterruptedRegistryUpdateFailsClosed) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  tinyq_resolution res;
+  tinyq_status st;
+  ASSERT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_OK) << st.message;
+  std::ofstream(dir / ".tinyq-journal.json") << "{}";
+  for (const auto policy : {TINYQ_FAIL_CLOSED, TINYQ_FALLBACK_FP32}) {
+    for (const char* jail : {static_cast<const char*>(nullptr), dir.c_str()}) {
+      EXPECT_EQ(tinyq_resolve(model.c_str(), policy, jail, &res, &st), TINYQ_E_UPDATE_INTERRUPTED) << st.message;
+      EXPECT_EQ(std::string(st.message), dir.string() + ": an update of this registry was interrupted (.tinyq-journal.json); "
+                                                        "run `bazel run //python:validate_registry -- " +
+                                             dir.string() + "/registry.json` to finish it, then retry");
+      EXPECT_STREQ(res.path, "");
+    }
+  }
+  // Even a dangling link of that name counts: the writer's journal is the commit point.
+  fs::remove(dir / ".tinyq-journal.json");
+  fs::create_symlink("nowhere", dir / ".tinyq-journal.json");
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_E_UPDATE_INTERRUPTED);
+  fs::remove(dir / ".tinyq-journal.json");
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_OK) << st.message;
+}
+
+TEST(Loader, AJournalInTheJailAboveTheModelCounts) {
+  // A registry whose models live in a subdirectory: its journal sits in the jail (the registry's
+  // directory), above the model's.
+  const fs::path root = fs::path(std::getenv("TEST_TMPDIR")) / "nested_registry";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  fs::rename(dir, root / "models");
+  const std::string model = (root / "models" / "model.onnx").string();
+  tinyq_resolution res;
+  tinyq_status st;
+  ASSERT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, root.c_str(), &res, &st), TINYQ_OK) << st.message;
+  std::ofstream(root / ".tinyq-journal.json") << "{}";
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, root.c_str(), &res, &st), TINYQ_E_UPDATE_INTERRUPTED) << st.message;
+  EXPECT_NE(std::string(st.message).find(fs::canonical(root).string() + ": an update of this registry was interrupted"), std::string::npos)
+      << st.message;
+  EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_OK) << "without a jail only the model's directory is checked";
 }
 
 TEST(Loader, BadArguments) {

@@ -2,8 +2,18 @@
 // python/tinyq/sidecar_test.py), plus the C API's own contracts.
 #include "cc/tinyq/sidecar.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -34,6 +44,30 @@ std::vector<fs::path> Expectations() {
   return out;
 }
 
+fs::path TmpDir() { return fs::path(std::getenv("TEST_TMPDIR")); }
+
+// Runs call, which must return within 5 s. A reader blocked on a FIFO (the bug) is released by
+// opening and closing the FIFO for writing, so a regression fails the test instead of hanging it.
+template <typename T>
+T Promptly(const std::function<T()>& call, const fs::path& fifo) {
+  auto result = std::async(std::launch::async, call);
+  if (result.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    ADD_FAILURE() << "blocked on " << fifo << " (opened without O_NONBLOCK?)";
+    while (result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+      const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (w >= 0) ::close(w);
+    }
+  }
+  return result.get();
+}
+
+fs::path MakeFifo(const std::string& name) {
+  const fs::path p = TmpDir() / name;
+  fs::remove(p);
+  EXPECT_EQ(::mkfifo(p.c_str(), 0600), 0) << std::strerror(errno);
+  return p;
+}
+
 std::vector<int64_t> Shape(const tinyq_tensor_spec& s) { return std::vector<int64_t>(s.shape, s.shape + s.rank); }
 
 TEST(SidecarVectors, EveryVectorParsesAsExpected) {
@@ -46,13 +80,22 @@ TEST(SidecarVectors, EveryVectorParsesAsExpected) {
     fs::path input = kVectors / (name + ".json");
     if (expect.contains("generate_bytes")) {
       input = fs::path(std::getenv("TEST_TMPDIR")) / (name + ".json");
-      std::ofstream(input, std::ios::binary) << std::string(expect["generate_bytes"].get<size_t>(), ' ');
+      const size_t n = expect["generate_bytes"].get<size_t>();
+      if (expect.value("generate_sparse", false)) {  // a sparse file of n bytes: a size to report, not to read
+        std::ofstream(input, std::ios::binary).close();
+        fs::resize_file(input, n);
+      } else {
+        std::ofstream(input, std::ios::binary) << std::string(n, ' ');
+      }
     }
     tinyq_sidecar* sc = nullptr;
     tinyq_status st;
     const tinyq_code code = tinyq_sidecar_load(input.c_str(), &sc, &st);
     EXPECT_STREQ(tinyq_code_name(code), expect["status"].get<std::string>().c_str()) << st.message;
     EXPECT_EQ(st.code, code);
+    if (expect.contains("message_contains")) {
+      EXPECT_NE(std::string(st.message).find(expect["message_contains"].get<std::string>()), std::string::npos) << st.message;
+    }
     if (code != TINYQ_OK) {
       EXPECT_EQ(sc, nullptr);
       EXPECT_NE(std::string(st.message).find(input.string()), std::string::npos) << "the message names the file";
@@ -145,6 +188,92 @@ TEST(Sidecar, NullArgumentsAndMissingFile) {
   EXPECT_EQ(tinyq_sidecar_parse(nullptr, 0, &sc, nullptr), TINYQ_E_PARSE);  // empty input, no status wanted
   EXPECT_EQ(tinyq_sidecar_load(std::string(5000, 'a').c_str(), &sc, &st), TINYQ_E_LIMIT);
   tinyq_sidecar_free(nullptr);
+}
+
+TEST(Sidecar, AFifoIsRefusedWithoutBlocking) {
+  const fs::path fifo = MakeFifo("fifo.json");
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  const tinyq_code code = Promptly<tinyq_code>([&] { return tinyq_sidecar_load(fifo.c_str(), &sc, &st); }, fifo);
+  EXPECT_EQ(code, TINYQ_E_IO) << st.message;
+  EXPECT_EQ(sc, nullptr);
+  EXPECT_NE(std::string(st.message).find(fifo.string() + ": not a regular file (a FIFO)"), std::string::npos) << st.message;
+}
+
+TEST(Sidecar, ADirectoryIsRefused) {
+  const fs::path dir = TmpDir() / "dir.json";
+  fs::create_directories(dir);
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sidecar_load(dir.c_str(), &sc, &st), TINYQ_E_IO);
+  EXPECT_EQ(sc, nullptr);
+  EXPECT_NE(std::string(st.message).find(dir.string() + ": not a regular file (a directory)"), std::string::npos) << st.message;
+}
+
+TEST(Sidecar, ADeviceIsRefused) {
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sidecar_load("/dev/zero", &sc, &st), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("/dev/zero: not a regular file (a character device)"), std::string::npos) << st.message;
+}
+
+TEST(Sidecar, ALinkToAFifoIsRefused) {
+  const fs::path fifo = MakeFifo("linked_fifo");
+  const fs::path link = TmpDir() / "link.json";
+  fs::remove(link);
+  fs::create_symlink(fifo, link);
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(Promptly<tinyq_code>([&] { return tinyq_sidecar_load(link.c_str(), &sc, &st); }, fifo), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("not a regular file (a FIFO)"), std::string::npos) << st.message;
+}
+
+TEST(Sidecar, OversizeFromMemoryReportsItsSize) {
+  const std::string data(TINYQ_MAX_SIDECAR_BYTES + 7, ' ');
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sidecar_parse(data.data(), data.size(), &sc, &st), TINYQ_E_TOO_LARGE);
+  EXPECT_STREQ(st.message, "the sidecar is 1048583 bytes, larger than 1048576 bytes (1 MiB cap)");
+}
+
+TEST(Sidecar, ABillionByteSidecarIsRefusedUnreadWithItsRealSize) {
+  const fs::path p = TmpDir() / "huge.json";
+  std::ofstream(p, std::ios::binary).close();
+  fs::resize_file(p, uint64_t{1} << 30);  // sparse
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sidecar_load(p.c_str(), &sc, &st), TINYQ_E_TOO_LARGE);
+  EXPECT_EQ(std::string(st.message), p.string() + ": the sidecar is 1073741824 bytes, larger than 1048576 bytes (1 MiB cap)");
+  EXPECT_EQ(std::string(st.message).find("1048577"), std::string::npos);
+}
+
+// A 1 MiB sidecar can nest 500,000 deep: nlohmann's DOM copy, dump and destruction recurse, so
+// before the depth limit this overflowed the stack (in "arch", which is dumped).
+TEST(Sidecar, NestingFarPastTheLimitIsRefusedWithoutACrash) {
+  const size_t n = TINYQ_MAX_SIDECAR_BYTES / 2 - 40;
+  const std::string data = R"({"id":"m","arch":)" + std::string(n, '[') + std::string(n, ']') + "}";
+  ASSERT_LE(data.size(), static_cast<size_t>(TINYQ_MAX_SIDECAR_BYTES));
+  tinyq_sidecar* sc = nullptr;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sidecar_parse(data.data(), data.size(), &sc, &st), TINYQ_E_LIMIT);
+  EXPECT_NE(std::string(st.message).find("over the limit of 64"), std::string::npos) << st.message;
+}
+
+TEST(Sidecar, CodeNames) {
+  EXPECT_STREQ(tinyq_code_name(TINYQ_E_DUPLICATE_KEY), "duplicate_key");
+  EXPECT_STREQ(tinyq_code_name(TINYQ_E_ONNX_PATH_ESCAPE), "onnx_path_escape");
+  EXPECT_STREQ(tinyq_code_name(TINYQ_E_UPDATE_INTERRUPTED), "update_interrupted");
+}
+
+TEST(Sha256, RefusesAFifoADirectoryAndADevice) {
+  const fs::path fifo = MakeFifo("fifo.onnx");
+  char hex[65];
+  tinyq_status st;
+  EXPECT_EQ(Promptly<tinyq_code>([&] { return tinyq_sha256_file(fifo.c_str(), hex, &st); }, fifo), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find(fifo.string() + ": not a regular file (a FIFO)"), std::string::npos) << st.message;
+  EXPECT_EQ(tinyq_sha256_file(TmpDir().c_str(), hex, &st), TINYQ_E_IO);
+  EXPECT_NE(std::string(st.message).find("not a regular file (a directory)"), std::string::npos) << st.message;
+  EXPECT_EQ(tinyq_sha256_file("/dev/zero", hex, &st), TINYQ_E_IO);  // would never end
 }
 
 TEST(Sha256, KnownAnswer) {

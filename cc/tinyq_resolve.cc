@@ -2,7 +2,10 @@
 //
 // Usage: bazel run //cc:tinyq_resolve -- model/tiny/<id>.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]
 // Exit codes: 0 a verified file to load (and --help), 1 refused (missing or mismatching file, path
-// escape, bad sidecar), 2 usage error.
+// escape, bad sidecar, a file that is not a regular one), 2 usage error, 3 an update of the
+// registry was interrupted: its directory (the model's, or one up to --jail) holds
+// .tinyq-journal.json, so its files may be a mix of old and new; `bazel run
+// //python:validate_registry` finishes the update, then retry.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +14,8 @@
 #include "cc/tinyq/loader.h"
 
 namespace {
+
+constexpr int kExitUpdateInterrupted = 3;
 
 constexpr char kUsage[] = "usage: tinyq_resolve MODEL.onnx [--policy=fail-closed|fallback-fp32] [--jail=DIR]\n";
 
@@ -22,7 +27,9 @@ constexpr char kHelp[] =
     "  --policy=fallback-fp32  fall back to the verified fp32 model instead\n"
     "  --jail=DIR              refuse any file that resolves outside DIR, symlinks included\n"
     "  --help, -h              this text\n\n"
-    "Exit codes: 0 a verified file (printed as path, mode, sha256, verdict, reason), 1 refused, 2 usage error.\n";
+    "Exit codes: 0 a verified file (printed as path, mode, sha256, verdict, reason), 1 refused, 2 usage error,\n"
+    "3 an update of the registry was interrupted (its directory holds .tinyq-journal.json: the files may be a\n"
+    "mix of old and new; run `bazel run //python:validate_registry` to finish it, then retry).\n";
 
 int Usage(const char* message) {
   std::fprintf(stderr, "tinyq_resolve: %s\n%s", message, kUsage);
@@ -70,6 +77,10 @@ int main(int argc, char** argv) {
   std::printf("policy: %s\n", policy == TINYQ_FAIL_CLOSED ? "fail-closed" : "fallback-fp32");
   if (code != TINYQ_OK) {
     std::printf("verdict: refused (%s)\nreason: %s\n", tinyq_code_name(code), status.message);
+    if (code == TINYQ_E_UPDATE_INTERRUPTED) {
+      std::fprintf(stderr, "tinyq_resolve: %s\n", status.message);
+      return kExitUpdateInterrupted;
+    }
     return 1;
   }
   std::printf("path: %s\nmode: %s\nrequested_mode: %s\nsha256: %s\nverdict: verified%s\nreason: %s\n", res.path,

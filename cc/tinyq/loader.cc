@@ -1,6 +1,9 @@
 // tinyq verified loader: picks the file to load for a model and never returns it unverified.
 #include "cc/tinyq/loader.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -20,25 +23,72 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool Exists(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return false;
-  std::fclose(f);
-  return true;
-}
-
 // The canonical path with every symlink resolved, or "" when it does not exist.
 std::string RealPath(const std::string& path) {
   std::unique_ptr<char, void (*)(void*)> real(realpath(path.c_str(), nullptr), &std::free);
   return real ? std::string(real.get()) : std::string();
 }
 
+// True when real (canonical) is jail (canonical) or lies under it.
+bool Within(const std::string& real, const std::string& jail) {
+  return real == jail || (real.size() > jail.size() && real.compare(0, jail.size(), jail) == 0 && real[jail.size()] == '/');
+}
+
 // True when path, symlinks resolved, lies inside jail (already canonical).
 bool InsideJail(const std::string& path, const std::string& jail) {
   if (jail.empty()) return true;
   const std::string real = RealPath(path);
-  if (real.empty()) return false;
-  return real == jail || (real.size() > jail.size() && real.compare(0, jail.size(), jail) == 0 && real[jail.size()] == '/');
+  return !real.empty() && Within(real, jail);
+}
+
+// Whether anything is at path, symlinks followed; nothing is opened (open(2) on a FIFO blocks).
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// The file a Python writer keeps in a registry's directory while a multi-file update is under way
+// (and after one was interrupted, until the next tool run replays it).
+constexpr char kJournal[] = ".tinyq-journal.json";
+
+// TINYQ_E_UPDATE_INTERRUPTED when dir holds the journal: its files may be a mix of old and new.
+tinyq_code CheckJournal(const std::string& dir, std::string* message) {
+  const std::string journal = dir + "/" + kJournal;
+  struct stat st;
+  if (::lstat(journal.c_str(), &st) == 0) {
+    *message = dir + ": an update of this registry was interrupted (" + kJournal +
+               "); run `bazel run //python:validate_registry -- " + dir +
+               "/registry.json` to finish it, then retry";
+    return TINYQ_E_UPDATE_INTERRUPTED;
+  }
+  if (errno != ENOENT && errno != ENOTDIR) {
+    *message = journal + ": cannot check for an interrupted registry update: " + std::strerror(errno);
+    return TINYQ_E_IO;
+  }
+  return TINYQ_OK;
+}
+
+// Checks the model's directory and every directory above it up to the jail (the registry's
+// directory is one of them), or the model's directory alone without a jail.
+tinyq_code CheckJournals(const std::string& model_dir, const std::string& jail, std::string* message) {
+  if (const tinyq_code c = CheckJournal(model_dir, message); c != TINYQ_OK) return c;
+  if (jail.empty()) return TINYQ_OK;
+  std::string dir = RealPath(model_dir);
+  if (dir.empty() || !Within(dir, jail)) {
+    return CheckJournal(jail, message);  // the model lies outside the jail: that is refused later
+  }
+  for (;;) {
+    if (const tinyq_code c = CheckJournal(dir, message); c != TINYQ_OK) return c;
+    if (dir == jail || dir == "/") return TINYQ_OK;
+    dir = Dirname(dir);
+  }
 }
 
 // Verifies path against the expected hash; fills reason on failure.
@@ -75,6 +125,22 @@ void Fill(tinyq_resolution* out, const std::string& path, tinyq_quant_mode mode,
   std::snprintf(out->reason, sizeof(out->reason), "%s", reason.c_str());
 }
 
+// A verified result, unless an update of the registry began while the files were read: then the
+// files checked may be a mix of old and new, and the result is withdrawn.
+tinyq_code Done(const std::string& model_dir, const std::string& jail, tinyq_resolution* out, tinyq_status* status) {
+  std::string message;
+  if (const tinyq_code c = CheckJournals(model_dir, jail, &message); c != TINYQ_OK) {
+    const tinyq_quant_mode requested = out->requested_mode;
+    std::memset(out, 0, sizeof(*out));
+    out->requested_mode = requested;
+    SetStatus(status, c, message);
+    std::snprintf(out->reason, sizeof(out->reason), "%s", message.c_str());
+    return c;
+  }
+  SetStatus(status, TINYQ_OK, out->reason);
+  return TINYQ_OK;
+}
+
 }  // namespace
 
 extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
@@ -102,6 +168,11 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
       return TINYQ_E_IO;
     }
   }
+  std::string journal_message;
+  if (const tinyq_code c = CheckJournals(Dirname(fp32), jail, &journal_message); c != TINYQ_OK) {
+    SetStatus(status, c, journal_message);
+    return c;
+  }
   const std::string base = fp32.substr(0, fp32.size() - 5);
   const std::string sidecar_path = base + ".json";
   const std::string int8 = base + ".int8.onnx";
@@ -123,6 +194,16 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
     std::snprintf(status->warning, sizeof(status->warning), "%s", parse.warning);
   }
   out->requested_mode = sc->quant_mode;
+  // The parser refused an absolute "onnx" or one with ".."; a jail also catches a symlink out.
+  if (sc->onnx != nullptr && !jail.empty()) {
+    const std::string named = Dirname(fp32) + "/" + sc->onnx;
+    const std::string real = RealPath(named);
+    if (!real.empty() && !InsideJail(named, jail)) {
+      SetStatus(status, TINYQ_E_ONNX_PATH_ESCAPE,
+                sidecar_path + ": its 'onnx' " + sc->onnx + " resolves to " + real + ", outside the model directory " + jail);
+      return TINYQ_E_ONNX_PATH_ESCAPE;
+    }
+  }
 
   char actual[65] = {0};
   std::string why;
@@ -130,8 +211,7 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
     const tinyq_code c = Verify(int8, sc->has_int8_sha256 ? sc->int8_sha256 : nullptr, jail, "int8 model", TINYQ_E_INT8_MISSING, actual, &why);
     if (c == TINYQ_OK) {
       Fill(out, int8, sc->quant_mode, actual, std::string("int8 model verified (") + tinyq_quant_mode_name(sc->quant_mode) + ")");
-      SetStatus(status, TINYQ_OK, out->reason);
-      return TINYQ_OK;
+      return Done(Dirname(fp32), jail, out, status);
     }
     if (policy == TINYQ_FAIL_CLOSED) {
       SetStatus(status, c, why + "; refusing it (FAIL_CLOSED)");
@@ -149,6 +229,5 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
   }
   Fill(out, fp32, TINYQ_QUANT_FP32, actual,
        out->fell_back ? why + "; fell back to the verified fp32 model (FALLBACK_FP32)" : std::string("fp32 model verified"));
-  SetStatus(status, TINYQ_OK, out->reason);
-  return TINYQ_OK;
+  return Done(Dirname(fp32), jail, out, status);
 }

@@ -26,7 +26,13 @@ typedef struct {
  * When quant_mode is not FP32 the <basename>.int8.onnx beside it must match int8_sha256;
  * otherwise FAIL_CLOSED returns the error and FALLBACK_FP32 returns the fp32 file after
  * verifying it against sha256, with the reason. jail_dir (or NULL) is a directory that every
- * path, once symlinks are resolved, must stay inside. */
+ * path, once symlinks are resolved, must stay inside; the sidecar's "onnx" too
+ * (TINYQ_E_ONNX_PATH_ESCAPE, as the parser returns for one that is absolute or climbs with "..").
+ * Files are read only when regular (a FIFO, device or directory is TINYQ_E_IO, without blocking).
+ * While an update of the registry is under way or was interrupted, its directory holds
+ * .tinyq-journal.json and its files may be a mix of old and new: TINYQ_E_UPDATE_INTERRUPTED, when
+ * the model's directory (or, with a jail, any directory from the model's up to the jail) holds
+ * one, checked before the files are read and again before a verified result is returned. */
 tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
                          tinyq_status* status);
 

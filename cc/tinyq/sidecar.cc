@@ -2,14 +2,19 @@
 // and tests/vectors/sidecars/ holds the cases both must agree on.
 #include "cc/tinyq/sidecar.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <new>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +47,132 @@ bool IsHex64(const std::string& s) {
   if (s.size() != 64) return false;
   for (char c : s) {
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// An integer that fits in int64 (nlohmann keeps integers up to UINT64_MAX as unsigned; Python's
+// reader would take any size).
+bool IsInt64(const json& v) {
+  if (!v.is_number_integer()) return false;
+  return !v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX);
+}
+
+// What a file that is not a regular one is, for the message.
+const char* Kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a file";
+}
+
+// An open file descriptor, closed on scope exit.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Opens path for reading without blocking (open(2) on a FIFO with no writer would wait forever)
+// and refuses anything but a regular file. On success fd->fd is open (blocking again) and *st
+// holds its fstat; otherwise status says why, naming the path.
+tinyq_code OpenRegular(const char* path, const char* what, Fd* fd, struct stat* st, tinyq_status* status) {
+  do {
+    fd->fd = ::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  } while (fd->fd < 0 && errno == EINTR);
+  if (fd->fd < 0) {
+    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot open " + what + ": " + std::strerror(errno));
+    return TINYQ_E_IO;
+  }
+  if (::fstat(fd->fd, st) != 0) {
+    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot stat " + what + ": " + std::strerror(errno));
+    return TINYQ_E_IO;
+  }
+  if (!S_ISREG(st->st_mode)) {
+    SetStatus(status, TINYQ_E_IO, std::string(path) + ": not a regular file (" + Kind(st->st_mode) + "); refusing to read it as " + what);
+    return TINYQ_E_IO;
+  }
+  const int flags = ::fcntl(fd->fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd->fd, F_SETFL, flags & ~O_NONBLOCK);
+  return TINYQ_OK;
+}
+
+// Reads up to n bytes (fewer at end of file); -1 on a read error.
+ssize_t ReadUpTo(int fd, char* buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::read(fd, buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+std::string TooLarge(const std::string& size) {
+  return "the sidecar is " + size + "larger than " + std::to_string(TINYQ_MAX_SIDECAR_BYTES) + " bytes (1 MiB cap)";
+}
+
+// A first, streaming pass over the bytes: syntax, nesting depth and duplicate keys. nlohmann's DOM
+// parser keeps the last of two equal keys and its copy, dump and comparison recurse (a 1 MiB
+// sidecar nests 500,000 deep), so both are refused here, before a DOM exists.
+class Precheck : public nlohmann::json_sax<json> {
+ public:
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return Open(); }
+  bool start_array(std::size_t) override { return Open(); }
+  bool end_object() override { return Close(); }
+  bool end_array() override { return Close(); }
+  bool key(string_t& k) override {
+    // Only levels within the limit are tracked; deeper ones already fail the depth check.
+    if (depth_ <= TINYQ_MAX_DEPTH && !keys_.empty() && duplicate_.empty() && !keys_.back().insert(k).second) duplicate_ = k;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+  size_t max_depth() const { return max_depth_; }
+  const std::string& duplicate() const { return duplicate_; }
+
+ private:
+  bool Open() {
+    ++depth_;
+    if (depth_ > max_depth_) max_depth_ = depth_;
+    if (depth_ <= TINYQ_MAX_DEPTH) keys_.emplace_back();
+    return true;
+  }
+  bool Close() {
+    if (depth_ <= TINYQ_MAX_DEPTH && !keys_.empty()) keys_.pop_back();
+    --depth_;
+    return true;
+  }
+
+  size_t depth_ = 0, max_depth_ = 0;
+  std::vector<std::set<std::string>> keys_;  // one per open container within the limit (empty for arrays)
+  std::string duplicate_;
+};
+
+// True when a relative path stays where it starts: not absolute, no backslash (a separator on
+// Windows), no ".." component and no NUL (which would cut the C string short). The rule of
+// python/tinyq/registry.py's path jail.
+bool SafeRelativePath(const std::string& p) {
+  if (p.empty()) return true;
+  if (p[0] == '/' || p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return false;
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t end = p.find('/', start);
+    if (end == std::string::npos) end = p.size();
+    if (p.compare(start, end - start, "..") == 0) return false;
+    start = end + 1;
   }
   return true;
 }
@@ -98,7 +229,7 @@ std::vector<int64_t> Shape(const json& v, const char* name) {
   }
   std::vector<int64_t> out;
   for (const json& d : v) {
-    if (d.is_number_integer()) {
+    if (IsInt64(d)) {
       out.push_back(d.get<int64_t>());
     } else if (d.is_string() || d.is_null()) {
       out.push_back(-1);  // a named or unknown dimension is dynamic
@@ -172,6 +303,11 @@ void Fill(const json& root, tinyq_sidecar* sc, tinyq_status* status) {
     throw Failure{TINYQ_E_LIMIT, "field 'onnx' is " + std::to_string(onnx.size()) + " bytes, over the path limit of " +
                                      std::to_string(TINYQ_MAX_PATH_BYTES)};
   }
+  if (!SafeRelativePath(onnx)) {
+    throw Failure{TINYQ_E_ONNX_PATH_ESCAPE,
+                  "field 'onnx' must be a path relative to the sidecar's directory that stays inside it "
+                  "(not absolute, no '..', no backslash or NUL)"};
+  }
   if (!onnx.empty()) sc->onnx = Dup(onnx);
 
   // "opset" is what tinyq writes; "onnx_opset" is accepted as an alias (the reference C parser
@@ -179,7 +315,7 @@ void Fill(const json& root, tinyq_sidecar* sc, tinyq_status* status) {
   const json* opset = Field(root, "opset");
   if (opset == nullptr) opset = Field(root, "onnx_opset");
   if (opset != nullptr) {
-    if (!opset->is_number_integer()) throw Failure{TINYQ_E_SCHEMA, "field 'opset' must be an integer"};
+    if (!IsInt64(*opset)) throw Failure{TINYQ_E_SCHEMA, "field 'opset' must be an integer"};
     const int64_t v = opset->get<int64_t>();
     if (v < 0 || v > 1000) throw Failure{TINYQ_E_SCHEMA, "field 'opset' is out of range"};
     sc->opset = static_cast<int>(v);
@@ -254,7 +390,7 @@ void Fill(const json& root, tinyq_sidecar* sc, tinyq_status* status) {
   if (const json* a = Field(root, "arch")) sc->arch = Dup(a->dump());
   sc->n_params = -1;
   if (const json* p = Field(root, "n_params")) {
-    if (!p->is_number_integer()) throw Failure{TINYQ_E_SCHEMA, "field 'n_params' must be an integer"};
+    if (!IsInt64(*p)) throw Failure{TINYQ_E_SCHEMA, "field 'n_params' must be an integer"};
     sc->n_params = p->get<int64_t>();
   }
 }
@@ -271,12 +407,42 @@ tinyq_code tinyq_sidecar_parse(const char* data, size_t size, tinyq_sidecar** ou
   }
   *out = nullptr;
   if (size > TINYQ_MAX_SIDECAR_BYTES) {
-    SetStatus(status, TINYQ_E_TOO_LARGE, "the sidecar is " + std::to_string(size) + " bytes, over the 1 MiB limit");
+    SetStatus(status, TINYQ_E_TOO_LARGE, TooLarge(std::to_string(size) + " bytes, "));
     return TINYQ_E_TOO_LARGE;
   }
-  // allow_exceptions=false: a syntax error, truncation or ill-formed UTF-8 gives a discarded value.
-  json root = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
+  // A syntax error, truncation, ill-formed UTF-8, a number that overflows a double or a lone
+  // surrogate escape fails the streaming pass; nlohmann skips one leading UTF-8 BOM.
+  Precheck pre;
+  bool valid = false;
+  try {
+    valid = json::sax_parse(data, data + size, &pre, nlohmann::json::input_format_t::json, /*strict=*/true);
+  } catch (const std::bad_alloc&) {
+    SetStatus(status, TINYQ_E_NOMEM, "out of memory");
+    return TINYQ_E_NOMEM;
+  } catch (const std::exception&) {
+    valid = false;
+  }
+  if (!valid) {
+    SetStatus(status, TINYQ_E_PARSE, "the sidecar is not valid UTF-8 JSON (syntax error, truncation or ill-formed bytes)");
+    return TINYQ_E_PARSE;
+  }
+  if (pre.max_depth() > TINYQ_MAX_DEPTH) {
+    SetStatus(status, TINYQ_E_LIMIT, "the sidecar nests arrays and objects " + std::to_string(pre.max_depth()) +
+                                         " deep, over the limit of " + std::to_string(TINYQ_MAX_DEPTH));
+    return TINYQ_E_LIMIT;
+  }
+  if (!pre.duplicate().empty()) {
+    SetStatus(status, TINYQ_E_DUPLICATE_KEY, "key '" + pre.duplicate().substr(0, 64) + "' appears twice in one object");
+    return TINYQ_E_DUPLICATE_KEY;
+  }
+  json root;
+  try {
+    root = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  } catch (const std::bad_alloc&) {
+    SetStatus(status, TINYQ_E_NOMEM, "out of memory");
+    return TINYQ_E_NOMEM;
+  }
+  if (root.is_discarded()) {  // not reached: the streaming pass accepted the same bytes
     SetStatus(status, TINYQ_E_PARSE, "the sidecar is not valid UTF-8 JSON (syntax error, truncation or ill-formed bytes)");
     return TINYQ_E_PARSE;
   }
@@ -316,19 +482,25 @@ tinyq_code tinyq_sidecar_load(const char* path, tinyq_sidecar** out, tinyq_statu
     SetStatus(status, TINYQ_E_LIMIT, "the path is over 4096 bytes");
     return TINYQ_E_LIMIT;
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot open the sidecar");
-    return TINYQ_E_IO;
+  Fd fd;
+  struct stat st;
+  if (const tinyq_code c = OpenRegular(path, "the sidecar", &fd, &st, status); c != TINYQ_OK) return c;
+  if (st.st_size > static_cast<off_t>(TINYQ_MAX_SIDECAR_BYTES)) {  // refused unread, with its real size
+    SetStatus(status, TINYQ_E_TOO_LARGE, std::string(path) + ": " + TooLarge(std::to_string(st.st_size) + " bytes, "));
+    return TINYQ_E_TOO_LARGE;
   }
-  // Read at most one byte past the cap, so an oversize file is refused without reading it all.
+  // Read at most one byte past the cap: a file that grew since fstat is refused without reading it all.
   std::string data(TINYQ_MAX_SIDECAR_BYTES + 1, '\0');
-  in.read(&data[0], static_cast<std::streamsize>(data.size()));
-  if (in.bad()) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot read the sidecar");
+  const ssize_t got = ReadUpTo(fd.fd, &data[0], data.size());
+  if (got < 0) {
+    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot read the sidecar: " + std::strerror(errno));
     return TINYQ_E_IO;
   }
-  data.resize(static_cast<size_t>(in.gcount()));
+  if (static_cast<size_t>(got) > TINYQ_MAX_SIDECAR_BYTES) {
+    SetStatus(status, TINYQ_E_TOO_LARGE, std::string(path) + ": " + TooLarge(""));
+    return TINYQ_E_TOO_LARGE;
+  }
+  data.resize(static_cast<size_t>(got));
   const tinyq_code code = tinyq_sidecar_parse(data.data(), data.size(), out, status);
   if (code != TINYQ_OK && status != nullptr) {
     std::string message = std::string(path) + ": " + status->message;
@@ -376,6 +548,9 @@ const char* tinyq_code_name(tinyq_code code) {
     case TINYQ_E_HASH_MISMATCH: return "hash_mismatch";
     case TINYQ_E_PATH_ESCAPE: return "path_escape";
     case TINYQ_E_NOMEM: return "out_of_memory";
+    case TINYQ_E_DUPLICATE_KEY: return "duplicate_key";
+    case TINYQ_E_ONNX_PATH_ESCAPE: return "onnx_path_escape";
+    case TINYQ_E_UPDATE_INTERRUPTED: return "update_interrupted";
   }
   return "unknown";
 }
@@ -395,27 +570,27 @@ tinyq_code tinyq_sha256_file(const char* path, char hex[65], tinyq_status* statu
     SetStatus(status, TINYQ_E_INVALID_ARGUMENT, "NULL argument");
     return TINYQ_E_INVALID_ARGUMENT;
   }
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path, "rb"), &std::fclose);
-  if (!f) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot open");
-    return TINYQ_E_IO;
-  }
+  Fd fd;
+  struct stat st;
+  if (const tinyq_code c = OpenRegular(path, "a file to hash", &fd, &st, status); c != TINYQ_OK) return c;
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
     SetStatus(status, TINYQ_E_NOMEM, "cannot start a SHA-256 digest");
     return TINYQ_E_NOMEM;
   }
-  unsigned char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f.get())) > 0) {
-    if (EVP_DigestUpdate(ctx.get(), buf, n) != 1) {
+  std::vector<unsigned char> buf(1 << 16);
+  for (;;) {
+    const ssize_t n = ::read(fd.fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      SetStatus(status, TINYQ_E_IO, std::string(path) + ": read error: " + std::strerror(errno));
+      return TINYQ_E_IO;
+    }
+    if (n == 0) break;
+    if (EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(n)) != 1) {
       SetStatus(status, TINYQ_E_NOMEM, "SHA-256 update failed");
       return TINYQ_E_NOMEM;
     }
-  }
-  if (std::ferror(f.get())) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": read error");
-    return TINYQ_E_IO;
   }
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

@@ -20,6 +20,7 @@ extern "C" {
 #define TINYQ_MAX_PATH_BYTES 4096
 #define TINYQ_MAX_ARRAY_ELEMENTS 4096 /* features, mean, std, inputs, outputs */
 #define TINYQ_MAX_RANK 8
+#define TINYQ_MAX_DEPTH 64 /* nested arrays and objects, the top-level object counting as 1 */
 
 typedef enum {
   TINYQ_QUANT_FP32 = 0,
@@ -41,6 +42,11 @@ typedef enum {
   TINYQ_E_HASH_MISMATCH = -9,    /* a file's SHA-256 differs from the sidecar's pin */
   TINYQ_E_PATH_ESCAPE = -10,     /* a path resolves outside the model-directory jail */
   TINYQ_E_NOMEM = -11,
+  TINYQ_E_DUPLICATE_KEY = -12,     /* a key given twice in one JSON object (readers disagree on which wins) */
+  TINYQ_E_ONNX_PATH_ESCAPE = -13,  /* the sidecar's "onnx" is absolute, climbs with "..", has a backslash or
+                                      NUL, or (with a jail) resolves outside the model directory */
+  TINYQ_E_UPDATE_INTERRUPTED = -14 /* the registry's directory holds .tinyq-journal.json: an update of it
+                                      was interrupted and its files may be a mix of old and new */
 } tinyq_code;
 
 typedef struct {
@@ -78,7 +84,16 @@ typedef struct {
   int64_t n_params; /* -1 when absent */
 } tinyq_sidecar;
 
-/* Parses the sidecar at path. On TINYQ_OK, *out is owned by the caller: tinyq_sidecar_free(). */
+/* Parses the sidecar at path. On TINYQ_OK, *out is owned by the caller: tinyq_sidecar_free().
+ * Only a regular file is read: a FIFO, device or directory is refused (TINYQ_E_IO, "not a regular
+ * file") without blocking, and at most TINYQ_MAX_SIDECAR_BYTES + 1 bytes are read.
+ *
+ * The parse rules, shared with python/tinyq/sidecar.py: strict UTF-8 JSON (RFC 8259), one leading
+ * UTF-8 byte order mark ignored; numbers that overflow a double and lone UTF-16 surrogate escapes
+ * are parse errors; nesting over TINYQ_MAX_DEPTH is TINYQ_E_LIMIT; a key given twice in one object
+ * is TINYQ_E_DUPLICATE_KEY; integer fields (opset, n_params, shape dimensions) must fit in int64;
+ * "onnx" must be a relative path that stays in the sidecar's directory (TINYQ_E_ONNX_PATH_ESCAPE).
+ * A syntax error wins over a depth error, which wins over a duplicate key. */
 tinyq_code tinyq_sidecar_load(const char* path, tinyq_sidecar** out, tinyq_status* status);
 /* Parses a sidecar from memory (the fuzz entry point). */
 tinyq_code tinyq_sidecar_parse(const char* data, size_t size, tinyq_sidecar** out, tinyq_status* status);
@@ -88,7 +103,9 @@ void tinyq_sidecar_free(tinyq_sidecar* sidecar);
 const char* tinyq_code_name(tinyq_code code);
 const char* tinyq_quant_mode_name(tinyq_quant_mode mode);
 
-/* Lowercase hex SHA-256 of a file, streamed through OpenSSL's EVP interface. */
+/* Lowercase hex SHA-256 of a file, streamed through OpenSSL's EVP interface. Only a regular file
+ * is hashed: anything else is refused with TINYQ_E_IO without blocking (a FIFO would wait for a
+ * writer forever). */
 tinyq_code tinyq_sha256_file(const char* path, char hex[65], tinyq_status* status);
 
 #ifdef __cplusplus

@@ -94,7 +94,7 @@ def _parse_int(text: str) -> Any:
 
 
 class _Pairs(list):
-    """An object's (key, value) pairs as the parser met them, turned into a dict by _check()."""
+    """An object's (key, value) pairs as the parser met them, turned into a dict by _walk()."""
 
 
 def _walk(doc: Any) -> Tuple[Any, bool, Optional[str], int]:
@@ -132,6 +132,60 @@ def _walk(doc: Any) -> Tuple[Any, bool, Optional[str], int]:
 
 def _has_surrogate(s: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in s)
+
+
+def _str(doc: Dict[str, Any], name: str, required: bool = False) -> Optional[str]:
+    if name not in doc:
+        if required:
+            raise SidecarError("schema_error", f"field '{name}' is required")
+        return None
+    if not isinstance(doc[name], str):
+        raise SidecarError("schema_error", f"field '{name}' must be a string")
+    return doc[name]
+
+
+def _array(doc: Dict[str, Any], name: str, ok) -> List[Any]:
+    v = doc[name]
+    if not isinstance(v, list):
+        raise SidecarError("schema_error", f"field '{name}' must be an array")
+    if len(v) > MAX_ARRAY_ELEMENTS:
+        raise SidecarError("limit_exceeded", f"field '{name}' has {len(v)} elements, over the limit of {MAX_ARRAY_ELEMENTS}")
+    if not all(ok(e) for e in v):
+        raise SidecarError("schema_error", f"field '{name}' has an element of the wrong type")
+    return v
+
+
+def _shape(v: Any, name: str) -> List[int]:
+    if not isinstance(v, list):
+        raise SidecarError("schema_error", f"field '{name}' must hold arrays (shapes)")
+    if len(v) > MAX_RANK:
+        raise SidecarError("limit_exceeded", f"a shape in '{name}' has rank {len(v)}, over the limit of {MAX_RANK}")
+    out = []
+    for d in v:
+        if _is_int(d):
+            out.append(d)
+        elif d is None or isinstance(d, str):
+            out.append(-1)  # a named or unknown dimension is dynamic
+        else:
+            raise SidecarError("schema_error", f"a shape in '{name}' has a dimension that is not an integer")
+    return out
+
+
+def _specs(doc: Dict[str, Any], which: str) -> List[Tuple[str, List[int]]]:
+    names_key, shapes_key = f"{which}_names", f"{which}_shapes"
+    if names_key in doc:
+        names = _array(doc, names_key, lambda e: isinstance(e, str))
+        shapes: List[List[int]] = []
+        if shapes_key in doc:
+            shapes = [_shape(s, shapes_key) for s in _array(doc, shapes_key, lambda e: True)]
+            if len(shapes) != len(names):
+                raise SidecarError("inconsistent", f"'{names_key}' has {len(names)} entries but '{shapes_key}' has {len(shapes)}")
+        return [(n, shapes[i] if i < len(shapes) else []) for i, n in enumerate(names)]
+    name = _str(doc, f"{which}_name")
+    if name is None:
+        return []
+    shape = _shape(doc[f"{which}_shape"], f"{which}_shape") if f"{which}_shape" in doc else []
+    return [(name, shape)]
 
 
 def _too_large(size: Optional[int]) -> SidecarError:
