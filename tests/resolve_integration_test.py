@@ -1,5 +1,7 @@
 """//cc:tinyq_resolve on a shipped zoo model: the verified int8 path, and what a flipped byte does."""
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +15,8 @@ REG = registry.load(Path("model/tiny/registry.json"))
 
 
 def resolve(model, *flags):
-    r = subprocess.run([str(TOOL), str(model), *flags], capture_output=True, text=True)
+    # A timeout: a FIFO in place of a file once blocked the tool for ever.
+    r = subprocess.run([str(TOOL), str(model), *flags], capture_output=True, text=True, timeout=30)
     fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
     return r.returncode, fields, r.stderr
 
@@ -86,3 +89,54 @@ def test_int8_linked_from_outside_the_jail(copied, tmp_path_factory):
 def test_usage_errors_exit_2():
     assert resolve("a.onnx", "--policy=maybe")[0] == 2
     assert subprocess.run([str(TOOL)], capture_output=True).returncode == 2
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_promptly(copied):
+    d, entry = copied
+    model = d / entry.onnx.name
+    for victim in (entry.sidecar.name, entry.int8_onnx.name):
+        shutil.copyfile(entry.sidecar, d / entry.sidecar.name)
+        shutil.copyfile(entry.int8_onnx, d / entry.int8_onnx.name)
+        (d / victim).unlink()
+        os.mkfifo(d / victim)
+        code, out, _ = resolve(model, f"--jail={d}")  # subprocess's timeout fails the test should it block
+        assert code == 1 and out["verdict"] == "refused (io_error)", out
+        assert f"{d / victim}: not a regular file (a FIFO)" in out["reason"], out
+
+
+def test_a_directory_in_place_of_the_sidecar_is_refused(copied):
+    d, entry = copied
+    (d / entry.sidecar.name).unlink()
+    (d / entry.sidecar.name).mkdir()
+    code, out, _ = resolve(d / entry.onnx.name)
+    assert code == 1 and "not a regular file (a directory)" in out["reason"], out
+
+
+def test_an_onnx_field_climbing_out_is_refused(copied):
+    d, entry = copied
+    side = json.loads((d / entry.sidecar.name).read_text())
+    for onnx in ("../../etc/x.onnx", "/etc/x.onnx"):
+        side["onnx"] = onnx
+        (d / entry.sidecar.name).write_text(json.dumps(side))
+        code, out, _ = resolve(d / entry.onnx.name, "--policy=fallback-fp32")
+        assert code == 1 and out["verdict"] == "refused (onnx_path_escape)" and "field 'onnx'" in out["reason"], out
+
+
+def test_an_interrupted_registry_update_fails_closed_with_exit_3(copied):
+    d, entry = copied
+    model = d / entry.onnx.name
+    assert resolve(model)[0] == 0
+    (d / ".tinyq-journal.json").write_text("{}")
+    for flags in ((), (f"--jail={d}",), ("--policy=fallback-fp32",)):
+        code, out, err = resolve(model, *flags)
+        assert code == 3 and out["verdict"] == "refused (update_interrupted)" and "path" not in out, out
+        want = (f"{d}: an update of this registry was interrupted (.tinyq-journal.json); "
+                f"run `bazel run //python:validate_registry -- {d}/registry.json` to finish it, then retry")
+        assert err.splitlines() == [f"tinyq_resolve: {want}"], err
+    (d / ".tinyq-journal.json").unlink()
+    assert resolve(model)[0] == 0
+
+
+def test_help_documents_exit_3():
+    r = subprocess.run([str(TOOL), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "3 an update of the registry was interrupted" in r.stdout and ".tinyq-journal.json" in r.stdout

@@ -302,6 +302,31 @@ def recover(directory: str) -> None:
             _roll_back(entries)
         _finish(journal, entries)
     _sweep(directory)
+    for sub in _subdirectories(directory):  # fixtures/, calibration/ ...: swept when no writer is in them
+        _sweep_if_idle(sub)
+
+
+def _subdirectories(directory: str) -> List[str]:
+    try:
+        return [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _sweep_if_idle(directory: str) -> None:
+    if os.path.realpath(directory) in _held:
+        _sweep(directory)
+        return
+    fd = _open_lock(directory)
+    if fd < 0:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _sweep(directory)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _sweep(directory: str) -> None:
