@@ -39,8 +39,17 @@ def test_fp32_output_never_overwrites_the_shipped_fp32(tmp_path):
     shipped = Path.cwd() / "model" / "tiny" / "fr_patch_v1.onnx"
     before = shipped.read_bytes()
     r = run("--config", CONFIG, "--output", tmp_path / "o.onnx", "--fp32-output", shipped, "--smoke")
-    assert r.returncode == 2 and "registry's fp32 model" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 9 and "is the input" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert shipped.read_bytes() == before and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["fr_patch_v1.onnx", "fr_patch_v1.int8.onnx", "registry.json", "fr_patch_v1.json"])
+def test_output_never_overwrites_a_file_the_registry_names(tmp_path, name):
+    target = Path.cwd() / "model" / "tiny" / name
+    before = target.read_bytes()
+    r = run("--config", CONFIG, "--output", target, "--smoke")
+    assert r.returncode == 9 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert target.read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,12 @@ def atomic_write_all(files: Sequence[Tuple[PathLike, Optional[bytes]]]) -> None:
 
 def dumps_json(obj: Any) -> str:
     """The one JSON layout tinyq writes: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (surrogate escapes): \u escapes, still valid JSON
+        text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=True, allow_nan=False) + "\n"
+    return text
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:

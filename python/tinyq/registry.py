@@ -480,9 +480,9 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
     """
     from tinyq import transaction
 
-    path = Path(path)
+    path = Path(transaction.real_target(path))  # a symlinked registry: its files lie beside its target
     try:
-        with transaction.locked(Path(transaction.real_target(path)).parent, shared=True):
+        with transaction.locked(path.parent, shared=True):
             return _check(path, read_held_out)
     except transaction.LockTimeout as e:
         raise RegistryReadError(str(e)) from None
