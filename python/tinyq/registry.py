@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import jsonschema
 
 from tinyq.fileio import read_regular, sha256_file
+from tinyq.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
 KINDS = ("fr", "nr", "filter", "classifier", "regressor")
@@ -58,9 +59,6 @@ _SHARED_FIELDS: Tuple[Tuple[str, Any], ...] = (
     ("int8_sha256", None),
     ("quant_accuracy_budget_plcc", DEFAULT_BUDGET_PLCC),
 )
-from tinyq.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: E402,F401  (re-exported)
-
-
 @dataclass(frozen=True)
 class ModelEntry:
     """A registry entry with defaults applied and paths resolved against the registry's directory."""
