@@ -10,8 +10,8 @@ stronger than the corpus holds, and no target.
 Every input file is read only when it is a regular file (a FIFO would block the tool forever, a
 device never ends), and an .npz only after its zip directory and every array's .npy header fit the
 stated caps (MAX_NPZ_BYTES, MAX_SAMPLES, MAX_NPZ_ENTRIES): nothing is decompressed or allocated
-for an array whose header declares more. Over a cap is errors.TooLarge (cli.TooLarge, exit 10) naming the file, the
-entry, the declared size and the cap.
+for an array whose header declares more. Over a cap is errors.TooLarge (cli.TooLarge, exit 10),
+naming the file, the entry, the declared size and the cap.
 """
 
 from __future__ import annotations
@@ -44,80 +44,95 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 # --- reading input files ----------------------------------------------------------------------
 
+# An ONNX model, external data included, is a protobuf, which cannot exceed 2 GiB.
+MAX_MODEL_BYTES = 2 * 1024**3
+
+
+class UnreadableFile(Exception):
+    """An input file that is not a regular file tinyq can open; str() says why (the caller names
+    the file and raises its own error type)."""
+
 
 class ModelFileError(errors.UsageError, ValueError):
-    """A model file tinyq cannot read as an ONNX model (exit 2, also a ValueError for the callers
-    that catch one); the message names the file and the fix."""
+    """A model file tinyq cannot read as an ONNX model (exit 2; also a ValueError, which callers
+    of the onnx loaders catch); the message names the file and the fix."""
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _not_regular(path: Path, mode: int) -> str:
-    kind = _kind(mode)
+def _not_regular(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "is a directory; pass a file"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
     return f"is {kind}, not a regular file; tinyq reads only regular files: pass (or copy the data to) a regular file"
 
 
-def file_problem(path: Path) -> Optional[str]:
+def file_problem(path: Union[str, Path]) -> Optional[str]:
     """Why path cannot be read as an input file ("file not found", "is a directory; ...", "is a
-    FIFO ..., not a regular file; ..."), or None for a regular file. Only stat: nothing is opened."""
+    FIFO (named pipe), not a regular file; ..."), or None for a regular file. Only stat: nothing is
+    opened."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "file not found"
-    except NotADirectoryError:
-        return "file not found (a component of the path is not a directory)"
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-    return None if stat.S_ISREG(st.st_mode) else _not_regular(path, st.st_mode)
+    return None if stat.S_ISREG(st.st_mode) else _not_regular(st.st_mode)
 
 
-class _NotReadable(Exception):
-    """A file_problem found on opening (the caller raises its own error type with it)."""
-
-
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Union[str, Path]) -> BinaryIO:
     """path opened for binary reading, only when it is a regular file: checked with stat before
     opening (opening some devices acts), then opened non-blocking and checked again with fstat, so a
-    FIFO swapped in between never blocks. Raises _NotReadable with the file_problem text."""
+    FIFO swapped in between never blocks. Raises UnreadableFile saying why otherwise."""
     problem = file_problem(path)
     if problem:
-        raise _NotReadable(problem)
+        raise UnreadableFile(problem)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise _NotReadable(f"cannot be read ({e.strerror or e})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableFile(f"cannot be read ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise _NotReadable(_not_regular(path, st.st_mode))
+        raise UnreadableFile(_not_regular(mode))
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 
-def read_model(path: Union[str, Path]) -> onnx.ModelProto:
-    """The ONNX model at path, its external data not loaded; ModelFileError (naming the file) when
-    it is not a regular file, is empty, or is not an ONNX protobuf."""
+def check_model_file(path: Union[str, Path]) -> None:
+    """ModelFileError unless path is a regular, non-empty file of at most MAX_MODEL_BYTES
+    (errors.TooLarge over it): what every reader of a model path checks before opening it."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        fix = "; pass the path of an .onnx file" if problem == "file not found" else ""
+        raise ModelFileError(f"{path}: {problem}{fix}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelFileError(f"{path}: is an empty file, not an ONNX model; export the model again")
+    if size > MAX_MODEL_BYTES:
+        raise errors.TooLarge(f"{path}: {size:,} bytes, over the {MAX_MODEL_BYTES:,} bytes (2 GiB) an ONNX protobuf can hold; "
+                              f"tinyq quantises tiny models")
+
+
+def read_model(path: Union[str, Path]) -> onnx.ModelProto:
+    """The ONNX model at path, its external data not loaded; ModelFileError naming the file when
+    it is not a regular file, is empty, or is not an ONNX protobuf; errors.TooLarge over
+    MAX_MODEL_BYTES."""
+    path = Path(path)
+    check_model_file(path)
     try:
         with open_regular(path) as f:
-            data = f.read()
-    except _NotReadable as e:
-        fix = "; pass the path of an .onnx file" if str(e).startswith("file not found") else ""
-        raise ModelFileError(f"{path}: {e}{fix}") from None
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except UnreadableFile as e:
+        raise ModelFileError(f"{path}: {e}") from None
     if not data:
         raise ModelFileError(f"{path}: is an empty file, not an ONNX model; export the model again")
+    if len(data) > MAX_MODEL_BYTES:  # it grew after the check
+        raise errors.TooLarge(f"{path}: over the {MAX_MODEL_BYTES:,} bytes (2 GiB) an ONNX protobuf can hold")
     try:
         model = onnx.ModelProto.FromString(data)
-    except Exception as e:  # protobuf's DecodeError, RuntimeWarning turned error, ...
+    except Exception as e:  # protobuf's DecodeError and friends
         raise ModelFileError(f"{path}: not an ONNX model (protobuf parse failed: {e}); pass an .onnx file") from None
     if not model.HasField("graph"):
         raise ModelFileError(f"{path}: not an ONNX model (it parses as protobuf but holds no graph); pass an .onnx file")
@@ -205,6 +220,9 @@ def check_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[GraphInput],
     return problems
 
 
+_SMALLER = "pass a smaller set (calibration needs hundreds to thousands of samples)"
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
 
@@ -214,24 +232,21 @@ def _example(path: Path, inputs: Sequence[GraphInput]) -> str:
     return f"np.savez({path.with_suffix('.npz').name!r}, {names})"
 
 
-@dataclass(frozen=True)
-class _Entry:
-    key: str  # the array's name: the member's name without .npy, as numpy.load gives it
-    info: zipfile.ZipInfo
-    version: Tuple[int, int]
-    shape: Tuple[int, ...]
-    fortran: bool
-    dtype: np.dtype
+def _key(info: zipfile.ZipInfo) -> str:
+    """The array's name: the member's name without .npy, as numpy.load gives it."""
+    return info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
 
 
-def _entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Entry:
-    """One member's .npy header, checked against the caps before its data is read."""
-    key = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+def _check_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """One member's .npy header, checked against the caps before any data is read: errors.TooLarge
+    over MAX_NPZ_BYTES or MAX_SAMPLES, CalibrationError when it is not a numeric .npy array or
+    holds less data than its header declares."""
+    key = _key(info)
     try:
         with zf.open(info) as m:
-            version = npy_format.read_magic(m)
+            version = npy_format.read_magic(m)  # 3.0 differs from 2.0 only in the header's encoding
             read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, fortran, dtype = read_header(m)
+            shape, _, dtype = read_header(m)
             header_end = m.tell()
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
         raise CalibrationError(path, [f"entry {info.filename!r} is not a .npy array ({e}); write the file with numpy.savez"]) from None
@@ -240,32 +255,31 @@ def _entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Entry:
                                       f"save numeric arrays (e.g. array.astype(np.float32))"])
     declared = math.prod(shape) * dtype.itemsize
     if declared > MAX_NPZ_BYTES:
-        raise errors.TooLarge(f"{path}: entry {key!r} declares shape {list(shape)} {dtype} = {declared:,} bytes ({_mib(declared)}), "
-                         f"over tinyq's cap of {MAX_NPZ_BYTES:,} bytes ({_mib(MAX_NPZ_BYTES)}) per .npz; pass a smaller set "
-                         f"(hundreds to thousands of samples)")
+        raise errors.TooLarge(f"{path}: entry {key!r} declares shape {list(shape)} {dtype} = {declared:,} bytes "
+                              f"({_mib(declared)}), over tinyq's cap of {MAX_NPZ_BYTES:,} bytes ({_mib(MAX_NPZ_BYTES)}) per "
+                              f".npz; {_SMALLER}")
     if shape and shape[0] > MAX_SAMPLES:
-        raise errors.TooLarge(f"{path}: entry {key!r} declares {shape[0]:,} samples (axis 0), over tinyq's cap of {MAX_SAMPLES:,}; "
-                         f"pass a smaller set (hundreds to thousands of samples)")
+        raise errors.TooLarge(f"{path}: entry {key!r} declares {shape[0]:,} samples (axis 0), over tinyq's cap of "
+                              f"{MAX_SAMPLES:,}; {_SMALLER}")
     if declared > info.file_size - header_end:
         raise CalibrationError(path, [f"entry {key!r} declares shape {list(shape)} {dtype} ({declared:,} bytes) but holds "
                                       f"{max(info.file_size - header_end, 0):,} bytes of data: truncated or corrupt; "
                                       f"write the file again with numpy.savez"])
-    return _Entry(key, info, version, tuple(shape), fortran, dtype)
 
 
 def _read_npz(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarray]:
     """The arrays of the .npz at path; every cap and header checked before any array is read."""
     try:
         f = open_regular(path)
-    except _NotReadable as e:
-        raise CalibrationError(path, [str(e) + ("; pass the path of an .npz" if str(e).startswith("file not found") else "")]) from None
+    except UnreadableFile as e:
+        raise CalibrationError(path, [f"{e}; pass the path of an .npz" if str(e) == "file not found" else str(e)]) from None
     with f:
         magic = f.read(len(_NPY_MAGIC))
         f.seek(0)
         if not magic:
             raise CalibrationError(path, [f"is an empty file, not an .npz; write one with {_example(path, inputs)}"])
         if magic.startswith(_NPY_MAGIC):
-            raise CalibrationError(path, [f"{path.name} is a single .npy array; pass an .npz with one entry per model input, "
+            raise CalibrationError(path, [f"is a single .npy array, not an .npz; pass an .npz with one entry per model input, "
                                           f"e.g. {_example(path, inputs)}"])
         if not magic.startswith(_ZIP_MAGIC):
             raise CalibrationError(path, [f"not an .npz (zip) archive; write one with {_example(path, inputs)}"])
@@ -277,29 +291,30 @@ def _read_npz(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarray]
             infos = zf.infolist()
             if len(infos) > MAX_NPZ_ENTRIES:
                 raise errors.TooLarge(f"{path}: {len(infos):,} entries, over tinyq's cap of {MAX_NPZ_ENTRIES:,} per .npz; "
-                                 f"pass one entry per model input (plus {TARGET_KEY!r})")
+                                      f"pass one entry per model input (plus {TARGET_KEY!r})")
             total = sum(i.file_size for i in infos)
             if total > MAX_NPZ_BYTES:
                 big = max(infos, key=lambda i: i.file_size)
-                raise errors.TooLarge(f"{path}: its entries decompress to {total:,} bytes ({_mib(total)}; entry {big.filename!r} "
-                                 f"{big.file_size:,} bytes), over tinyq's cap of {MAX_NPZ_BYTES:,} bytes ({_mib(MAX_NPZ_BYTES)}) "
-                                 f"per .npz; pass a smaller set (hundreds to thousands of samples)")
-            entries = [_entry(path, zf, info) for info in infos]
+                raise errors.TooLarge(f"{path}: its entries decompress to {total:,} bytes ({_mib(total)}; entry {_key(big)!r} "
+                                      f"{big.file_size:,} bytes), over tinyq's cap of {MAX_NPZ_BYTES:,} bytes "
+                                      f"({_mib(MAX_NPZ_BYTES)}) per .npz; {_SMALLER}")
+            for info in infos:
+                _check_entry(path, zf, info)
             arrays = {}
-            for e in entries:
+            for info in infos:
                 try:
-                    with zf.open(e.info) as m:
-                        arrays[e.key] = npy_format.read_array(m, allow_pickle=False)
-                except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as err:
-                    raise CalibrationError(path, [f"entry {e.info.filename!r} cannot be read ({err}): truncated or corrupt; "
+                    with zf.open(info) as m:
+                        arrays[_key(info)] = npy_format.read_array(m, allow_pickle=False)
+                except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+                    raise CalibrationError(path, [f"entry {info.filename!r} cannot be read ({e}): truncated or corrupt; "
                                                   f"write the file again with numpy.savez"]) from None
     return arrays
 
 
 def load_npz(path: Path, inputs: Sequence[GraphInput], extra_keys: Sequence[str] = ()) -> Dict[str, np.ndarray]:
     """Loads and checks an .npz against the graph inputs; raises CalibrationError listing every
-    problem, errors.TooLarge (cli.TooLarge, exit 10) for a file over MAX_NPZ_BYTES, MAX_SAMPLES or MAX_NPZ_ENTRIES,
-    found from the headers before any array is read."""
+    problem, and errors.TooLarge (cli.TooLarge, exit 10) for a file over MAX_NPZ_BYTES, MAX_SAMPLES
+    or MAX_NPZ_ENTRIES, found from its zip directory and .npy headers before any array is read."""
     path = Path(path)
     arrays = _read_npz(path, inputs)
     problems = check_arrays(arrays, inputs, extra_keys)

@@ -37,8 +37,11 @@ in fp32 with the reason.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
+import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +51,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq import weights
+from tinyq import calibration, errors, weights
+from tinyq.calibration import MAX_MODEL_BYTES
 
 MIN_OPSET, MAX_OPSET = 13, 21
 ENCODINGS = ("auto", "weight_only", "dynamic")
 _FP16 = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+_PACKED_4BIT = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 MIN_WEIGHT_ELEMENTS = 16  # smaller weights cost more in scales than int8 saves
 DEFAULT_CALIBRATION_BATCH = 32
@@ -76,43 +81,142 @@ def model_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+def _tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor the model stores: the initialisers and tensor attributes (Constant's value) of
+    the main graph and of every subgraph."""
+    for g in weights.graphs(model):
+        yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+
+
 def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    for t in model.graph.initializer:
+    for t in _tensors(model):
         if t.data_location == TensorProto.EXTERNAL:
             yield t
+
+
+def _external_fields(path: Path, tensor: TensorProto) -> Tuple[str, int, Optional[int]]:
+    """(location, offset, length or None) of an external tensor; QuantizeError when malformed."""
+    fields = {e.key: e.value for e in tensor.external_data}
+    location = fields.get("location", "")
+    if not location or "\0" in location:
+        raise QuantizeError(f"{path}: initialiser {tensor.name!r} is stored as external data but names no usable location "
+                            f"({location!r}); export the model again")
+    numbers = []
+    for key in ("offset", "length"):
+        value = fields.get(key)
+        try:
+            number = None if value is None else int(value)
+        except ValueError:
+            number = -1
+        if number is not None and number < 0:
+            raise QuantizeError(f"{path}: initialiser {tensor.name!r}: external data {key} {value!r} is not a byte count; "
+                                f"export the model again")
+        numbers.append(number)
+    return location, numbers[0] or 0, numbers[1]
+
+
+def _inside_model_dir(path: Path, tensor: TensorProto, location: str) -> None:
+    """Refuses a location that is absolute, climbs out with '..', or resolves (through a symlink)
+    outside the model's directory: tinyq reads external data only from beside the model."""
+    where = Path(location)
+    escapes = where.is_absolute() or where.drive or ".." in where.parts or "\\" in location
+    if not escapes:
+        base = path.parent.resolve()
+        escapes = not (base / where).resolve().is_relative_to(base)
+    if escapes:
+        raise QuantizeError(
+            f"{path}: initialiser {tensor.name!r} names external data {location!r}, outside the model's directory "
+            f"{path.parent}; tinyq reads external data only from files beside the model: put the data file there and "
+            f"set its location to the bare file name, or re-export with the weights inside the model")
 
 
 def _data_file(path: Path, tensor: TensorProto) -> Tuple[str, str]:
     """(recorded location, the data file actually beside the model) for an external tensor.
 
     A stale location (the model was renamed after export) resolves to the one data file named
-    after the model; anything else is an error naming the fix.
+    after the model, <model>.onnx.data or <model>.data, and to no other file (one that merely
+    shares a prefix with the model's name belongs to another model); anything else is an error
+    naming the fix.
     """
-    location = next(e.value for e in tensor.external_data if e.key == "location")
-    if (path.parent / location).is_file():
+    location = _external_fields(path, tensor)[0]
+    _inside_model_dir(path, tensor, location)
+    if (path.parent / location).exists():
         return location, location
-    stems = {path.name, path.stem}
-    candidates = sorted(p for p in path.parent.glob("*.data") if any(p.name.startswith(s) for s in stems))
+    names = dict.fromkeys((f"{path.name}.data", f"{path.stem}.data"))
+    candidates = [n for n in names if (path.parent / n).is_file() and n != location]
     if len(candidates) != 1:
-        found = ", ".join(p.name for p in candidates) or "none"
+        found = ", ".join(candidates) or f"none of {', '.join(names)}"
         raise QuantizeError(
-            f"{path}: initialiser {tensor.name!r} names external data {location!r}, which is not beside the model "
-            f"(candidate data files: {found}); put the data file beside the model or fix its location"
+            f"{path}: initialiser {tensor.name!r} names external data {location!r}, which is missing: it is not beside the "
+            f"model (data files named after the model: {found}); put the data file beside the model or fix its location"
         )
-    return location, candidates[0].name
+    return location, candidates[0]
+
+
+def _tensor_bytes(path: Path, tensor: TensorProto) -> int:
+    """How many bytes the tensor's data takes: its elements times its element size."""
+    elements = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (elements + 1) // 2
+    try:
+        itemsize = 0 if tensor.data_type == TensorProto.STRING else helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # an undefined or unknown data type
+        itemsize = 0
+    if itemsize == 0:
+        raise QuantizeError(f"{path}: initialiser {tensor.name!r} is external data of data type {tensor.data_type}, which "
+                            f"ONNX cannot store externally; export the model again")
+    return elements * itemsize
+
+
+def _read_external(path: Path, tensor: TensorProto, file: str, budget: List[int]) -> bytes:
+    """The tensor's bytes from the data file, checked: a regular file, holding offset + length
+    bytes, length matching the tensor's shape; budget[0] is what the model may still read."""
+    location, offset, length = _external_fields(path, tensor)
+    need = _tensor_bytes(path, tensor)
+    if length is not None and length != need:
+        raise QuantizeError(f"{path}: initialiser {tensor.name!r} records {length:,} bytes of external data, but its shape "
+                            f"{list(tensor.dims)} needs {need:,}; the model and its data file disagree: export them again")
+    if need > budget[0]:
+        raise errors.TooLarge(f"{path}: initialiser {tensor.name!r} needs {need:,} bytes of external data, over the "
+                              f"{MAX_MODEL_BYTES:,} bytes (2 GiB) an ONNX model can hold in all; tinyq quantises tiny models")
+    data_path = path.parent / file
+    try:
+        with calibration.open_regular(data_path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if offset + need > size:
+                raise QuantizeError(
+                    f"{path}: initialiser {tensor.name!r} reads bytes {offset:,}-{offset + need:,} of its external data "
+                    f"{file}, which holds only {size:,} bytes: the data file is truncated or belongs to another export; "
+                    f"restore it or export the model again")
+            f.seek(offset)
+            data = f.read(need)
+    except calibration.UnreadableFile as e:
+        raise QuantizeError(f"{path}: external data {data_path} of initialiser {tensor.name!r} {e}") from None
+    if len(data) != need:  # it shrank while being read
+        raise QuantizeError(f"{path}: external data {file} of initialiser {tensor.name!r} is truncated; restore it")
+    budget[0] -= need
+    return data
 
 
 def _repair_external_data(path: Path, model: onnx.ModelProto, repairs: List[Repair]) -> None:
+    """Inlines every external tensor (main graph and subgraphs), read and checked by tinyq, never
+    by onnx's loader: a location outside the model's directory, a missing or truncated data file,
+    or a FIFO in its place is refused naming the fix."""
     tensors = list(_external_tensors(model))
     if not tensors:
         return
+    budget = [MAX_MODEL_BYTES]
     for t in tensors:
         location, actual = _data_file(path, t)
+        t.raw_data = _read_external(path, t, actual, budget)
         if actual != location:
-            next(e for e in t.external_data if e.key == "location").value = actual
             repairs.append(Repair("external_data_location", f"{t.name}: {location} -> {actual}"))
-    onnx.load_external_data_for_model(model, str(path.parent))
-    for t in model.graph.initializer:
+    for t in tensors:
         t.data_location = TensorProto.DEFAULT
         del t.external_data[:]
     repairs.append(Repair("external_data_inlined", f"{len(tensors)} tensors inlined"))
@@ -132,18 +236,21 @@ def _repair_value_info(model: onnx.ModelProto, repairs: List[Repair]) -> None:
 
 
 def _refuse_unusable(path: Path, model: onnx.ModelProto) -> None:
-    """A graph with no outputs, or with NaN or infinite float weights, would quantise into a
-    useless artefact that still writes (exit 0): refused, naming the fix."""
+    """A graph with no outputs, or with NaN or infinite float weights (in the main graph or in an
+    If/Loop/Scan subgraph), would quantise into a useless artefact that still writes (exit 0):
+    refused, naming the fix."""
     if not model.graph.output:
         raise QuantizeError(f"{path}: the graph has no outputs, so there is nothing to compute or judge; re-export it "
                             f"with its outputs")
-    for t in model.graph.initializer:
-        if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
-            w = numpy_helper.to_array(t)
-            bad = int(w.size - np.count_nonzero(np.isfinite(w)))
-            if bad:
-                raise QuantizeError(f"{path}: initialiser {t.name!r} holds {bad} NaN or infinite values of {w.size}; "
-                                    f"int8 cannot represent them: fix the weights (a diverged training run?) and re-export")
+    for g in weights.graphs(model):
+        where = "" if g is model.graph else f" (in subgraph {g.name!r})"
+        for t in g.initializer:
+            if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
+                w = numpy_helper.to_array(t)
+                bad = int(w.size - np.count_nonzero(np.isfinite(w)))
+                if bad:
+                    raise QuantizeError(f"{path}: initialiser {t.name!r}{where} holds {bad} NaN or infinite values of {w.size}; "
+                                        f"int8 cannot represent them: fix the weights (a diverged training run?) and re-export")
 
 
 def _unshare_initialisers(model: onnx.ModelProto, repairs: List[Repair]) -> None:
@@ -174,17 +281,25 @@ def _unshare_initialisers(model: onnx.ModelProto, repairs: List[Repair]) -> None
         repairs.append(Repair("shared_initialisers_unshared", f"{shared} initialisers read by several nodes: {copied} copies"))
 
 
+def load_model(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
+    """The ONNX model at path with its external data inlined (read and checked by tinyq: beside the
+    model, regular files, not truncated; a stale location re-pointed at the data file named after
+    the model). QuantizeError naming the file when it cannot be read; errors.TooLarge over
+    calibration.MAX_MODEL_BYTES."""
+    path = Path(path)
+    try:
+        model = calibration.read_model(path)
+    except calibration.ModelFileError as e:
+        raise QuantizeError(str(e)) from None
+    repairs: List[Repair] = []
+    _repair_external_data(path, model, repairs)
+    return model, repairs
+
+
 def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
     """The fp32 model at path, repaired and shape-inferred; raises QuantizeError when it cannot be."""
     path = Path(path)
-    if not path.is_file():
-        raise QuantizeError(f"{path}: model not found; pass the path of an fp32 .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends
-        raise QuantizeError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    repairs: List[Repair] = []
-    _repair_external_data(path, model, repairs)
+    model, repairs = load_model(path)
 
     opset = model_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -192,12 +307,12 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
             f"{path}: opset {opset} is not supported (tinyq quantises opsets {MIN_OPSET}-{MAX_OPSET}); "
             f"re-export with opset_version=17"
         )
-    quantised = sorted({n.op_type for n in model.graph.node if n.op_type in weights.QUANTISED_OPS})
+    quantised = sorted({n.op_type for g in weights.graphs(model) for n in g.node if n.op_type in weights.QUANTISED_OPS})
     if quantised:
         raise QuantizeError(
             f"{path}: already quantised (it has {', '.join(quantised)} nodes); pass the fp32 model it was made from"
         )
-    half = [t.name for t in model.graph.initializer if t.data_type in _FP16]
+    half = [t.name for g in weights.graphs(model) for t in g.initializer if t.data_type in _FP16]
     half += [v.name for v in (*model.graph.input, *model.graph.output) if v.type.tensor_type.elem_type in _FP16]
     if half:
         raise QuantizeError(
@@ -245,6 +360,42 @@ def quantize_dynamic(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelPro
                 f"onnxruntime's quantize_dynamic failed on this graph ({type(e).__name__}: {e}); try --encoding=weight_only"
             ) from None
         return onnx.load(str(dst))
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Puts the graph's nodes in topological order, in place, counting the outer names an If/Loop/Scan
+    body reads as its node's inputs. onnxruntime's quantize_dynamic and quantize_static move such a
+    node ahead of what its body reads (onnxruntime sorts on load; onnx's checker refuses). A cycle
+    leaves the order as is."""
+    nodes = list(graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    deps = []
+    for i, node in enumerate(nodes):
+        reads = set(node.input)
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                reads.update(name for sub in (g, *(sg for _, sg in weights.subgraphs(g))) for n in sub.node for name in n.input)
+        deps.append({producer[r] for r in reads if r in producer and producer[r] != i})
+    waiting = [len(d) for d in deps]
+    users: Dict[int, List[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # Kahn's, lowest index first: a sorted graph keeps its order
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):
+        return
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 def _weight_axis(node: onnx.NodeProto, ndim: int) -> int:
@@ -334,6 +485,15 @@ def strip_metadata(model: onnx.ModelProto) -> None:
             node.ClearField("metadata_props")
 
 
+def _names(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every value name one graph (not its subgraphs) declares or reads."""
+    for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        yield v.name
+    for node in graph.node:
+        yield from node.input
+        yield from node.output
+
+
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same computation in fewer bytes, and nothing of the exporter's environment: no doc
     strings, metadata or node names, short tensor names.
@@ -346,9 +506,12 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     strip_metadata(model)
     graph = model.graph
     del graph.value_info[:]
+    _sort_nodes(graph)
 
-    # Short names for everything that is not a graph input or output.
+    # Short names for everything that is not a graph input or output, nor named inside a subgraph
+    # (an If/Loop/Scan body reads outer names by name, and its own names must stay unique).
     io_names = {v.name for v in (*graph.input, *graph.output)}
+    io_names |= {name for _, g in weights.subgraphs(graph) for name in _names(g)}
     rename: Dict[str, str] = {}
     # Hex names in order, skipping any a graph input or output already has ("a", "1f", ...).
     fresh = (format(k, "x") for k in itertools.count() if format(k, "x") not in io_names)
@@ -540,7 +703,7 @@ def default_output(fp32: Path) -> Path:
 def model_bytes_on_disk(path: Path) -> int:
     """A model's size: the .onnx file plus every external data file it references."""
     path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
+    model = calibration.read_model(path)
     files = {_data_file(path, t)[1] for t in _external_tensors(model)}
     return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
 

@@ -1,13 +1,15 @@
 """tinyq.quantize: each real-export trap is repaired (and really breaks plain quantize_dynamic),
 what cannot be repaired is refused with the fix, and every encoding stays faithful and small."""
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq import quantize, testutil
+from tinyq import quantize, testutil, weights
 
 
 def run(model_bytes, x):
@@ -93,7 +95,7 @@ def test_unsupported_opset_is_refused(mlp, opset):
 
 def test_garbage_is_refused(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"\x00not onnx")
-    with pytest.raises(quantize.QuantizeError, match="not a readable ONNX model"):
+    with pytest.raises(quantize.QuantizeError, match=r"x.onnx: not an ONNX model \(protobuf parse failed"):
         quantize.load_for_quantization(tmp_path / "x.onnx")
 
 
@@ -313,4 +315,148 @@ def test_a_graph_without_outputs_is_refused(tmp_path):
     path = tmp_path / "no_outputs.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(quantize.QuantizeError, match="no outputs"):
+        quantize.load_for_quantization(path)
+
+
+# --- hostile models: files that are not models, external data that escapes or lies, subgraphs
+
+
+def test_an_empty_model_file_is_named_empty_not_opset_0(tmp_path):
+    (tmp_path / "e.onnx").write_bytes(b"")
+    with pytest.raises(quantize.QuantizeError, match="e.onnx: is an empty file, not an ONNX model") as e:
+        quantize.load_for_quantization(tmp_path / "e.onnx")
+    assert "opset" not in str(e.value)
+
+
+def test_a_model_path_that_is_a_directory_or_fifo_is_named_and_never_blocks(tmp_path):
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(quantize.QuantizeError, match="d.onnx: is a directory; pass a file"):
+        quantize.load_for_quantization(tmp_path / "d.onnx")
+    fifo = tmp_path / "f.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(quantize.QuantizeError, match=r"f.onnx: is a FIFO \(named pipe\), not a regular file"):
+        testutil.within(5, lambda: quantize.load_for_quantization(fifo), [fifo])
+
+
+def external(mlp, where, location="m.data"):
+    """mlp saved as where/m.onnx with every tensor in the external file `location`."""
+    where.mkdir(exist_ok=True)
+    onnx.save(onnx.load(str(mlp)), str(where / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+    return where / "m.onnx"
+
+
+def relocate(model_path, location):
+    model = onnx.load(str(model_path), load_external_data=False)
+    for t in model.graph.initializer:
+        next(e for e in t.external_data if e.key == "location").value = location
+    onnx.save(model, str(model_path))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_external_data_outside_the_model_directory_is_refused(mlp, tmp_path, how):
+    path = external(mlp, tmp_path / "model")
+    data = tmp_path / "model" / "m.data"
+    if how == "dotdot":
+        data.rename(tmp_path / "x.bin")
+        relocate(path, "../x.bin")
+    elif how == "absolute":
+        relocate(path, str(data))
+    else:
+        data.rename(tmp_path / "x.bin")
+        data.symlink_to(tmp_path / "x.bin")
+    with pytest.raises(quantize.QuantizeError, match="names external data .*, outside the model's directory"):
+        quantize.load_for_quantization(path)
+
+
+def test_truncated_external_data_is_refused(mlp, tmp_path):
+    path = external(mlp, tmp_path)
+    data = (tmp_path / "m.data").read_bytes()
+    (tmp_path / "m.data").write_bytes(data[: len(data) // 2])
+    with pytest.raises(quantize.QuantizeError, match=r"reads bytes .* of its external data m.data, which holds only \d+ bytes"):
+        quantize.load_for_quantization(path)
+
+
+def test_external_data_whose_length_disagrees_with_the_shape_is_refused(mlp, tmp_path):
+    path = external(mlp, tmp_path)
+    model = onnx.load(str(path), load_external_data=False)
+    t = model.graph.initializer[0]
+    next(e for e in t.external_data if e.key == "length").value = "8"
+    onnx.save(model, str(path))
+    with pytest.raises(quantize.QuantizeError, match=f"'{t.name}' records 8 bytes of external data, but its shape"):
+        quantize.load_for_quantization(path)
+
+
+def test_missing_external_data_never_borrows_a_file_that_only_shares_the_prefix(mlp, tmp_path):
+    """m.data is gone; m2_other.data (another model's) must not be read in its place."""
+    path = external(mlp, tmp_path)
+    other = tmp_path / "m2_other.data"
+    (tmp_path / "m.data").rename(other)
+    with pytest.raises(quantize.QuantizeError, match="names external data 'm.data', which is missing"):
+        quantize.load_for_quantization(path)
+
+
+def test_external_data_that_is_a_fifo_is_refused_and_never_blocks(mlp, tmp_path):
+    path = external(mlp, tmp_path)
+    (tmp_path / "m.data").unlink()
+    os.mkfifo(tmp_path / "m.data")
+    with pytest.raises(quantize.QuantizeError, match=r"m.data of initialiser .* is a FIFO \(named pipe\), not a regular file"):
+        testutil.within(5, lambda: quantize.load_for_quantization(path), [tmp_path / "m.data"])
+
+
+def if_model():
+    rng = np.random.default_rng(3)
+    return testutil.if_model(rng.standard_normal((8, 4)), rng.standard_normal((8, 4)), top_w=rng.standard_normal((6, 8)))
+
+
+@pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
+def test_weights_inside_an_if_are_counted_as_fp32_not_100_percent_quantised(tmp_path, encoding):
+    path = tmp_path / "if.onnx"
+    onnx.save(if_model(), str(path))
+    model, _ = quantize.load_for_quantization(path)
+    enc = quantize.encode(model, encoding, per_channel=False)
+    cov = enc.coverage
+    assert cov.quantised_elements == 6 * 8 and cov.fp32_elements == 2 * 8 * 4, cov
+    assert cov.fraction == pytest.approx(48 / 112)
+    [left] = cov.left_fp32
+    assert (left.op, left.count, left.elements) == ("MatMul", 2, 64)
+    assert left.reason.startswith("inside an If/Loop/Scan subgraph (If): not quantised"), left.reason
+    x = np.random.default_rng(4).random((5, 6), dtype=np.float32)
+    ref = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
+    got = ort.InferenceSession(enc.model_bytes, providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
+    np.testing.assert_allclose(got, ref, atol=0.15 * np.abs(ref).max())
+
+
+def test_nested_subgraph_weights_are_counted():
+    inner = if_model()
+    outer_then = helper.make_graph(list(inner.graph.node), "outer_then", [], list(inner.graph.output),
+                                   initializer=list(inner.graph.initializer))
+    outer_else = helper.make_graph([helper.make_node("MatMul", ["features", "e_w"], ["e_y"])], "outer_else", [],
+                                   [helper.make_tensor_value_info("e_y", TensorProto.FLOAT, ["n", 4])],
+                                   initializer=[numpy_helper.from_array(np.ones((6, 4), np.float32), "e_w")])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=outer_then, else_branch=outer_else)], "nested",
+                              list(inner.graph.input), [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              initializer=[numpy_helper.from_array(np.array(False), "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    cov = weights.coverage(model, lambda op, n: "main graph")
+    assert (cov.quantised_elements, cov.fp32_elements) == (0, 6 * 8 + 2 * 8 * 4 + 6 * 4)
+
+
+def test_a_non_finite_weight_inside_an_if_branch_is_refused(tmp_path):
+    w = np.ones((8, 4), np.float32)
+    w[2, 3] = np.nan
+    path = tmp_path / "nan_if.onnx"
+    onnx.save(testutil.if_model(np.ones((8, 4)), w, top_w=np.ones((6, 8))), str(path))
+    with pytest.raises(quantize.QuantizeError, match=r"'else_w' \(in subgraph 'else'\) holds 1 NaN or infinite values"):
+        quantize.load_for_quantization(path)
+
+
+def test_an_already_quantised_subgraph_is_refused(tmp_path):
+    model = if_model()
+    branch = model.graph.node[-1].attribute[0].g
+    branch.node[0].op_type = "MatMulInteger"
+    path = tmp_path / "q.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(quantize.QuantizeError, match="already quantised .*MatMulInteger"):
         quantize.load_for_quantization(path)

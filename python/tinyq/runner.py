@@ -17,12 +17,26 @@ LATENCY_BATCHES = (1, 256)
 
 
 def session(model: ModelRef, threads: int = 1):
+    """An onnxruntime CPU session of the model (bytes, or a path: checked to be a regular, non-empty
+    file first, so a FIFO never blocks onnxruntime). A path that is not an ONNX model raises
+    calibration.ModelFileError (a UsageError) naming the file; other onnxruntime errors pass as they are."""
     import onnxruntime as ort
+
+    from tinyq import calibration
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"])
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    calibration.check_model_file(model)
+    try:
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types
+        if "INVALID_PROTOBUF" in str(e) or "No graph was found" in str(e):
+            raise calibration.ModelFileError(f"{model}: not an ONNX model (protobuf parse failed in onnxruntime); "
+                                             f"pass an .onnx file") from None
+        raise
 
 
 def fixed_batch(sess) -> Optional[int]:

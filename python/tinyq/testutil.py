@@ -213,3 +213,75 @@ def floats(name: str, shape) -> onnx.ValueInfoProto:
 
 def const(name: str, array) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array, np.float32), name)
+
+
+def within(seconds: float, fn: Callable[[], Any], fifos=()) -> Any:
+    """fn()'s result (or its exception), or AssertionError when it is still running after `seconds`
+    (a read blocked on a FIFO): each FIFO is then opened for writing and closed, so the blocked
+    reader sees end of file, and a regression fails the test instead of hanging it."""
+    import threading
+
+    box: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        worker.join(seconds)
+        raise AssertionError(f"still running after {seconds} s: blocked reading a FIFO?")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def npz_with_header(path: Path, name: str, shape, dtype: str = "<f4", data: bytes = b"") -> Path:
+    """An .npz whose one entry has a real .npy header declaring `shape` and `dtype`, followed by only
+    `data`: what a hostile file can declare without holding it."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy_format
+
+    header = io.BytesIO()
+    npy_format.write_array_header_2_0(header, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}.npy", header.getvalue() + data)
+    return path
+
+
+def if_model(then_w, else_w, top_w=None, opset: int = 17) -> onnx.ModelProto:
+    """features [n, K] -> (MatMul by top_w, if given) -> Relu -> If(cond) whose branches each hold
+    their own weight initialiser: then_w / else_w [K', N]. cond is a constant True initialiser."""
+    def branch(name, w):
+        w = np.asarray(w, np.float32)
+        return helper.make_graph([helper.make_node("MatMul", ["h", f"{name}_w"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["n", w.shape[1]])],
+                                 initializer=[numpy_helper.from_array(w, f"{name}_w")])
+
+    then_w = np.asarray(then_w, np.float32)
+    inits = [numpy_helper.from_array(np.array(True), "cond")]
+    nodes = []
+    k = then_w.shape[0]
+    if top_w is not None:
+        top_w = np.asarray(top_w, np.float32)
+        inits.append(numpy_helper.from_array(top_w, "top_w"))
+        nodes.append(helper.make_node("MatMul", ["features", "top_w"], ["h0"]))
+        k = top_w.shape[0]
+    nodes.append(helper.make_node("Relu", ["h0" if top_w is not None else "features"], ["h"]))
+    nodes.append(helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", then_w), else_branch=branch("else", else_w)))
+    graph = helper.make_graph(nodes, "if_model", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", then_w.shape[1]])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
