@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-import onnx
 from absl import flags
 
 from tinyq import auto, calibration, cli, drops, gate, gate_report, latency, provenance, registry, runner
@@ -158,8 +157,8 @@ def _load_real(model_id, fp32, path, label):
         fix = {"soak": " (register_model writes it; see docs/user-guide.md)",
                "shift": " (tools/bazel run //python:build_shift_set writes the zoo's)"}.get(label, "")
         raise cli.UsageError(f"{model_id}: {what} unusable{fix}:\n{e}") from None
-    except Exception as e:  # onnx cannot parse the fp32 model
-        raise cli.UsageError(f"{model_id}: cannot read the inputs of {fp32}: {e}") from None
+    except cli.UsageError:  # over a cap (exit 10), or a model file that is not one
+        raise
 
 
 def _residual(job: Job):
@@ -167,11 +166,9 @@ def _residual(job: Job):
     if not job.fp32.is_file():
         return {}  # gate_model names the missing file
     try:
-        return drops.declared_residuals(*job.declared, onnx.load(str(job.fp32), load_external_data=False))
-    except ValueError as e:
+        return drops.declared_residuals(*job.declared, calibration.read_model(job.fp32))
+    except ValueError as e:  # calibration.ModelFileError names the file
         raise cli.UsageError(f"{job.id}: {e}") from None
-    except Exception as e:  # onnx cannot parse the fp32 model
-        raise cli.UsageError(f"{job.id}: cannot read the graph of {job.fp32}: {e}") from None
 
 
 EXIT_SLOWER = 7

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
-import onnx
 
 from absl import flags
 
@@ -81,7 +80,7 @@ class Model:
 
 def _residual(model_id, fp32: Path, residual_of, kind) -> Dict[str, str]:
     try:
-        return drops.declared_residuals(residual_of, kind, onnx.load(str(fp32), load_external_data=False))
+        return drops.declared_residuals(residual_of, kind, calibration.read_model(fp32))
     except ValueError as e:
         raise cli.UsageError(f"{model_id}: {e}") from None
 

@@ -86,12 +86,13 @@ def _load_registry(path):
 
 def _load_model(src):
     """The model with any external data inlined; bad input is a UsageError naming the file."""
-    if not src.is_file():
-        raise cli.UsageError(f"{src}: model not found; pass the path of an fp32 .onnx file")
     try:
-        model = onnx.load(str(src))
+        model, _ = quantize.load_model(src)
+    except quantize.QuantizeError as e:
+        raise cli.UsageError(str(e)) from None
+    try:
         onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, FileNotFoundError for external data, ...
+    except Exception as e:  # onnx raises ValidationError, and plain errors from its C++ checker
         raise cli.UsageError(f"{src}: not a valid ONNX model ({type(e).__name__}: {e}); export it again") from None
     if weights.is_quantised(model):
         raise cli.UsageError(f"{src}: already quantised; register the fp32 model, then pin the int8 file with --quant-mode --int8")
@@ -119,7 +120,7 @@ def _placement(src, model, reg_dir, mid):
     written as <id>.onnx with its external data inlined and without the exporter's environment (doc
     strings and metadata_props: torch's dynamo exporter writes stack traces with local source paths
     there), never over a different file."""
-    own = onnx.load(str(src), load_external_data=False)
+    own = calibration.read_model(src)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in own.graph.initializer)
     if src.resolve().is_relative_to(reg_dir.resolve()) and not external:
         carried = _exporter_metadata(own)

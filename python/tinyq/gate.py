@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tinyq import drops, runner
+from tinyq import calibration, drops, runner
 
 SYNTHETIC_SAMPLES = 16
 SYNTHETIC_SEED = 0
@@ -149,10 +149,13 @@ def residuals_of_entry(entry) -> Dict[str, str]:
 
 
 def load_session(path: Path, what: str, model_id: str):
-    if not Path(path).is_file():
-        raise GateError(f"{model_id}: {what} model {path} does not exist")
+    problem = calibration.file_problem(path)
+    if problem:
+        raise GateError(f"{model_id}: {what} model {path} " + ("does not exist" if problem == "file not found" else problem))
     try:
         return runner.session(str(path))
+    except calibration.ModelFileError as e:
+        raise GateError(f"{model_id}: {what} model {e}") from None
     except Exception as e:  # onnxruntime raises its own exception types
         raise GateError(f"{model_id}: {what} model {path} fails to load in onnxruntime: {e}") from None
 

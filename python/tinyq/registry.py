@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
 
+from tinyq.errors import TooLarge
 from tinyq.fileio import read_regular, sha256_file
 from tinyq.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
@@ -305,8 +306,12 @@ class _Checker:
         from tinyq import calibration
 
         fixture = calibration.fixture_path(self.path.parent, entry)
-        if not fixture.is_file():
+        problem = calibration.file_problem(fixture)
+        if problem == "file not found":
             self.add("fixture_missing", entry, base, f"soak fixture {fixture} does not exist")
+            return
+        if problem:
+            self.add("fixture_invalid", entry, base, f"soak fixture {fixture} {problem}")
             return
         if not onnx.is_file() or not self.read_held_out:
             return
@@ -314,12 +319,18 @@ class _Checker:
             calibration.load_npz(fixture, calibration.graph_inputs(onnx), (calibration.TARGET_KEY,))
         except calibration.CalibrationError as e:
             self.add("fixture_invalid", entry, base, f"soak fixture {fixture}: {'; '.join(e.problems)}")
+        except TooLarge as e:
+            self.add("fixture_invalid", entry, base, str(e))
         except Exception as e:  # an fp32 file onnx cannot parse is reported by its hash check
             self.add("fixture_invalid", entry, base, f"soak fixture {fixture} cannot be checked against {onnx.name}: {e}")
 
     def check_sidecar(self, entry: str, base: str, m: Dict[str, Any], sidecar: Path) -> None:
-        if not sidecar.is_file():
-            self.add("sidecar_missing", entry, base, f"sidecar {sidecar} does not exist")
+        from tinyq import calibration
+
+        problem = calibration.file_problem(sidecar)
+        if problem:
+            code = "sidecar_missing" if problem == "file not found" else "sidecar_invalid"
+            self.add(code, entry, base, f"sidecar {sidecar} " + ("does not exist" if code == "sidecar_missing" else problem))
             return
         try:
             data = read_json(sidecar)

@@ -214,6 +214,8 @@ def _write_journal(path: str, state: str, entries: Sequence[Dict[str, Optional[s
 def write_all(files: Sequence[Tuple[str, Optional[bytes]]]) -> None:
     """Writes (or, for None, removes) every target or none, as the module docstring says.
     Targets are real paths (see real_target); the caller holds no lock or holds these."""
+    if not files:
+        return
     targets = [t for t, _ in files]
     dirs = sorted({os.path.dirname(t) for t in targets})
     with contextlib.ExitStack() as stack:
