@@ -191,5 +191,5 @@ def test_usage_errors_exit_2(tmp_path):
         np.savez(f, x=images(16, 1))
     r = run("--fp32", fp32, "--calibration", tmp_path / "cal.npz", "--validation", tmp_path / "m.int8.auto.json",
             "--output", tmp_path / "m.int8.onnx")
-    assert r.returncode == 2 and "--report-out (by default beside --output)" in r.stderr, r.stderr
+    assert r.returncode == 9 and "--report-out (by default beside --output)" in r.stderr, r.stderr
     assert not (tmp_path / "m.int8.onnx").exists()

@@ -425,7 +425,7 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
 
     path = Path(transaction.real_target(path))  # a symlinked registry: its files lie beside its target
     try:
-        with transaction.locked(path.parent, shared=True):
+        with transaction.locked(path.parent, shared=True, sweep_subdirectories=read_held_out):
             return _check(path, read_held_out)
     except transaction.LockTimeout as e:
         raise RegistryReadError(str(e)) from None

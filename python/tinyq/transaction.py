@@ -95,10 +95,12 @@ def _acquire(fd: int, directory: str, shared: bool) -> None:
 
 
 @contextlib.contextmanager
-def locked(directory, shared: bool = False) -> Iterator[None]:
+def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -> Iterator[None]:
     """Holds the directory's lock: exclusive for writers, shared for readers. Reentrant within a
     process (an inner request, shared or not, rides on the outer one). On first taking it, an
-    interrupted update in the directory is finished and stale temps are swept."""
+    interrupted update in the directory is finished and stale temps are swept, in its immediate
+    subdirectories too unless sweep_subdirectories is False (a reader that must not even list
+    the held-out fixtures/)."""
     key = os.path.realpath(directory)
     if key in _held:
         _held[key][1] += 1
@@ -120,7 +122,7 @@ def locked(directory, shared: bool = False) -> Iterator[None]:
         if fd >= 0 and shared and os.path.exists(os.path.join(key, JOURNAL_NAME)):
             _acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
         if fd >= 0 or not os.path.exists(os.path.join(key, JOURNAL_NAME)):
-            recover(key)
+            recover(key, sweep_subdirectories)
         yield
     finally:
         del _held[key]
@@ -286,7 +288,7 @@ def _finish(journal: str, entries) -> None:
             _unlink(e["old"])
 
 
-def recover(directory: str) -> None:
+def recover(directory: str, sweep_subdirectories: bool = True) -> None:
     """Finishes an interrupted update (the caller holds the lock), then sweeps stale temps."""
     journal = os.path.join(directory, JOURNAL_NAME)
     try:
@@ -304,7 +306,7 @@ def recover(directory: str) -> None:
             _roll_back(entries)
         _finish(journal, entries)
     _sweep(directory)
-    for sub in _subdirectories(directory):  # fixtures/, calibration/ ...: swept when no writer is in them
+    for sub in _subdirectories(directory) if sweep_subdirectories else ():  # fixtures/, calibration/ ...: swept when no writer is in them
         _sweep_if_idle(sub)
 
 
