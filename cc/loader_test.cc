@@ -40,15 +40,18 @@ fs::path Materialise(const fs::path& src, const json& expect) {
   return dst;
 }
 
-// Runs call, which must return within 5 s; a reader blocked on the FIFO (the bug) is released by
-// opening it for writing, so a regression fails instead of hanging.
-tinyq_code Promptly(const std::function<tinyq_code()>& call, const fs::path& fifo) {
+// Runs call, which must return within 5 s; a reader blocked on a FIFO in dir (the bug) is released
+// by opening each for writing, so a regression fails instead of hanging.
+tinyq_code Promptly(const std::function<tinyq_code()>& call, const fs::path& dir) {
   auto result = std::async(std::launch::async, call);
   if (result.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
-    ADD_FAILURE() << "blocked on " << fifo;
+    ADD_FAILURE() << "blocked on a FIFO in " << dir;
     while (result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
-      const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
-      if (w >= 0) ::close(w);
+      for (const auto& e : fs::directory_iterator(dir)) {
+        if (!fs::is_fifo(e.symlink_status())) continue;
+        const int w = ::open(e.path().c_str(), O_WRONLY | O_NONBLOCK);
+        if (w >= 0) ::close(w);
+      }
     }
   }
   return result.get();
@@ -129,7 +132,7 @@ TEST(Loader, AFifoSidecarIsRefusedPromptly) {
   tinyq_resolution res;
   tinyq_status st;
   const std::string model = (dir / "model.onnx").string();
-  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.json"),
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir),
             TINYQ_E_IO);
   EXPECT_NE(std::string(st.message).find((dir / "model.json").string() + ": not a regular file (a FIFO)"), std::string::npos)
       << st.message;
@@ -142,16 +145,16 @@ TEST(Loader, AFifoModelIsRefusedPromptly) {
   tinyq_status st;
   // The int8 file a FIFO: refused under fail-closed; the fallback verifies the real fp32 file.
   ReplaceWithFifo(dir / "model.int8.onnx");
-  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st); }, dir / "model.int8.onnx"),
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st); }, dir),
             TINYQ_E_IO);
   EXPECT_NE(std::string(st.message).find("model.int8.onnx: not a regular file (a FIFO)"), std::string::npos) << st.message;
-  ASSERT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.int8.onnx"),
+  ASSERT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir),
             TINYQ_OK) << st.message;
   EXPECT_TRUE(res.fell_back);
   EXPECT_EQ(fs::path(res.path).filename(), "model.onnx");
   // The fp32 file a FIFO too.
   ReplaceWithFifo(dir / "model.onnx");
-  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir / "model.onnx"),
+  EXPECT_EQ(Promptly([&] { return tinyq_resolve(model.c_str(), TINYQ_FALLBACK_FP32, dir.c_str(), &res, &st); }, dir),
             TINYQ_E_IO);
   EXPECT_NE(std::string(st.message).find("model.onnx: not a regular file (a FIFO)"), std::string::npos) << st.message;
 }
@@ -214,8 +217,7 @@ TEST(Loader, AnInterruptedRegistryUpdateFailsClosed) {
     for (const char* jail : {static_cast<const char*>(nullptr), dir.c_str()}) {
       EXPECT_EQ(tinyq_resolve(model.c_str(), policy, jail, &res, &st), TINYQ_E_UPDATE_INTERRUPTED) << st.message;
       EXPECT_EQ(std::string(st.message), dir.string() + ": an update of this registry was interrupted (.tinyq-journal.json); "
-                                                        "run `bazel run //python:validate_registry -- " +
-                                             dir.string() + "/registry.json` to finish it, then retry");
+                                                        "run `bazel run //python:validate_registry` to finish it, then retry");
       EXPECT_STREQ(res.path, "");
     }
   }

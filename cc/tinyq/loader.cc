@@ -64,8 +64,7 @@ tinyq_code CheckJournal(const std::string& dir, std::string* message) {
   struct stat st;
   if (::lstat(journal.c_str(), &st) == 0) {
     *message = dir + ": an update of this registry was interrupted (" + kJournal +
-               "); run `bazel run //python:validate_registry -- " + dir +
-               "/registry.json` to finish it, then retry";
+               "); run `bazel run //python:validate_registry` to finish it, then retry";
     return TINYQ_E_UPDATE_INTERRUPTED;
   }
   if (errno != ENOENT && errno != ENOTDIR) {

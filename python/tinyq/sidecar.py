@@ -193,8 +193,10 @@ def _too_large(size: Optional[int]) -> SidecarError:
     return SidecarError("too_large", f"the sidecar is {got}larger than {MAX_SIDECAR_BYTES} bytes (1 MiB cap)")
 
 
-def _load_json(data: bytes) -> Any:
-    """The document, or SidecarError: parse_error, then limit_exceeded (depth), then duplicate_key."""
+def loads(data: bytes) -> Any:
+    """The JSON document in data under the sidecar parsers' rules (module docstring), or
+    SidecarError: parse_error, then limit_exceeded (depth), then duplicate_key. For any reader of a
+    sidecar that must accept exactly what cc/tinyq/sidecar.cc accepts (registry validation too)."""
     if data.startswith(BOM):  # RFC 8259 lets a parser ignore one; nlohmann does
         data = data[len(BOM):]
     try:
@@ -228,7 +230,7 @@ def parse(data: bytes) -> Sidecar:
     """A sidecar from bytes; raises SidecarError with the same code the C++ parser returns."""
     if len(data) > MAX_SIDECAR_BYTES:
         raise _too_large(len(data))
-    doc = _load_json(data)
+    doc = loads(data)
     if not isinstance(doc, dict):
         raise SidecarError("schema_error", "the sidecar must be a JSON object")
     # "name" identifies a reference toolkit sidecar that has no "id".

@@ -1,6 +1,8 @@
 """tinyq.sidecar.read against the vectors the C++ parser is tested on (cc/sidecar_test.cc)."""
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,58 @@ def test_missing_file_is_an_io_error(tmp_path):
     with pytest.raises(sidecar.SidecarError) as e:
         sidecar.read(tmp_path / "none.json")
     assert e.value.code == "io_error"
+
+
+def _promptly(call, fifo):
+    """call() in a thread, which must finish within 5 s; a reader blocked on the FIFO (the bug) is
+    released by opening it for writing, so a regression fails instead of hanging."""
+    result = {}
+    t = threading.Thread(target=lambda: result.update(value=_capture(call)), daemon=True)
+    t.start()
+    t.join(5)
+    blocked = t.is_alive()
+    while t.is_alive():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        t.join(0.1)
+    assert not blocked, f"blocked on {fifo}"
+    return result["value"]
+
+
+def _capture(call):
+    try:
+        return call()
+    except Exception as e:  # returned, to be checked by the caller
+        return e
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    e = _promptly(lambda: sidecar.read(fifo), fifo)
+    assert isinstance(e, sidecar.SidecarError) and e.code == "io_error", e
+    assert f"{fifo}: not a regular file (a FIFO)" in str(e)
+
+
+def test_a_directory_and_a_device_are_refused(tmp_path):
+    with pytest.raises(sidecar.SidecarError) as e:
+        sidecar.read(tmp_path)
+    assert e.value.code == "io_error" and f"{tmp_path}: not a regular file (a directory)" in str(e.value)
+    with pytest.raises(sidecar.SidecarError) as e:
+        sidecar.read(Path("/dev/zero"))
+    assert e.value.code == "io_error" and "not a regular file (a character device)" in str(e.value)
+
+
+def test_oversize_from_memory_reports_its_size():
+    with pytest.raises(sidecar.SidecarError) as e:
+        sidecar.parse(b" " * (sidecar.MAX_SIDECAR_BYTES + 7))
+    assert str(e.value) == "the sidecar is 1048583 bytes, larger than 1048576 bytes (1 MiB cap)"
+
+
+def test_nesting_far_past_the_limit_is_refused():
+    n = sidecar.MAX_SIDECAR_BYTES // 2 - 40
+    with pytest.raises(sidecar.SidecarError) as e:
+        sidecar.parse(b'{"id":"m","arch":' + b"[" * n + b"]" * n + b"}")
+    assert e.value.code == "limit_exceeded" and "over the limit of 64" in str(e.value)
