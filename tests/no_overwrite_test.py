@@ -150,3 +150,14 @@ def test_a_calibration_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "calib.npz")
     r = run("ptq_static", tmp_path / "m.onnx", "--calibration", tmp_path / "calib.npz")
     assert r.returncode == 2 and "FIFO" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_an_output_that_is_a_device_or_fifo_is_refused(tmp_path, special):
+    (tmp_path / "m.onnx").write_bytes(testutil.tiny_mlp(1))
+    if special == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        special = tmp_path / "fifo"
+    r = run("ptq_dynamic", tmp_path / "m.onnx", "--output", special)
+    assert r.returncode == UNSAFE and "not a regular file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not Path(special).is_file()

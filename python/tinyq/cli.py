@@ -159,6 +159,8 @@ def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path],
             raise UsageError(f"{flag} {out}: the directory {out.parent} {what}; pass a path in an existing directory")
         if out.is_dir():
             raise UsageError(f"{flag} {out} is a directory; pass a file path")
+        if out.exists() and not out.is_file():  # a rename would replace /dev/null or a FIFO with a file
+            raise UnsafeOutput(f"{flag} {out} is not a regular file (a device, FIFO or socket); pass a regular file path")
         for src in inputs:
             if same_file(out, src):
                 raise UnsafeOutput(f"{flag} {out} is the input {src}; this tool never overwrites its input: pass another {flag}")
