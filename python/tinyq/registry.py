@@ -332,10 +332,13 @@ class _Checker:
             code = "sidecar_missing" if problem == "file not found" else "sidecar_invalid"
             self.add(code, entry, base, f"sidecar {sidecar} " + ("does not exist" if code == "sidecar_missing" else problem))
             return
-        try:
-            data = read_json(sidecar)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} is not valid UTF-8 JSON: {e}")
+        try:  # exactly what the C++ parser accepts (tinyq.sidecar), so validation never passes what native code refuses
+            from tinyq import sidecar as sidecars
+
+            sidecars.read(sidecar)
+            data = sidecars.loads(read_regular(sidecar, sidecars.MAX_SIDECAR_BYTES))
+        except sidecars.SidecarError as e:
+            self.add("sidecar_invalid", entry, base, f"[{e.code}] {e}")
             return
         except OSError as e:
             self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} cannot be read: {e}")

@@ -144,3 +144,17 @@ def test_a_key_given_twice_is_refused(tree):
     assert '"quant_mode": "fp32", "quant_mode": "dynamic"' in tree.read_text()
     reg, findings = registry.check(tree)
     assert reg is None and [f.code for f in findings] == ["duplicate_key"] and "'quant_mode'" in findings[0].message
+
+
+@pytest.mark.parametrize("edit, valid", [
+    (lambda raw: b"\xef\xbb\xbf" + raw, True),  # one leading BOM: both parsers accept it
+    (lambda raw: raw.replace(b'"id":', b'"id": "x", "id":', 1), False),  # duplicate key
+    (lambda raw: raw.replace(b'"onnx": "m_dyn.onnx"', b'"onnx": "../m_dyn.onnx"', 1), False),  # climbs out
+])
+def test_sidecars_are_read_with_the_native_parsers_rules(tree, edit, valid):
+    """validate_registry passes a sidecar exactly when cc/tinyq/sidecar.cc and tinyq.sidecar would."""
+    side = tree.parent / "m_dyn.json"
+    side.write_bytes(edit(side.read_bytes()))
+    _, findings = registry.check(tree)
+    bad = [f for f in findings if f.code == "sidecar_invalid"]
+    assert (bad == []) == valid, bad

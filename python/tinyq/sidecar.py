@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from tinyq import registry
-
 MAX_SIDECAR_BYTES = 1024 * 1024
 MAX_PATH_BYTES = 4096
 MAX_ARRAY_ELEMENTS = 4096
@@ -346,8 +344,7 @@ def build(
 ) -> Dict[str, Any]:
     """The sidecar for a registry entry. inputs/outputs: [{"name": ..., "shape": [...]}], -1 = dynamic."""
     out: Dict[str, Any] = {k: entry[k] for k in FROM_REGISTRY if k in entry}
-    out.setdefault("quant_mode", registry.DEFAULT_QUANT_MODE)
-    out.setdefault("quant_accuracy_budget_plcc", registry.DEFAULT_BUDGET_PLCC)
+    _registry_defaults(out)
     out["onnx"] = Path(entry["onnx"]).name
     # The first input and output under the reference toolkit's singular names, all under plurals.
     out["input_name"], out["input_shape"] = inputs[0]["name"], list(inputs[0]["shape"])
@@ -370,13 +367,19 @@ def build(
     return out
 
 
+def _registry_defaults(out: Dict[str, Any]) -> None:
+    from tinyq import registry  # not at the top: registry reads sidecars through this module
+
+    out.setdefault("quant_mode", registry.DEFAULT_QUANT_MODE)
+    out.setdefault("quant_accuracy_budget_plcc", registry.DEFAULT_BUDGET_PLCC)
+
+
 def sync(sidecar: Mapping[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]:
     """The sidecar with its registry-shared fields replaced by the entry's."""
     out = {k: v for k, v in sidecar.items() if k not in FROM_REGISTRY}
     out.update({k: entry[k] for k in FROM_REGISTRY if k in entry})
     out["onnx"] = Path(entry["onnx"]).name
-    out.setdefault("quant_mode", registry.DEFAULT_QUANT_MODE)
-    out.setdefault("quant_accuracy_budget_plcc", registry.DEFAULT_BUDGET_PLCC)
+    _registry_defaults(out)
     return out
 
 
