@@ -177,3 +177,10 @@ def test_registry_synthetic_budget_judges_the_stress_set(tmp_path):
     reg = _one_model_registry(tmp_path / "b", "vmaf_tiny_v3", quant_synthetic_budget_plcc=1e-9)
     r = run("--id", "vmaf_tiny_v3", "--registry", reg)
     assert r.returncode == 1 and "synthetic output 'vmaf'" in r.stdout and "> budget 1e-09" in r.stdout
+
+
+def test_an_fp32_that_is_not_onnx_is_named_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not protobuf \xff\xfe")
+    r = run("--fp32", bad, "--int8", TINY / "vmaf_tiny_v2.int8.onnx", "--data", TINY / "fixtures" / "vmaf_tiny_v2.soak.npz")
+    assert r.returncode == 2 and f"{bad}: not an ONNX model" in r.stderr and "Traceback" not in r.stderr, r.stderr
