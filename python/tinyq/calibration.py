@@ -17,18 +17,17 @@ naming the file, the entry, the declared size and the cap.
 from __future__ import annotations
 
 import math
-import os
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 from numpy.lib import format as npy_format
 
 from tinyq import errors
+from tinyq.fileio import UnreadableFile, file_problem, open_regular  # noqa: F401  (re-exported)
 
 TARGET_KEY = "target"
 _FLOAT = onnx.TensorProto.FLOAT
@@ -48,55 +47,9 @@ _NPY_MAGIC = b"\x93NUMPY"
 MAX_MODEL_BYTES = 2 * 1024**3
 
 
-class UnreadableFile(Exception):
-    """An input file that is not a regular file tinyq can open; str() says why (the caller names
-    the file and raises its own error type)."""
-
-
 class ModelFileError(errors.UsageError, ValueError):
     """A model file tinyq cannot read as an ONNX model (exit 2; also a ValueError, which callers
     of the onnx loaders catch); the message names the file and the fix."""
-
-
-def _not_regular(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "is a directory; pass a file"
-    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"))
-    kind = next((name for test, name in kinds if test(mode)), "a special file")
-    return f"is {kind}, not a regular file; tinyq reads only regular files: pass (or copy the data to) a regular file"
-
-
-def file_problem(path: Union[str, Path]) -> Optional[str]:
-    """Why path cannot be read as an input file ("file not found", "is a directory; ...", "is a
-    FIFO (named pipe), not a regular file; ..."), or None for a regular file. Only stat: nothing is
-    opened."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return "file not found"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    return None if stat.S_ISREG(st.st_mode) else _not_regular(st.st_mode)
-
-
-def open_regular(path: Union[str, Path]) -> BinaryIO:
-    """path opened for binary reading, only when it is a regular file: checked with stat before
-    opening (opening some devices acts), then opened non-blocking and checked again with fstat, so a
-    FIFO swapped in between never blocks. Raises UnreadableFile saying why otherwise."""
-    problem = file_problem(path)
-    if problem:
-        raise UnreadableFile(problem)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise UnreadableFile(f"cannot be read ({e.strerror or e})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise UnreadableFile(_not_regular(mode))
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def check_model_file(path: Union[str, Path]) -> None:

@@ -8,33 +8,68 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
 
-def require_regular(path: PathLike) -> None:
-    """Raises OSError (naming why) unless path is a regular file: a FIFO would block the reader
-    forever, a directory or device is not data. Symlinks are followed."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EINVAL, f"{_kind(st.st_mode)}, not a regular file; pass a regular file", os.fspath(path))
+class UnreadableFile(Exception):
+    """An input that is not a regular file tinyq can open; str() says why (the caller names the
+    file and raises its own error type)."""
 
 
-def _kind(mode: int) -> str:
-    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
-            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+def not_regular(mode: int) -> str:
+    """Why a file of this st_mode is not read: "is a directory; ...", "is a FIFO (named pipe), ..."."""
+    if stat.S_ISDIR(mode):
+        return "is a directory; pass a file"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is {kind}, not a regular file; tinyq reads only regular files: pass (or copy the data to) a regular file"
+
+
+def file_problem(path: PathLike) -> Optional[str]:
+    """Why path cannot be read as an input file ("file not found", "is a directory; ...", "is a
+    FIFO (named pipe), not a regular file; ..."), or None for a regular file. Only stat: nothing is
+    opened."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "file not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None if stat.S_ISREG(st.st_mode) else not_regular(st.st_mode)
+
+
+def open_regular(path: PathLike) -> BinaryIO:
+    """path opened for binary reading, only when it is a regular file: checked with stat before
+    opening (opening some devices acts), then opened non-blocking and checked again with fstat, so a
+    FIFO swapped in between never blocks. Raises UnreadableFile saying why otherwise."""
+    problem = file_problem(path)
+    if problem:
+        raise UnreadableFile(problem)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise UnreadableFile(f"cannot be read ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnreadableFile(not_regular(mode))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def read_regular(path: PathLike, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most max_bytes, opened without blocking (a FIFO swapped in
-    after a check still cannot hang the reader). OSError naming why otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"{_kind(mode)}, not a regular file; pass a regular file", os.fspath(path))
-        raw = f.read(max_bytes + 1)
+    """The bytes of a regular file of at most max_bytes (open_regular). OSError naming the file
+    and why otherwise."""
+    try:
+        with open_regular(path) as f:
+            raw = f.read(max_bytes + 1)
+    except UnreadableFile as e:
+        missing = str(e) == "file not found"
+        raise (FileNotFoundError if missing else OSError)(errno.ENOENT if missing else errno.EINVAL, str(e),
+                                                          os.fspath(path)) from None
     if len(raw) > max_bytes:
         raise OSError(errno.EFBIG, f"larger than the {max_bytes} bytes tinyq reads of it", os.fspath(path))
     return raw
