@@ -35,12 +35,9 @@ def main() -> int:
     try:
         with transaction.locked(tiny):  # one writer; every pin, sidecar and the registry land as one unit
             return _update(tiny)
-    except cli.UsageError as e:
+    except cli.UsageError as e:  # transaction.LockTimeout too (exit 11)
         print(f"update_pins: error: {e}", file=sys.stderr)
         return e.exit_code
-    except transaction.LockTimeout as e:
-        print(f"update_pins: error: {e}", file=sys.stderr)
-        return cli.EXIT_BUSY
 
 
 def _update(tiny: Path) -> int:

@@ -157,8 +157,6 @@ def _load_real(model_id, fp32, path, label):
         fix = {"soak": " (register_model writes it; see docs/user-guide.md)",
                "shift": " (tools/bazel run //python:build_shift_set writes the zoo's)"}.get(label, "")
         raise cli.UsageError(f"{model_id}: {what} unusable{fix}:\n{e}") from None
-    except cli.UsageError:  # over a cap (exit 10), or a model file that is not one
-        raise
 
 
 def _residual(job: Job):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
-
 from absl import flags
 
 from tinyq import calibration, cli, drops, eps, gate, gate_report, provenance, quantize, registry

@@ -345,11 +345,8 @@ def main(argv):
     if not reg_path.parent.is_dir():
         raise cli.UsageError(f"--registry {reg_path}: the directory {reg_path.parent} does not exist; create it first")
     reg_path = Path(transaction.real_target(reg_path))  # a symlinked registry is written through to its target
-    try:
-        with transaction.locked(reg_path.parent):  # one writer: read, plan, write, check
-            return _register(src, reg_path)
-    except transaction.LockTimeout as e:
-        raise cli.Busy(str(e)) from None
+    with transaction.locked(reg_path.parent):  # one writer: read, plan, write, check (LockTimeout: exit 11)
+        return _register(src, reg_path)
 
 
 def _register(src, reg_path):

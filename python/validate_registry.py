@@ -27,7 +27,7 @@ def main(argv):
         raise cli.UsageError(f"expected at most one REGISTRY argument, got {len(argv) - 1}: {' '.join(argv[1:])}")
     path = cli.resolve_user_path(argv[1]) if len(argv) == 2 else cli.workspace_dir() / registry.DEFAULT_REGISTRY
     if _OUT_JSON.value:
-        cli.guard_outputs({"--out-json": cli.resolve_user_path(_OUT_JSON.value)}, [path], path)
+        cli.guard_flags({"--out-json": _OUT_JSON.value}, [path], path)
     try:
         reg, findings = registry.check(path)
     except registry.RegistryReadError as e:

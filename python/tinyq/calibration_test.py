@@ -201,11 +201,7 @@ def test_dtype_advice_names_a_numpy_type_that_exists():
     assert problem.endswith("the model's input is float32; convert with .astype(np.float32)"), problem
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is an empty file, not an ONNX model"),
-    (b"this is just some text, not a model\n", r"not an ONNX model \(protobuf parse failed"),
-    (bytes(range(256)) * 8, r"not an ONNX model \(protobuf parse failed"),
-], ids=["empty", "text", "random"])
+@pytest.mark.parametrize("content, message", testutil.NOT_ONNX_FILES, ids=testutil.NOT_ONNX_IDS)
 def test_a_model_that_is_not_onnx_is_named(tmp_path, content, message):
     path = tmp_path / "m.onnx"
     path.write_bytes(content)

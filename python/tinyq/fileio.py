@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import errno
 import os
 import stat
 from pathlib import Path
@@ -102,9 +102,7 @@ def atomic_write_all(files: Sequence[Tuple[PathLike, Optional[bytes]]]) -> None:
     if len({t for t, _ in targets}) != len(targets):
         raise ValueError(f"one file named twice in one write: {[os.fspath(p) for p, _ in files]}")
     try:
-        transaction.write_all(targets)
-    except transaction.LockTimeout as e:
-        raise errors.Busy(str(e)) from None
+        transaction.write_all(targets)  # a lock held too long raises transaction.LockTimeout, an errors.Busy
     except OSError as e:
         where = e.filename or (targets[-1][0] if targets else "?")
         raise errors.WriteFailed(f"cannot write {where}: {e.strerror or e}; nothing was written, every old file is in place") from None

@@ -8,11 +8,7 @@ import pytest
 from tinyq import calibration, errors, runner, testutil
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is an empty file, not an ONNX model"),
-    (b"this is just some text, not a model\n", r"not an ONNX model \(protobuf parse failed"),
-    (bytes(range(256)) * 8, r"not an ONNX model \(protobuf parse failed"),
-], ids=["empty", "text", "random"])
+@pytest.mark.parametrize("content, message", testutil.NOT_ONNX_FILES, ids=testutil.NOT_ONNX_IDS)
 def test_a_session_of_a_file_that_is_not_onnx_names_the_file(tmp_path, content, message):
     path = tmp_path / "fp32.onnx"
     path.write_bytes(content)

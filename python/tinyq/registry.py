@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import jsonschema
 
 from tinyq.errors import TooLarge
-from tinyq.fileio import read_regular, sha256_file
+from tinyq.fileio import file_problem, read_regular, sha256_file
 from tinyq.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
@@ -137,14 +137,10 @@ def _pointer(parts: Iterable[Any]) -> str:
 MAX_JSON_BYTES = 10 * 1024 * 1024  # a registry or sidecar larger than this is not one
 
 
-def _read_regular(path: Path) -> bytes:
-    return read_regular(path, MAX_JSON_BYTES)
-
-
 def read_json(path: Path) -> Any:
     """A JSON file, strictly UTF-8, from a regular file (ValueError when it is not JSON, or nested
     too deeply to be tinyq's)."""
-    raw = _read_regular(Path(path))
+    raw = read_regular(path, MAX_JSON_BYTES)
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -306,7 +302,7 @@ class _Checker:
         from tinyq import calibration
 
         fixture = calibration.fixture_path(self.path.parent, entry)
-        problem = calibration.file_problem(fixture)
+        problem = file_problem(fixture)
         if problem == "file not found":
             self.add("fixture_missing", entry, base, f"soak fixture {fixture} does not exist")
             return
@@ -325,23 +321,17 @@ class _Checker:
             self.add("fixture_invalid", entry, base, f"soak fixture {fixture} cannot be checked against {onnx.name}: {e}")
 
     def check_sidecar(self, entry: str, base: str, m: Dict[str, Any], sidecar: Path) -> None:
-        from tinyq import calibration
+        from tinyq import sidecar as sidecars  # not at the top: sidecar.py reads the registry's defaults
 
-        problem = calibration.file_problem(sidecar)
+        problem = file_problem(sidecar)
         if problem:
             code = "sidecar_missing" if problem == "file not found" else "sidecar_invalid"
             self.add(code, entry, base, f"sidecar {sidecar} " + ("does not exist" if code == "sidecar_missing" else problem))
             return
-        try:  # exactly what the C++ parser accepts (tinyq.sidecar), so validation never passes what native code refuses
-            from tinyq import sidecar as sidecars
-
-            sidecars.read(sidecar)
-            data = sidecars.loads(read_regular(sidecar, sidecars.MAX_SIDECAR_BYTES))
+        try:  # exactly what the C++ parser accepts, so validation never passes what native code refuses
+            _, data = sidecars.read_doc(sidecar)
         except sidecars.SidecarError as e:
             self.add("sidecar_invalid", entry, base, f"[{e.code}] {e}")
-            return
-        except OSError as e:
-            self.add("sidecar_invalid", entry, base, f"sidecar {sidecar} cannot be read: {e}")
             return
         errors = list(_validator(SIDECAR_SCHEMA_PATH).iter_errors(data))
         for err in errors:
@@ -453,7 +443,7 @@ def _parse(raw: bytes) -> Tuple[Any, List[Finding]]:
 
 def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Finding]]:
     try:
-        raw = _read_regular(path)
+        raw = read_regular(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise RegistryReadError(f"{path}: registry not found; pass the path of a registry.json") from None
     except OSError as e:

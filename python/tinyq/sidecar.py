@@ -226,6 +226,11 @@ def _safe_relative_path(p: str) -> bool:
 
 def parse(data: bytes) -> Sidecar:
     """A sidecar from bytes; raises SidecarError with the same code the C++ parser returns."""
+    return parse_doc(data)[0]
+
+
+def parse_doc(data: bytes) -> Tuple[Sidecar, Dict[str, Any]]:
+    """(the sidecar, the JSON object it was read from), under parse()'s rules."""
     if len(data) > MAX_SIDECAR_BYTES:
         raise _too_large(len(data))
     doc = loads(data)
@@ -284,7 +289,7 @@ def parse(data: bytes) -> Sidecar:
         if not _is_int(doc["n_params"]):
             raise SidecarError("schema_error", "field 'n_params' must be an integer")
         sc.n_params = doc["n_params"]
-    return sc
+    return sc, doc
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
@@ -294,6 +299,11 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCH
 def read(path: Path) -> Sidecar:
     """The sidecar at path; SidecarError messages name the file. Only a regular file is read (a
     FIFO would block open() until a writer came), and at most one byte past the cap."""
+    return read_doc(path)[0]
+
+
+def read_doc(path: Path) -> Tuple[Sidecar, Dict[str, Any]]:
+    """(the sidecar at path, its JSON object), read once, as read() says."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
@@ -320,7 +330,7 @@ def read(path: Path) -> Sidecar:
         e = _too_large(None)
         raise SidecarError(e.code, f"{path}: {e}")
     try:
-        return parse(data)
+        return parse_doc(data)
     except SidecarError as e:
         raise SidecarError(e.code, f"{path}: {e}") from None
 

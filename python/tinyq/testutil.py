@@ -14,6 +14,15 @@ from onnx import TensorProto, helper, numpy_helper
 from tinyq.fileio import atomic_write_npz, sha256_file
 
 
+# (bytes, the message a model loader gives for them): files named .onnx that are not ONNX models.
+NOT_ONNX_FILES = [
+    (b"", "is an empty file, not an ONNX model"),
+    (b"this is just some text, not a model\n", r"not an ONNX model \(protobuf parse failed"),
+    (bytes(range(256)) * 8, r"not an ONNX model \(protobuf parse failed"),
+]
+NOT_ONNX_IDS = ["empty", "text", "random"]
+
+
 def tiny_mlp(seed: int, n_in: int = 6, hidden: int = 16) -> bytes:
     """A real ONNX MLP (MatMul-Add-Relu-MatMul-Add), opset 17, dynamic batch."""
     rng = np.random.default_rng(seed)

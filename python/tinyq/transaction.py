@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from tinyq import errors
 
 JOURNAL_NAME = ".tinyq-journal.json"
 LOCK_TIMEOUT_ENV = "TINYQ_LOCK_TIMEOUT_S"
@@ -39,12 +41,12 @@ DEFAULT_LOCK_TIMEOUT_S = 120.0
 _TEMP_NAME = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.(tmp|old)$")  # what _temp_name makes
 _NAME_BYTES = 180  # of a target's name kept in its temp name, so a legal 255-byte name stays legal
 
-_held: Dict[str, List[int]] = {}  # real directory -> [lock fd or -1, depth]: locks are reentrant in a process
+_held: Set[str] = set()  # the real directories this process holds: an inner request rides on the outer lock
 _steps = [0]
 
 
-class LockTimeout(Exception):
-    """Another process held the lock for longer than the bounded wait."""
+class LockTimeout(errors.Busy):
+    """Another process held the lock for longer than the bounded wait (exit 11)."""
 
 
 def _fault_point() -> None:
@@ -103,29 +105,25 @@ def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -
     the held-out fixtures/)."""
     key = os.path.realpath(directory)
     if key in _held:
-        _held[key][1] += 1
-        try:
-            yield
-        finally:
-            _held[key][1] -= 1
+        yield
         return
+    journal = os.path.join(key, JOURNAL_NAME)
     fd = _open_lock(key)
     if fd >= 0:
         try:
-            pending = os.path.exists(os.path.join(key, JOURNAL_NAME))
-            _acquire(fd, key, shared and not pending)
+            _acquire(fd, key, shared and not os.path.exists(journal))
         except BaseException:
             os.close(fd)
             raise
-    _held[key] = [fd, 1]
+    _held.add(key)
     try:
-        if fd >= 0 and shared and os.path.exists(os.path.join(key, JOURNAL_NAME)):
+        if fd >= 0 and shared and os.path.exists(journal):
             _acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
-        if fd >= 0 or not os.path.exists(os.path.join(key, JOURNAL_NAME)):
+        if fd >= 0 or not os.path.exists(journal):
             recover(key, sweep_subdirectories)
         yield
     finally:
-        del _held[key]
+        _held.discard(key)
         if fd >= 0:
             os.close(fd)  # releases the flock
 
@@ -145,11 +143,16 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _temp_name(target: str, suffix: str) -> str:
-    """An unused temp path beside target: `.<name>.<8 random>.<suffix>`, the name cut to fit."""
+def _temp_prefix(target: str) -> Tuple[str, str]:
+    """(directory, `.<name>.`) for temps beside target, the name cut to fit: what _TEMP_NAME matches."""
     directory, name = os.path.split(target)
-    short = os.fsdecode(os.fsencode(name)[:_NAME_BYTES])
-    return tempfile.mktemp(prefix=f".{short}.", suffix=f".{suffix}", dir=directory)
+    return directory, f".{os.fsdecode(os.fsencode(name)[:_NAME_BYTES])}."
+
+
+def _temp_name(target: str, suffix: str) -> str:
+    """An unused temp path beside target: `.<name>.<8 random>.<suffix>`."""
+    directory, prefix = _temp_prefix(target)
+    return tempfile.mktemp(prefix=prefix, suffix=f".{suffix}", dir=directory)
 
 
 def real_target(path) -> str:
@@ -160,9 +163,8 @@ def real_target(path) -> str:
 
 def _stage(target: str, data: bytes) -> str:
     """A fsynced temp beside target holding data, with the old file's permissions (0644 when new)."""
-    directory, name = os.path.split(target)
-    short = os.fsdecode(os.fsencode(name)[:_NAME_BYTES])
-    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=directory)
+    directory, prefix = _temp_prefix(target)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             _fault_point()
