@@ -38,6 +38,8 @@ MAX_SAMPLES = 1_000_000  # rows (axis 0) of any one entry
 MAX_NPZ_ENTRIES = 1024  # entries in one archive (one per model input, plus the target)
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with entries; an empty zip
+# What numpy and zipfile raise on a corrupt or truncated .npy member.
+_NPY_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError)
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -201,7 +203,7 @@ def _check_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None
             read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
             shape, _, dtype = read_header(m)
             header_end = m.tell()
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+    except _NPY_ERRORS as e:
         raise CalibrationError(path, [f"entry {info.filename!r} is not a .npy array ({e}); write the file with numpy.savez"]) from None
     if dtype.hasobject:
         raise CalibrationError(path, [f"entry {key!r} holds Python objects (dtype {dtype}), which tinyq never unpickles; "
@@ -258,7 +260,7 @@ def _read_npz(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarray]
                 try:
                     with zf.open(info) as m:
                         arrays[_key(info)] = npy_format.read_array(m, allow_pickle=False)
-                except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+                except _NPY_ERRORS as e:
                     raise CalibrationError(path, [f"entry {info.filename!r} cannot be read ({e}): truncated or corrupt; "
                                                   f"write the file again with numpy.savez"]) from None
     return arrays

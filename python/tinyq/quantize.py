@@ -135,18 +135,17 @@ def _inside_model_dir(path: Path, tensor: TensorProto, location: str) -> None:
             f"set its location to the bare file name, or re-export with the weights inside the model")
 
 
-def _data_file(path: Path, tensor: TensorProto) -> Tuple[str, str]:
-    """(recorded location, the data file actually beside the model) for an external tensor.
+def _data_file(path: Path, tensor: TensorProto, location: str) -> str:
+    """The data file actually beside the model for an external tensor recorded at location.
 
     A stale location (the model was renamed after export) resolves to the one data file named
     after the model, <model>.onnx.data or <model>.data, and to no other file (one that merely
     shares a prefix with the model's name belongs to another model); anything else is an error
     naming the fix.
     """
-    location = _external_fields(path, tensor)[0]
     _inside_model_dir(path, tensor, location)
     if (path.parent / location).exists():
-        return location, location
+        return location
     names = dict.fromkeys((f"{path.name}.data", f"{path.stem}.data"))
     candidates = [n for n in names if (path.parent / n).is_file() and n != location]
     if len(candidates) != 1:
@@ -155,7 +154,7 @@ def _data_file(path: Path, tensor: TensorProto) -> Tuple[str, str]:
             f"{path}: initialiser {tensor.name!r} names external data {location!r}, which is missing: it is not beside the "
             f"model (data files named after the model: {found}); put the data file beside the model or fix its location"
         )
-    return location, candidates[0]
+    return candidates[0]
 
 
 def _tensor_bytes(path: Path, tensor: TensorProto) -> int:
@@ -173,10 +172,9 @@ def _tensor_bytes(path: Path, tensor: TensorProto) -> int:
     return elements * itemsize
 
 
-def _read_external(path: Path, tensor: TensorProto, file: str, budget: List[int]) -> bytes:
+def _read_external(path: Path, tensor: TensorProto, file: str, offset: int, length: Optional[int], budget: List[int]) -> bytes:
     """The tensor's bytes from the data file, checked: a regular file, holding offset + length
     bytes, length matching the tensor's shape; budget[0] is what the model may still read."""
-    location, offset, length = _external_fields(path, tensor)
     need = _tensor_bytes(path, tensor)
     if length is not None and length != need:
         raise QuantizeError(f"{path}: initialiser {tensor.name!r} records {length:,} bytes of external data, but its shape "
@@ -212,8 +210,9 @@ def _repair_external_data(path: Path, model: onnx.ModelProto, repairs: List[Repa
         return
     budget = [MAX_MODEL_BYTES]
     for t in tensors:
-        location, actual = _data_file(path, t)
-        t.raw_data = _read_external(path, t, actual, budget)
+        location, offset, length = _external_fields(path, t)
+        actual = _data_file(path, t, location)
+        t.raw_data = _read_external(path, t, actual, offset, length, budget)
         if actual != location:
             repairs.append(Repair("external_data_location", f"{t.name}: {location} -> {actual}"))
     for t in tensors:
@@ -704,7 +703,7 @@ def model_bytes_on_disk(path: Path) -> int:
     """A model's size: the .onnx file plus every external data file it references."""
     path = Path(path)
     model = calibration.read_model(path)
-    files = {_data_file(path, t)[1] for t in _external_tensors(model)}
+    files = {_data_file(path, t, _external_fields(path, t)[0]) for t in _external_tensors(model)}
     return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
 
 
