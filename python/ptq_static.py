@@ -2,7 +2,7 @@
 
 Usage: bazel run //python:ptq_static -- path/model.onnx [--calibration X.npz] [--calibrate-method
            minmax|entropy|percentile] [--per-channel] [--fp32-nodes a,b,...] [--rewrite a,b] [--output P]
-           [--report-out R] [--registry R]
+           [--overflow-fix needed|all|none] [--report-out R] [--registry R]
 
 --calibration defaults to the registry's quant_calibration_set for the model. The .npz is checked
 against the graph before anything runs: every input name present, no extra keys, shapes
@@ -12,7 +12,9 @@ one that runs fastest on x86: uint8 activations, int8 symmetric weights, on the 
 kernels (tinyq.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
 recipes name them); --rewrite applies kernel-aware graph rewrites that change no output and put
 more convolutions on onnxruntime's fused int8 path (tinyq.rewrites; the report's conv_kernels
-names each QLinearConv's missed conditions). The artefact is stripped
+names each QLinearConv's missed conditions); --overflow-fix (default needed) re-encodes in 7 bits the
+weights of every layer whose int16 pair sums could saturate on AVX2 (tinyq.overflow), so the
+artefact computes the same on every CPU. The artefact is stripped
 of doc strings and metadata, and it and the report are written both or neither.
 Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
 an input or a registry's fp32 model), nothing written; 3 written but not smaller than the fp32
@@ -38,6 +40,7 @@ _REWRITE = flags.DEFINE_list("rewrite", [], "Kernel-aware graph rewrites, output
                               "pad_conv_inputs, pad_conv_outputs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")
+_OVERFLOW_FIX = flags.DEFINE_enum("overflow-fix", "needed", ["needed", "all", "none"], ptq.OVERFLOW_FIX_HELP)
 _REPORT = flags.DEFINE_string("report-out", None, "Write a tinyq-ptq-static-report-v1 JSON report here.")
 
 _LARGER_HINT = ("Static QDQ adds quantise/dequantise nodes and scales around every tensor, which a model this small "
@@ -78,7 +81,8 @@ def _quantise(src, calib_path):
         raise cli.UsageError(f"--rewrite: {e}") from None
     try:
         int8 = quantize.quantize_static_qdq(model, arrays, method=_METHOD.value, per_channel=_PER_CHANNEL.value,
-                                            exclude_nodes=_FP32_NODES.value, batch=batch, rewrites=_REWRITE.value)
+                                            exclude_nodes=_FP32_NODES.value, batch=batch, rewrites=_REWRITE.value,
+                                            overflow_fix=_OVERFLOW_FIX.value)
     except quantize.QuantizeError as e:
         raise cli.UsageError(f"{src}: {e}") from None
     return model, repairs, arrays, batch, int8
@@ -117,6 +121,7 @@ def main(argv):
         "repairs": [{"code": r.code, "detail": r.detail} for r in repairs],
         "quantize_wall_time_s": round(wall, 3),
         "conv_kernels": [k.as_dict() for k in rewrites.conv_kernels(int8)],
+        "overflow": ptq.overflow_report("ptq_static", int8, _OVERFLOW_FIX.value),
     }
     cov = quantize.coverage_of(int8, "static")
     return ptq.finish("ptq_static", p, int8, cov, "QDQ", report,

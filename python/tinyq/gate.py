@@ -11,6 +11,9 @@ Verdicts come only from a judgement (tinyq.drops defines the drop):
   - a set where no output could be judged (all skipped, or one value) is never a pass;
   - on real data with ground truth the task metric is computed for fp32 and int8, and a filter's
     int8 must keep a share of the fp32's PSNR gain (90 % unless quant_task_budget allows another).
+Every real set is judged in both int8 arithmetics a user's CPU can compute (tinyq.arithmetic):
+"exact" (int32 accumulation) and "avx2" (int16 pair sums with saturation), natively, through the
+session option, or emulated on a seeded subset; a set passes only where both rows pass.
 Latency is reported, never gated.
 """
 
@@ -22,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tinyq import calibration, drops, runner
+from tinyq import arithmetic, calibration, drops, runner
 
 SYNTHETIC_SAMPLES = 16
 SYNTHETIC_SEED = 0
@@ -41,6 +44,7 @@ class SetResult:
     outputs: List[drops.OutputResult]
     budget: Optional[float] = None  # None: only finiteness is judged (the stress check)
     saturation: Dict[str, float] = field(default_factory=dict)  # activation -> share clipped at its calibrated range
+    isa: Dict[str, "ArithmeticRow"] = field(default_factory=dict)  # arithmetic -> its verdict on this set
 
     @property
     def drop(self) -> Optional[float]:
@@ -52,7 +56,17 @@ class SetResult:
 
     @property
     def passed(self) -> bool:
+        return self.native_passed and all(r.passed for r in self.isa.values())
+
+    @property
+    def native_passed(self) -> bool:
+        """The verdict on this CPU's own int8 arithmetic, over every sample."""
         return all(o.passed for o in self.outputs) and (self.budget is None or self.judged)
+
+    @property
+    def worst_isa_drop(self) -> Optional[float]:
+        drops_ = [r.drop for r in self.isa.values() if r.drop is not None]
+        return max(drops_) if drops_ else self.drop
 
 
 @dataclass
@@ -65,6 +79,19 @@ class TaskCheck:
     min_kept: float
     passed: bool
     reason: str
+
+
+@dataclass
+class ArithmeticRow:
+    """One int8 arithmetic's verdict on one set: its drop, and how this machine computed it."""
+
+    arithmetic: str
+    how: str
+    samples: int
+    drop: Optional[float]
+    passed: bool
+    kept_gain: Optional[float] = None  # a filter's kept share of the fp32's PSNR gain, on the same samples
+    reason: str = ""
 
 
 @dataclass
@@ -81,6 +108,8 @@ class ModelResult:
     latency_ms: Dict[str, Dict[str, float]] = field(default_factory=dict)
     latency_error: Optional[str] = None
     scatter_png: Optional[str] = None
+    cpu: Dict[str, str] = field(default_factory=dict)  # tinyq.arithmetic.Cpu.as_dict() of the judging machine
+    overflow: Dict[str, object] = field(default_factory=dict)  # tinyq.overflow.summary() of the int8 model
 
     def set(self, name: str) -> Optional[SetResult]:
         return next((s for s in self.sets if s.input_set == name), None)
@@ -361,12 +390,63 @@ def _saturation(result: ModelResult, int8: Path, real, shift, names) -> None:
             s.saturation = saturation.clipped_shares(int8, {n: data[n] for n in names})
 
 
+def _native_row(result: ModelResult, s: SetResult, cpu: arithmetic.Cpu) -> ArithmeticRow:
+    check = result.task_check if s.input_set == result.judged_on else None
+    passed = s.native_passed and (check is None or check.passed)
+    return ArithmeticRow(cpu.native, arithmetic.describe(cpu.native, cpu), s.samples, s.drop, passed,
+                         None if check is None else check.kept)
+
+
+def _other_row(which: str, s: SetResult, int8: str, sess32, feeds, target, residual, budgets: Budgets,
+               cpu: arithmetic.Cpu) -> ArithmeticRow:
+    """The set judged in an arithmetic this CPU does not compute natively, on the emulated subset."""
+    idx = arithmetic.subset(s.samples) if arithmetic.how(which, cpu) == "emulated" else np.arange(s.samples)
+    sub = {k: v[idx] for k, v in feeds.items()}
+    how = arithmetic.describe(which, cpu, len(idx), s.samples)
+    try:
+        out = arithmetic.run(int8, sub, which, cpu)
+    except arithmetic.ArithmeticUnavailable as e:
+        return ArithmeticRow(which, how, 0, None, False, reason=f"not computed: {e}")
+    names, _ = runner.tensor_outputs(sess32)
+    ref = runner.run_all(sess32, sub)
+    outputs = drops.compare(drops.compared_outputs(names, ref, out, sub, residual), s.budget)
+    row = ArithmeticRow(which, how, len(idx), drops.worst(outputs),
+                        all(o.passed for o in outputs) and (s.budget is None or drops.any_judged(outputs)))
+    if target is not None and all(o.finite for o in outputs):
+        t = {"fp32": task_metrics(sub, names, ref, target[idx], residual), "int8": task_metrics(sub, names, out, target[idx], residual)}
+        check = check_task(t, budgets.task) if t["fp32"] else None
+        if check is not None:
+            row.kept_gain, row.passed = check.kept, row.passed and check.passed
+    if not row.passed:
+        row.reason = next((o.reason for o in outputs if not o.passed), "the kept PSNR gain is under its floor")
+    return row
+
+
+def _arithmetic_rows(result: ModelResult, int8: Path, sess32, real, shift, residual, budgets: Budgets) -> None:
+    """Each real set judged in both arithmetics (tinyq.arithmetic); the model's CPU and pair bounds."""
+    from tinyq import calibration as calib, overflow
+
+    cpu = arithmetic.host_cpu()
+    model = calib.read_model(int8)
+    result.cpu, result.overflow = cpu.as_dict(), overflow.summary(overflow.pair_bounds(model))
+    names = [i.name for i in sess32.get_inputs()]
+    for s, data in ((result.set(result.judged_on), real), (result.set("shift"), shift)):
+        if s is None or data is None:
+            continue
+        feeds = {n: data[n] for n in names}
+        target = data.get(calib.TARGET_KEY) if s.input_set == result.judged_on else None
+        s.isa = {a: _native_row(result, s, cpu) if a == cpu.native else
+                 _other_row(a, s, str(int8), sess32, feeds, target, residual or {}, budgets, cpu)
+                 for a in arithmetic.ARITHMETICS}
+
+
 def gate_model(model_id: str, fp32: Path, int8: Path, budgets: Budgets, *,
                real: Optional[Dict[str, np.ndarray]] = None, real_label: str = "soak",
                shift: Optional[Dict[str, np.ndarray]] = None, residual: Optional[Dict[str, str]] = None,
                input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None, latency: bool = True,
-               plot: Optional[Path] = None) -> ModelResult:
-    """Judges one int8 model against its fp32 source; raises GateError when it cannot."""
+               plot: Optional[Path] = None, arithmetics: bool = True) -> ModelResult:
+    """Judges one int8 model against its fp32 source; raises GateError when it cannot.
+    arithmetics: judge each real set in both int8 arithmetics (False: this CPU's own only)."""
     sess32 = load_session(fp32, "fp32", model_id)
     sess8 = load_session(int8, "int8", model_id)
     _check_inputs_match(model_id, sess32, sess8)
@@ -374,6 +454,8 @@ def gate_model(model_id: str, fp32: Path, int8: Path, budgets: Budgets, *,
         result, runs = judge(model_id, str(fp32), str(int8), sess32, sess8, budgets, real=real, real_label=real_label,
                              shift=shift, residual=residual, input_shapes=input_shapes)
         _saturation(result, int8, real, shift, [i.name for i in sess32.get_inputs()])
+        if arithmetics:
+            _arithmetic_rows(result, int8, sess32, real, shift, residual, budgets)
     except GateError as e:
         raise GateError(f"{model_id}: {e}" if not str(e).startswith(model_id) else str(e)) from None
     except Exception as e:  # onnxruntime rejects the feeds: wrong shapes for this graph

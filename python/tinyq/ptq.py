@@ -40,6 +40,26 @@ def guard(p: Paths, inputs: Sequence[Path] = (), registry_path: Optional[Path] =
     cli.guard_outputs({"--output": p.out, "--report-out": p.report}, [p.src, *inputs], registry_path)
 
 
+OVERFLOW_FIX_HELP = ("Which integer layers get 7-bit weights so that no pair of products can saturate on AVX2 "
+                     "(tinyq.overflow): needed (those whose pair bound can be crossed), all, or none.")
+
+
+def overflow_report(tool: str, artefact: bytes, scope: str) -> Dict[str, Any]:
+    """The artefact's pair bounds (tinyq.overflow) for the report, with a line saying whether any
+    layer can still saturate on AVX2."""
+    import onnx
+
+    from tinyq import overflow
+
+    bounds = overflow.pair_bounds(onnx.load_from_string(artefact))
+    summary = dict(overflow.summary(bounds), fix=scope)
+    risky = [b.node for b in bounds if b.can_saturate]
+    if bounds:
+        print(f"{tool}: {len(bounds)} integer layers, {summary['seven_bit']} on 7-bit weights (--overflow-fix={scope}); "
+              + (f"{len(risky)} can saturate on AVX2: {', '.join(risky)}" if risky else "none can saturate on AVX2"))
+    return summary
+
+
 def _coverage_lines(tool: str, cov: weights.Coverage) -> List[str]:
     lines = [f"{tool}: weights quantised: {cov.fraction:.1%} ({cov.quantised_elements} of "
              f"{cov.quantised_elements + cov.fp32_elements} elements)"]

@@ -51,7 +51,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq import calibration, errors, weights
+from tinyq import calibration, errors, overflow, weights
 from tinyq.calibration import MAX_MODEL_BYTES
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -578,18 +578,20 @@ AUTO_WHY = (
 )
 
 
-def encode(model: onnx.ModelProto, encoding: str, per_channel: bool) -> Encoded:
-    """One int8 encoding, compacted, with its weight coverage. See the module doc for "auto"."""
+def encode(model: onnx.ModelProto, encoding: str, per_channel: bool, overflow_fix: str = "needed") -> Encoded:
+    """One int8 encoding, compacted, with its weight coverage. See the module doc for "auto";
+    overflow_fix as in quantize_static_qdq (weight_only runs no integer kernel)."""
     if encoding == "auto":
-        chosen = encode(model, "weight_only", per_channel)
+        chosen = encode(model, "weight_only", per_channel, overflow_fix)
         if chosen.coverage.nothing_quantised:
-            chosen = encode(model, "dynamic", per_channel)
+            chosen = encode(model, "dynamic", per_channel, overflow_fix)
         chosen.why = AUTO_WHY
         return chosen
     if encoding == "weight_only":
         out = weight_only(model, per_channel=per_channel)
     elif encoding == "dynamic":
         out = quantize_dynamic(model, per_channel=per_channel)
+        overflow.fix_overflow(out, overflow_fix, model)
     else:
         raise ValueError(f"unknown encoding {encoding!r}; one of {ENCODINGS}")
     out = compact(out)
@@ -644,6 +646,7 @@ def quantize_static_qdq(
     calibration_cache: Optional[Path] = None,
     batch: Optional[int] = None,
     rewrites: Sequence[str] = (),
+    overflow_fix: str = "needed",
 ) -> bytes:
     """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
     STATIC_OP_TYPES, calibrated on the arrays (one per input) fed `batch` samples at a time, by
@@ -654,6 +657,8 @@ def quantize_static_qdq(
     the next), so that candidates differing only in granularity or fp32 nodes share one
     calibration; the ranges and so the bytes are the same as without it.
     rewrites: tinyq.rewrites to apply to the QDQ graph before compaction (outputs unchanged).
+    overflow_fix: which layers get 7-bit weights so that no x86 kernel can saturate (tinyq.overflow):
+    "needed" (those whose pair bound can be crossed), "all" or "none".
     """
     from tinyq import rewrites as graph_rewrites
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -684,6 +689,7 @@ def quantize_static_qdq(
             raise QuantizeError(f"onnxruntime's quantize_static failed on this graph ({type(e).__name__}: {e})") from None
         qdq = onnx.load(str(dst))
         graph_rewrites.apply(qdq, rewrites)
+        overflow.fix_overflow(qdq, overflow_fix, model)
         return compact(qdq).SerializeToString()
 
 

@@ -16,9 +16,10 @@ ModelRef = Union[str, bytes]
 LATENCY_BATCHES = (1, 256)
 
 
-def session(model: ModelRef, threads: int = 1):
+def session(model: ModelRef, threads: int = 1, config: Optional[Dict[str, str]] = None):
     """An onnxruntime CPU session of the model (bytes, or a path: checked to be a regular, non-empty
-    file first, so a FIFO never blocks onnxruntime). A path that is not an ONNX model raises
+    file first, so a FIFO never blocks onnxruntime), with `config` as session config entries
+    (tinyq.arithmetic.session_config). A path that is not an ONNX model raises
     calibration.ModelFileError (a UsageError) naming the file; other onnxruntime errors pass as they are."""
     import onnxruntime as ort
 
@@ -27,6 +28,8 @@ def session(model: ModelRef, threads: int = 1):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if isinstance(model, bytes):
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     calibration.check_model_file(model)
