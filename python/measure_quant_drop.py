@@ -16,6 +16,13 @@ input. The seed-0 uniform-noise set is a stress check beside it: it must stay fi
 --synthetic-budget (or the registry's quant_synthetic_budget_plcc). Without real data the verdict
 rests on the synthetic set and says so (`judged_on: synthetic`). Latency is on by default for
 registry models and off for a foreign pair; it never changes the exit code.
+Every real set is judged in both int8 arithmetics a CPU can compute (tinyq.arithmetic): "exact"
+(int32 accumulation: VNNI, AMX, SSE4.1, arm64) and "avx2" (int16 pair sums that saturate: AVX2,
+AVX-512 without VNNI), each natively where this CPU computes it, else through the session option
+(exact) or under qemu-x86_64 -cpu Haswell-v4 on a seeded subset (avx2); a model passes only where
+both pass. The JSON report's sets carry `isa: {"exact": {...}, "avx2": {...}}`, with each row's
+drop, verdict and how it was computed; `cpu` names the judging CPU and `overflow` each integer
+layer's int16 pair bound (tinyq.overflow).
 --speed-gate times every artefact meant for speed against its fp32 model on the machine at hand.
 Exit codes: 0 every model within budget, 1 any model over budget (or with NaN/inf output, or a
 filter that loses its gain), 2 error (missing file, bad data or shapes, a session that fails),
@@ -205,6 +212,8 @@ def _print_verdict(r: gate.ModelResult) -> None:
                 print(f"    {s.input_set} output {o.name!r} ({o.compared}): {o.reason}")
     if r.task_check is not None:
         print(f"    task: {r.task_check.reason}")
+    for line in gate_report.isa_lines(r, prefix="    "):
+        print(line.replace(f"    {r.id}, ", "    ", 1).replace(f"    {r.id}: ", "    ", 1))
     for note in r.notes:
         print(f"    note: {note}")
     if r.latency_error:

@@ -24,7 +24,7 @@ Small classes with one job each, after NNCF's accuracy-control design:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -179,13 +179,15 @@ class Candidate:
     fp32_groups: Tuple[str, ...] = ()
     augment: bool = False  # range-robust calibration (tinyq.calibration.augmented)
     rewrites: Tuple[str, ...] = ()  # tinyq.rewrites, in REWRITES order
+    overflow_fix: str = "needed"  # tinyq.overflow: 7-bit weights where needed, or on all integer layers
 
     @property
     def name(self) -> str:
         if self.encoding == "weight_only":
             return "weight_only"
         base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
-        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites)
+        fix = "+7bit_all" if self.overflow_fix == "all" else ""
+        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites) + fix
 
 
 def base_candidates() -> List[Candidate]:
@@ -194,12 +196,11 @@ def base_candidates() -> List[Candidate]:
 
 
 def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
-    return Candidate(base.encoding, base.method, base.per_channel, tuple(groups), base.augment)
+    return replace(base, fp32_groups=tuple(groups))
 
 
 def with_rewrites(base: Candidate, names: Sequence[str]) -> Candidate:
-    return Candidate(base.encoding, base.method, base.per_channel, base.fp32_groups, base.augment,
-                     tuple(n for n in rewrites.REWRITES if n in names))
+    return replace(base, rewrites=tuple(n for n in rewrites.REWRITES if n in names))
 
 
 class CandidateBuilder:
@@ -225,7 +226,7 @@ class CandidateBuilder:
         cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
         return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
                                             exclude_nodes=self.exclude(candidate), calibration_cache=cache,
-                                            rewrites=candidate.rewrites)
+                                            rewrites=candidate.rewrites, overflow_fix=candidate.overflow_fix)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -403,7 +404,19 @@ def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
             measure(with_groups(base, subset))
     for row in rewrite_bases(measure.rows.values()):
         measure.rewritten(row, rewrite_sets(row))
+    for row in _fix_bases(measure.rows.values()):
+        measure(replace(row.candidate, overflow_fix="all"))
     return list(measure.rows.values())
+
+
+FIX_BASES = 4  # the most accurate candidates within budget, tried again with 7-bit weights on every layer
+
+
+def _fix_bases(rows: Iterable[Row]) -> List[Row]:
+    """The overflow fix (tinyq.overflow) as a dimension: "needed" (the default) and "all". Never
+    "none": it saturates on AVX2 where a bound can be crossed, and equals "needed" where none can."""
+    ok = [r for r in rows if r.accuracy.within_budget and r.candidate.encoding == "qdq" and r.same_as is None]
+    return sorted(ok, key=lambda r: (_drop_key(r), r.bytes, r.candidate.name))[:FIX_BASES]
 
 
 REWRITE_BASES_PER_GROUPS = 2  # the most accurate candidates within budget per set of fp32 groups ...

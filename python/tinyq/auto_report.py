@@ -18,7 +18,8 @@ def encoding_name(c: Candidate) -> str:
     granularity = "per_channel" if c.per_channel else "per_tensor"
     augment = "_augmented" if c.augment else ""
     groups = "_fp32_groups" if c.fp32_groups else ""
-    return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}" + "".join(f"_{REWRITE_TAGS[r]}" for r in c.rewrites)
+    fix = "_7bit_all" if c.overflow_fix == "all" else ""
+    return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}" + "".join(f"_{REWRITE_TAGS[r]}" for r in c.rewrites) + fix
 
 
 # How quant_encoding names each rewrite (tinyq.rewrites.REWRITES).
@@ -43,6 +44,8 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
             args.append("--fp32-nodes=" + ",".join(exclude))
         if c.rewrites:
             args.append("--rewrite=" + ",".join(c.rewrites))
+        if c.overflow_fix != "needed":
+            args.append(f"--overflow-fix={c.overflow_fix}")
         mode = "static"
     return {"mode": mode, "args": args, "encoding": encoding_name(c), "purpose": choice.purpose,
             "fp32_groups": list(c.fp32_groups), "rewrites": list(c.rewrites), "conv_misses": choice.row.conv_misses}

@@ -4,7 +4,7 @@ the fp32-against-int8 scatter plot."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,7 +21,14 @@ def _set_row(s: SetResult) -> Dict[str, object]:
         "pass": s.passed,
         "outputs": [o.__dict__ for o in s.outputs],
         "saturation": s.saturation,
+        "isa": {a: _isa_row(row) for a, row in s.isa.items()},
     }
+
+
+def _isa_row(row) -> Dict[str, object]:
+    """One arithmetic's verdict: drop, pass, how it was computed and on how many samples."""
+    return {"drop": row.drop, "pass": row.passed, "how": row.how, "samples": row.samples,
+            "kept_gain": row.kept_gain, "reason": row.reason}
 
 
 def as_row(r: ModelResult) -> Dict[str, object]:
@@ -43,6 +50,8 @@ def as_row(r: ModelResult) -> Dict[str, object]:
         "latency_ms": r.latency_ms,
         "latency_error": r.latency_error,
         "scatter_png": r.scatter_png,
+        "cpu": r.cpu,
+        "overflow": r.overflow,
     }
 
 
@@ -78,6 +87,22 @@ def _set_verdict(r: ModelResult, s: SetResult) -> str:
     return verdict
 
 
+def isa_lines(r: ModelResult, prefix: str = "- ") -> List[str]:
+    """One line per (real set, arithmetic): the drop, the kept gain, the verdict and how it was computed."""
+    lines = []
+    for s in r.sets:
+        for a, row in s.isa.items():
+            drop = "n/a" if row.drop is None else f"{row.drop:.3e}"
+            kept = "" if row.kept_gain is None else f", kept gain {row.kept_gain:.1%}"
+            why = "" if row.passed or not row.reason else f": {row.reason}"
+            lines.append(f"{prefix}{r.id}, {s.input_set}, {a} arithmetic: drop {drop}{kept} "
+                         f"({'pass' if row.passed else 'FAIL'}{why}); {row.how}")
+    if r.overflow.get("integer_layers"):
+        lines.append(f"{prefix}{r.id}: {r.overflow['integer_layers']} integer layers, {r.overflow['can_saturate']} "
+                     f"can saturate on AVX2 by the pair bound (tinyq.overflow)")
+    return lines
+
+
 def markdown(results: Sequence[ModelResult]) -> str:
     """One row per (model, set, output); the set's drop is its worst judged output's."""
     lines = [
@@ -98,6 +123,7 @@ def markdown(results: Sequence[ModelResult]) -> str:
             drop = "n/a" if s.drop is None else f"{s.drop:.3e}"
             extra.append(f"- {r.id}, {s.input_set}: drop {drop} ({_set_verdict(r, s)})"
                          + (f"; most clipped activation {sat}" if sat else ""))
+        extra.extend(isa_lines(r))
         task = _task_text(r)
         if task:
             check = "" if r.task_check is None else f": {r.task_check.reason}"

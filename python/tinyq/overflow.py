@@ -14,9 +14,12 @@ bound here takes every adjacent pair of both the (kh, kw, C) and the (C, kh, kw)
 for either layout, with K padded by zeros to even length as the packing routines do. MatMul,
 Gemm and MatMulInteger pair adjacent rows of K.
 
-The fix (fix_overflow) re-encodes a layer's weights in 7 bits, [-64, 63], from the fp32 source:
-then 255 * 126 = 32130 and 255 * -128 = -32640, so no pair can saturate on any input. A layer's
-scale grows by 127/63 and its bias (int32 at input scale x weight scale) is re-encoded to match.
+The fix (fix_overflow) re-encodes a layer's weights from the fp32 source so that no pair can
+cross: "needed" gives each layer whose bound can be crossed the narrowest safe scale (per output
+channel where the encoding is per channel): s = max(max|w| / 127, largest paired |w_i + w_j| / 128),
+raised until the rounded int8 values' every pair adds to at most 128 in magnitude (255 * 128 =
+32640); "all" gives every integer layer 7-bit weights, [-64, 63] (255 * 127 = 32385), as NNCF's
+OverflowFix does. A layer's bias (int32 at input scale x weight scale) is re-encoded to match.
 """
 
 from __future__ import annotations
@@ -92,12 +95,18 @@ def _rows(op: str, node: onnx.NodeProto, w: np.ndarray) -> List[np.ndarray]:
     return [w if trans_b else w.T]
 
 
-def _pairs(rows: np.ndarray) -> Tuple[int, int]:
-    r = rows.astype(np.int64)
+def _row_pairs(rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per row, the largest sum of two paired positive values and the most negative of two negative ones."""
+    r = rows.astype(np.int64 if rows.dtype.kind in "iu" else np.float64)
     if r.shape[1] % 2:
         r = np.pad(r, ((0, 0), (0, 1)))
     pos, neg = np.clip(r, 0, None), np.clip(r, None, 0)
-    return int((pos[:, 0::2] + pos[:, 1::2]).max(initial=0)), int((neg[:, 0::2] + neg[:, 1::2]).min(initial=0))
+    return (pos[:, 0::2] + pos[:, 1::2]).max(axis=1, initial=0), (neg[:, 0::2] + neg[:, 1::2]).min(axis=1, initial=0)
+
+
+def _pairs(rows: np.ndarray) -> Tuple[int, int]:
+    pos, neg = _row_pairs(rows)
+    return int(pos.max(initial=0)), int(neg.min(initial=0))
 
 
 def _eight_bit_activation(g: _Graph, name: str) -> bool:
@@ -186,6 +195,28 @@ def _broadcast(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
     return scale.reshape(shape)
 
 
+PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767 and 255 * -128 = -32640 >= -32768
+
+
+def _requantise_paired(node: onnx.NodeProto, w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The narrowest safe scale: int8 values whose every kernel pair adds to at most PAIR_LIMIT in
+    magnitude (per row where the scale is per channel), checked on the rounded values themselves."""
+    per_row = axis >= 0
+    orders = _rows(node.op_type, node, w)
+    amax = np.abs(orders[0]).max(axis=1)
+    pair = np.max([np.maximum(*(np.abs(p) for p in _row_pairs(r))) for r in orders], axis=0)
+    scale = np.maximum(amax / 127, pair / PAIR_LIMIT)
+    scale = np.where(scale > 0, scale, 1.0) if per_row else np.array(max(scale.max(initial=0), 0) or 1.0)
+    for _ in range(64):
+        q = np.clip(np.round(w / _broadcast(scale.astype(np.float32), axis, w.ndim)), -127, 127).astype(np.int8)
+        worst = np.max([np.maximum(*(np.abs(p) for p in _row_pairs(r))) for r in _rows(node.op_type, node, q)], axis=0)
+        over = worst > PAIR_LIMIT
+        if not over.any():
+            return q, scale.astype(np.float32)
+        scale = np.where(over, scale * (1 + 1 / 256), scale) if per_row else scale * (1 + 1 / 256)
+    raise ValueError(f"{node.name}: no safe scale found for its weights")
+
+
 def _requantise(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
     """7-bit symmetric int8 values and their scale (per tensor, or along axis)."""
     reduce = tuple(i for i in range(w.ndim) if i != axis) if axis >= 0 else None
@@ -211,8 +242,8 @@ def _fix_bias(g: _Graph, node: onnx.NodeProto, ratio: np.ndarray) -> None:
 
 
 def fix_overflow(model: onnx.ModelProto, scope: str, fp32: Optional[onnx.ModelProto] = None) -> List[str]:
-    """Re-encodes in 7 bits the weights of every integer layer that can saturate ("needed"), of
-    every integer layer ("all"), or of none; in place. Returns the fixed layers' node names."""
+    """Re-encodes the weights of every integer layer that can saturate ("needed": the narrowest safe
+    scale), of every integer layer ("all": 7 bits), or of none; in place. Returns the fixed layers' node names."""
     if scope not in SCOPES:
         raise ValueError(f"unknown overflow fix {scope!r}; one of {SCOPES}")
     if scope == "none":
@@ -226,20 +257,21 @@ def fix_overflow(model: onnx.ModelProto, scope: str, fp32: Optional[onnx.ModelPr
         if (scope == "needed" and not bound.can_saturate) or weight not in g.inits:
             continue
         if weight not in ratios:
-            ratios[weight] = _fix_weight(g, node, weight, source)
+            ratios[weight] = _fix_weight(g, node, weight, source, scope)
         _fix_bias(g, node, ratios[weight])
         fixed.append(node.name or node.output[0])
     return fixed
 
 
-def _fix_weight(g: _Graph, node: onnx.NodeProto, weight: str, source: Dict[str, np.ndarray]) -> np.ndarray:
-    """Re-encodes one weight in 7 bits; returns new scale / old scale."""
+def _fix_weight(g: _Graph, node: onnx.NodeProto, weight: str, source: Dict[str, np.ndarray], scope: str) -> np.ndarray:
+    """Re-encodes one weight (7 bits for "all", the narrowest safe scale for "needed"); returns
+    new scale / old scale."""
     scale_name, axis = _scale_of(g, node, weight)
     if scale_name is None or scale_name not in g.inits:
-        raise ValueError(f"{node.name}: cannot find the scale of weight {weight!r} to re-encode it in 7 bits")
+        raise ValueError(f"{node.name}: cannot find the scale of weight {weight!r} to re-encode it")
     q, scale = g.array(weight), g.array(scale_name)
     w = _source(source, weight, q, q.astype(np.float32) * _broadcast(scale, axis, q.ndim))
-    q7, scale7 = _requantise(w, axis)
+    q7, scale7 = _requantise(w, axis) if scope == "all" else _requantise_paired(node, w, axis)
     _set(g, weight, q7)
     _set(g, scale_name, scale7.reshape(scale.shape))
     return scale7.reshape(scale.shape) / scale

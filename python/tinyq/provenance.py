@@ -97,27 +97,17 @@ def lock_sha256() -> Optional[str]:
     return sha256_file(_LOCK_IN_TREE) if _LOCK_IN_TREE.is_file() else None
 
 
-def _cpuinfo() -> Tuple[Optional[str], List[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or None, []
-    model, flags = None, set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model, [f for f in ISA_FLAGS if f in flags]
-
-
 def host_facts() -> Dict[str, Any]:
-    model, isa = _cpuinfo()
+    """The machine a report was made on, with the int8 arithmetic its CPU computes (tinyq.arithmetic):
+    verdicts and speed hold per CPU."""
+    from tinyq import arithmetic
+
+    cpu = arithmetic.host_cpu()
     return {
-        "cpu_model": model,
-        "isa_flags": isa,
+        "cpu_model": cpu.model,
+        "isa_flags": [f for f in ISA_FLAGS if f in cpu.flags],
+        "int8_isa": cpu.int8_isa,
+        "int8_arithmetic": cpu.native,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "os": platform.platform(),

@@ -40,8 +40,9 @@ def guard(p: Paths, inputs: Sequence[Path] = (), registry_path: Optional[Path] =
     cli.guard_outputs({"--output": p.out, "--report-out": p.report}, [p.src, *inputs], registry_path)
 
 
-OVERFLOW_FIX_HELP = ("Which integer layers get 7-bit weights so that no pair of products can saturate on AVX2 "
-                     "(tinyq.overflow): needed (those whose pair bound can be crossed), all, or none.")
+OVERFLOW_FIX_HELP = ("Which integer layers are re-encoded so that no pair of products can saturate on AVX2 "
+                     "(tinyq.overflow): needed (those whose pair bound can be crossed, at the narrowest safe "
+                     "scale), all (7-bit weights everywhere), or none.")
 
 
 def overflow_report(tool: str, artefact: bytes, scope: str) -> Dict[str, Any]:
@@ -55,7 +56,7 @@ def overflow_report(tool: str, artefact: bytes, scope: str) -> Dict[str, Any]:
     summary = dict(overflow.summary(bounds), fix=scope)
     risky = [b.node for b in bounds if b.can_saturate]
     if bounds:
-        print(f"{tool}: {len(bounds)} integer layers, {summary['seven_bit']} on 7-bit weights (--overflow-fix={scope}); "
+        print(f"{tool}: {len(bounds)} integer layers (--overflow-fix={scope}); "
               + (f"{len(risky)} can saturate on AVX2: {', '.join(risky)}" if risky else "none can saturate on AVX2"))
     return summary
 
