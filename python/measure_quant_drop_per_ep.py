@@ -137,6 +137,8 @@ def _row(m: Model, variant, shapes):
                 eps.runner(str(m.int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
             result, _ = gate.judge(m.label, str(m.fp32), str(m.int8), r32, r8, m.budgets, real=m.real,
                                    real_label=m.real_label, shift=m.shift, residual=m.residual, input_shapes=shapes)
+            if variant.ep == eps.ORT_CPU:  # both int8 arithmetics a CPU computes (tinyq.arithmetic)
+                gate.arithmetic_rows(result, m.int8, r32, m.real, m.shift, m.residual, m.budgets)
             placement32, placement8 = r32.placement, r8.placement
     except eps.Unavailable as e:
         return {**row, "status": "unavailable", "reason": str(e)}
@@ -165,15 +167,25 @@ def _row(m: Model, variant, shapes):
         "node_placement": placement8.nodes,
         "flags": [f"fp32: {f}" for f in placement32.flags] + [f"int8: {f}" for f in placement8.flags],
         "sets": report["sets"],
+        "isa": {s["input_set"]: s["isa"] for s in report["sets"] if s["isa"]},
+        "cpu": report["cpu"],
         "task": report["task"],
         "task_check": report["task_check"],
     }
 
 
+def _isa_text(r) -> str:
+    """The judged set's drop in each int8 arithmetic (ORT CPU rows; docs/quantization.md#one-int8-every-cpu)."""
+    rows = r.get("isa", {}).get(r.get("judged_on"), {})
+    cells = [f"{rows[a]['drop']:.3e}{'' if rows[a]['pass'] else ' FAIL'}" if rows.get(a) and rows[a]["drop"] is not None
+             else "" for a in ("exact", "avx2")]
+    return " / ".join(cells) if any(cells) else ""
+
+
 def _markdown(hw, rows):
     lines = [f"Hardware: {hw}", "",
-             "| model | provider | status | worst drop | shift drop | worst \\|Δ\\| | budget | ran on | flags / reason |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | provider | status | worst drop | shift drop | exact / avx2 drop | worst \\|Δ\\| | budget | ran on | flags / reason |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         drop = "" if r.get("worst_drop") is None else f"{r['worst_drop']:.3e}"
         shift = "" if r.get("shift_drop") is None else f"{r['shift_drop']:.3e}"
@@ -182,7 +194,8 @@ def _markdown(hw, rows):
         if r.get("precision"):
             ran += f" ({r['precision']})"
         notes = "; ".join([*r.get("flags", []), r.get("reason", "")]).strip("; ").replace("|", "\\|")
-        lines.append(f"| {r['model']} | {r['provider']} | {r['status']} | {drop} | {shift} | {delta} | {r['budget']:g} | {ran} | {notes} |")
+        lines.append(f"| {r['model']} | {r['provider']} | {r['status']} | {drop} | {shift} | {_isa_text(r)} | {delta} | "
+                     f"{r['budget']:g} | {ran} | {notes} |")
     return "\n".join(lines) + "\n"
 
 

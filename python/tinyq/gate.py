@@ -422,7 +422,7 @@ def _other_row(which: str, s: SetResult, int8: str, sess32, feeds, target, resid
     return row
 
 
-def _arithmetic_rows(result: ModelResult, int8: Path, sess32, real, shift, residual, budgets: Budgets) -> None:
+def arithmetic_rows(result: ModelResult, int8: Path, sess32, real, shift, residual, budgets: Budgets) -> None:
     """Each real set judged in both arithmetics (tinyq.arithmetic); the model's CPU and pair bounds."""
     from tinyq import calibration as calib, overflow
 
@@ -455,7 +455,7 @@ def gate_model(model_id: str, fp32: Path, int8: Path, budgets: Budgets, *,
                              shift=shift, residual=residual, input_shapes=input_shapes)
         _saturation(result, int8, real, shift, [i.name for i in sess32.get_inputs()])
         if arithmetics:
-            _arithmetic_rows(result, int8, sess32, real, shift, residual, budgets)
+            arithmetic_rows(result, int8, sess32, real, shift, residual, budgets)
     except GateError as e:
         raise GateError(f"{model_id}: {e}" if not str(e).startswith(model_id) else str(e)) from None
     except Exception as e:  # onnxruntime rejects the feeds: wrong shapes for this graph

@@ -7,12 +7,12 @@ activations a_i in [0, 255] and int8 weights w_i, the pair sum a_i w_i + a_j w_j
 and both ends are reached by some input. A pair can saturate iff that interval leaves
 [-32768, 32767]: two positive weights adding past 128, or two negative ones past -128.
 
-Which weights are paired depends on how the kernel lays K out. QLinearConv reads NHWC: its
-im2col GEMM and its symmetric indirect kernel (MlasConvSym) both take K as (kh, kw, C), so pairs
-are adjacent input channels at one kernel position, or adjacent positions where C is odd. The
-bound here takes every adjacent pair of both the (kh, kw, C) and the (C, kh, kw) order, so it holds
-for either layout, with K padded by zeros to even length as the packing routines do. MatMul,
-Gemm and MatMulInteger pair adjacent rows of K.
+Which weights are paired depends on how a kernel lays K out (QLinearConv reads NHWC, so its
+im2col GEMM and its symmetric indirect kernel pair adjacent input channels at one kernel position,
+or adjacent positions where C is odd; MatMul and Gemm pair adjacent rows of K; padding a channel
+moves the pairs). The bound here does not depend on it: it takes the two largest positive and the
+two most negative weights of each output channel, so it holds for every pairing any kernel or
+rewrite may form, and a padded (zero) channel can never raise it.
 
 The fix (fix_overflow) re-encodes a layer's weights from the fp32 source so that no pair can
 cross: "needed" gives each layer whose bound can be crossed the narrowest safe scale (per output
@@ -44,8 +44,8 @@ class LayerBound:
     node: str
     op: str
     weight: str
-    max_pair: int  # the largest sum of two paired positive weights
-    min_pair: int  # the most negative sum of two paired negative weights
+    max_pair: int  # the largest sum of two positive weights of one output channel
+    min_pair: int  # the most negative sum of two negative weights of one output channel
     seven_bit: bool
 
     @property
@@ -85,23 +85,22 @@ class _Graph:
         return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
-def _rows(op: str, node: onnx.NodeProto, w: np.ndarray) -> List[np.ndarray]:
-    """The weight as [N, K] rows, in each K order the kernels may use."""
+def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """The weight as [N, K]: one row per output channel."""
     if w.ndim >= 3:  # convolution weights [N, C/g, k...]
-        return [w.reshape(w.shape[0], -1), np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)]
+        return w.reshape(w.shape[0], -1)
     trans_b = any(a.name == "transB" and a.i for a in node.attribute)
     if w.ndim == 1:
         w = w[:, None]
-    return [w if trans_b else w.T]
+    return w if trans_b else w.T
 
 
 def _row_pairs(rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per row, the largest sum of two paired positive values and the most negative of two negative ones."""
-    r = rows.astype(np.int64 if rows.dtype.kind in "iu" else np.float64)
-    if r.shape[1] % 2:
-        r = np.pad(r, ((0, 0), (0, 1)))
-    pos, neg = np.clip(r, 0, None), np.clip(r, None, 0)
-    return (pos[:, 0::2] + pos[:, 1::2]).max(axis=1, initial=0), (neg[:, 0::2] + neg[:, 1::2]).min(axis=1, initial=0)
+    """Per row, the largest sum of any two positive values and the most negative of any two negative ones."""
+    r = np.sort(rows.astype(np.int64 if rows.dtype.kind in "iu" else np.float64), axis=1)
+    if r.shape[1] < 2:
+        r = np.pad(r, ((0, 0), (0, 2 - r.shape[1])))
+    return np.clip(r[:, -2:], 0, None).sum(axis=1), np.clip(r[:, :2], None, 0).sum(axis=1)
 
 
 def _pairs(rows: np.ndarray) -> Tuple[int, int]:
@@ -140,10 +139,9 @@ def pair_bounds(model: onnx.ModelProto) -> List[LayerBound]:
     out = []
     for node, weight in _integer_layers(g, model):
         w = g.array(weight)
-        pairs = [_pairs(r) for r in _rows(node.op_type, node, w)]
+        high, low = _pairs(_rows(node, w))
         seven = bool(w.size) and int(w.min()) >= SEVEN_BIT[0] and int(w.max()) <= SEVEN_BIT[1]
-        out.append(LayerBound(node.name or node.output[0], node.op_type, weight,
-                              max(p[0] for p in pairs), min(p[1] for p in pairs), seven))
+        out.append(LayerBound(node.name or node.output[0], node.op_type, weight, high, low, seven))
     return out
 
 
@@ -199,17 +197,16 @@ PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767 and 255 * -128 = -32640 >= -32768
 
 
 def _requantise_paired(node: onnx.NodeProto, w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The narrowest safe scale: int8 values whose every kernel pair adds to at most PAIR_LIMIT in
-    magnitude (per row where the scale is per channel), checked on the rounded values themselves."""
+    """The narrowest safe scale: int8 values whose every pair adds to at most PAIR_LIMIT in magnitude
+    (per row where the scale is per channel), checked on the rounded values themselves."""
     per_row = axis >= 0
-    orders = _rows(node.op_type, node, w)
-    amax = np.abs(orders[0]).max(axis=1)
-    pair = np.max([np.maximum(*(np.abs(p) for p in _row_pairs(r))) for r in orders], axis=0)
-    scale = np.maximum(amax / 127, pair / PAIR_LIMIT)
+    rows = _rows(node, w)
+    pair = np.maximum(*(np.abs(p) for p in _row_pairs(rows)))
+    scale = np.maximum(np.abs(rows).max(axis=1) / 127, pair / PAIR_LIMIT)
     scale = np.where(scale > 0, scale, 1.0) if per_row else np.array(max(scale.max(initial=0), 0) or 1.0)
     for _ in range(64):
         q = np.clip(np.round(w / _broadcast(scale.astype(np.float32), axis, w.ndim)), -127, 127).astype(np.int8)
-        worst = np.max([np.maximum(*(np.abs(p) for p in _row_pairs(r))) for r in _rows(node.op_type, node, q)], axis=0)
+        worst = np.maximum(*(np.abs(p) for p in _row_pairs(_rows(node, q))))
         over = worst > PAIR_LIMIT
         if not over.any():
             return q, scale.astype(np.float32)
