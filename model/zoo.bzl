@@ -43,8 +43,8 @@ ZOO_INT8 = {
     },
     "nr_metric_v1": {
         "mode": "static",
-        "args": ["--calibrate-method=minmax", "--per-channel", "--calibration-augment", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Concat,/Mul,/trunk/trunk.0/Conv,/trunk/trunk.1/Relu"],
-        "encoding": "qdq_u8s8_per_channel_minmax_augmented_fp32_groups",
+        "args": ["--calibrate-method=percentile", "--noper-channel", "--calibration-augment", "--fp32-nodes=/Add,/Add_1,/AveragePool,/AveragePool_1,/Concat,/Mul,/trunk/trunk.0/Conv,/trunk/trunk.1/Relu"],
+        "encoding": "qdq_u8s8_per_tensor_percentile_augmented_fp32_groups",
         "purpose": "speed",
     },
     "fr_patch_v1": {
@@ -55,16 +55,16 @@ ZOO_INT8 = {
     },
     "learned_filter_v1": {
         "mode": "static",
-        "args": ["--calibrate-method=percentile", "--noper-channel", "--fp32-nodes=/Add,/body/body.0/Conv,/body/body.1/Relu"],
-        "encoding": "qdq_u8s8_per_tensor_percentile_fp32_groups",
+        "args": ["--calibrate-method=entropy", "--noper-channel", "--calibration-augment", "--fp32-nodes=/Add,/body/body.0/Conv,/body/body.1/Relu"],
+        "encoding": "qdq_u8s8_per_tensor_entropy_augmented_fp32_groups",
         "purpose": "speed",
         "conv_misses": ["1 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"],
     },
     "learned_filter_v2": {
         "mode": "static",
-        "args": ["--calibrate-method=percentile", "--per-channel", "--fp32-nodes=/Add", "--rewrite=pad_conv_outputs"],
-        "encoding": "qdq_u8s8_per_channel_percentile_fp32_groups_padout",
+        "args": ["--calibrate-method=percentile", "--per-channel", "--fp32-nodes=/Add,/body/body.0/Conv,/body/body.1/Relu"],
+        "encoding": "qdq_u8s8_per_channel_percentile_fp32_groups",
         "purpose": "speed",
-        "conv_misses": ["1 input channels, not a multiple of 4 (rewrite pad_conv_inputs)"],
+        "conv_misses": ["4 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"],
     },
 }
