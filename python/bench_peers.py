@@ -14,7 +14,10 @@ three are then judged on the soak fixture, which none of them saw:
           validation set, measured as the gate measures it (1 - Pearson r, residual for filters).
   tinyq_unrewritten  where the recipe has kernel-aware rewrites (ptq_static --rewrite): the same
           recipe without them, rebuilt by ptq_static, to show what the rewrites give.
-Columns: size, soak drop (the gate's), within budget, the task metric on the soak fixture, and
+Columns: size, soak drop (the gate's, this CPU's own int8 arithmetic), the soak drop in the avx2
+arithmetic (int16 pair sums that saturate: AVX2 and AVX-512 without VNNI; emulated on a seeded
+subset where this CPU is exact, tinyq.arithmetic), how many integer layers can saturate by the pair
+bound (tinyq.overflow), within budget (in both arithmetics), the task metric on the soak fixture, and
 int8 against fp32 latency at batch 1 and 256 (tinyq.latency.LatencyMeter: runs interleaved, one
 thread, medians of the calling thread's CPU time).
 
@@ -81,10 +84,16 @@ def _row(mid, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual)
     """One variant judged exactly as the gate judges it (tinyq.gate.judge on the soak fixture)."""
     sess8 = runner.session(blob)
     result, _ = gate.judge(mid, "fp32", variant, sess32, sess8, budgets, real=soak, residual=residual)
+    with tempfile.TemporaryDirectory(prefix="tinyq_peer_") as tmp:  # both int8 arithmetics (tinyq.arithmetic)
+        (Path(tmp) / "int8.onnx").write_bytes(blob)
+        gate.arithmetic_rows(result, Path(tmp) / "int8.onnx", sess32, soak, None, residual, budgets)
+    rows = result.set(result.judged_on).isa
     timing = meter(sess8)
     return {
         "id": mid, "variant": variant, "fp32_bytes": fp32_bytes, "int8_bytes": len(blob),
         "soak_drop": result.worst_drop, "budget": budgets.plcc, "within_budget": result.passed,
+        "soak_drop_avx2": rows["avx2"].drop, "avx2_how": rows["avx2"].how,
+        "can_saturate": result.overflow.get("can_saturate", 0),
         "task_fp32": result.task.get("fp32", {}), "task_int8": result.task.get("int8", {}), "unfused_ops": auto.fusion(blob),
         "latency_ms": {str(b): {"fp32": t.fp32_ms, "int8": t.int8_ms, "speedup": t.speedup} for b, t in timing.items()},
     }
@@ -105,13 +114,16 @@ def _line(r):
     drop = "n/a" if r["soak_drop"] is None else f"{r['soak_drop']:.2e}"
     lat = r["latency_ms"]
     speed = " | ".join(f"{lat[b]['speedup']:.2f}" if b in lat else "" for b in ("1", "256"))
-    return (f"| {r['id']} | {r['variant']} | {r['int8_bytes']} | x{r['fp32_bytes'] / r['int8_bytes']:.2f} | {drop} | "
+    avx2 = "n/a" if r["soak_drop_avx2"] is None else f"{r['soak_drop_avx2']:.2e}"
+    return (f"| {r['id']} | {r['variant']} | {r['int8_bytes']} | x{r['fp32_bytes'] / r['int8_bytes']:.2f} | {drop} | {avx2} | "
+            f"{r['can_saturate']} | "
             f"{'yes' if r['within_budget'] else '**no**'} | {_task_text(r['task_fp32'])} → {_task_text(r['task_int8'])} | "
             f"{len(r['unfused_ops'])} | {speed} |")
 
 
-HEADER = ("| model | variant | int8 B | fp32/int8 size | soak drop | within budget | task metric fp32 → int8 | unfused ops "
-          "| ×fp32 speed b1 | ×fp32 speed b256 |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | variant | int8 B | fp32/int8 size | soak drop | soak drop (avx2) | layers that can saturate | within budget "
+          "| task metric fp32 → int8 | unfused ops | ×fp32 speed b1 | ×fp32 speed b256 |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def unrewritten(entry, cal_path: Path, recipe) -> bytes:

@@ -78,8 +78,26 @@ class Cpu:
         return {"model": self.model, "machine": self.machine, "int8_isa": self.int8_isa, "arithmetic": self.native}
 
 
-def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
-    """This machine's CPU, from the first processor block of /proc/cpuinfo."""
+# Flags numpy reads from CPUID itself (numpy._core's __cpu_features__), by their /proc/cpuinfo names.
+_CPUID_FLAGS = {"SSE41": "sse4_1", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+                "AVX512VNNI": "avx512_vnni"}
+
+
+def cpuid_flags() -> Optional[frozenset]:
+    """The _CPUID_FLAGS this process's CPU reports through CPUID (None off x86, or without numpy's
+    table). Under qemu-user this is the emulated CPU, while /proc/cpuinfo still shows the host's."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return None
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    return frozenset(name for key, name in _CPUID_FLAGS.items() if features.get(key))
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo", cpuid: Optional[frozenset] = frozenset({"auto"})) -> Cpu:
+    """This machine's CPU: its model from the first processor block of /proc/cpuinfo, its flags from
+    there unless CPUID disagrees on a flag both know (an emulated CPU), then from CPUID alone."""
     model, flags = platform.processor() or "unknown", set()
     try:
         text = Path(cpuinfo).read_text(errors="replace")
@@ -92,6 +110,9 @@ def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
             model = value.strip() or model
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
+    cpuid = cpuid_flags() if cpuid == frozenset({"auto"}) else cpuid
+    if cpuid is not None and flags & set(_CPUID_FLAGS.values()) != cpuid:
+        model, flags = f"{model} (as CPUID reports it: not the CPU /proc/cpuinfo describes)", set(cpuid)
     return Cpu(model, platform.machine(), frozenset(flags))
 
 

@@ -141,8 +141,11 @@ def test_cpu_arithmetic_from_cpuinfo(tmp_path, name, monkeypatch):
     monkeypatch.setattr(arithmetic.platform, "machine", lambda: "x86_64")
     path = tmp_path / "cpuinfo"
     path.write_text(f"processor\t: 0\nmodel name\t: {model}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    cpu = arithmetic.host_cpu(str(path))
+    cpu = arithmetic.host_cpu(str(path), cpuid=None)
     assert (cpu.model, cpu.native, cpu.int8_isa) == (model, native, isa)
+    # CPUID disagreeing with /proc/cpuinfo (qemu-user shows the host's file): CPUID wins
+    emulated = arithmetic.host_cpu(str(path), cpuid=frozenset({"sse4_1", "avx2", "fma"}))
+    assert (emulated.native, emulated.int8_isa) == ("avx2", "avx2 (no VNNI)")
     assert arithmetic.how("exact", cpu) == ("native" if native == "exact" else "session option")
     assert arithmetic.how("avx2", cpu) == ("native" if native == "avx2" else "emulated")
 
@@ -155,3 +158,44 @@ def test_emulated_avx2_equals_native_avx2(blur):
     native = arithmetic.run(str(d / "none.int8.onnx"), bright, "avx2")[0]
     emulated = arithmetic._run_emulated(str(d / "none.int8.onnx"), bright)[0]
     assert np.array_equal(native, emulated)
+
+
+_GATE_ON_AVX2 = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from tinyq import gate
+d, out = Path(sys.argv[1]), {}
+with np.load(d / "bright.npz") as f:
+    bright = {"x": f["x"]}
+for name in ("none", "needed"):
+    r = gate.gate_model("blur", d / "blur.onnx", d / f"{name}.int8.onnx", gate.Budgets(float(sys.argv[2])), real=bright,
+                        real_label="data", latency=False)
+    out[name] = {"passed": r.passed, "cpu": r.cpu, "rows": {a: row.__dict__ for a, row in r.set("data").isa.items()}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(arithmetic.host_cpu().machine != "x86_64", reason="qemu-x86_64 emulates an x86-64 CPU on x86-64 hosts")
+def test_the_gate_on_an_avx2_cpu_judges_the_same(blur):
+    """The whole gate run on an AVX2 CPU (qemu's Haswell): avx2 is native there and exact comes from
+    the session option, and both rows agree with this machine's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    d, bright = blur
+    np.savez(d / "bright.npz", **bright)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([arithmetic.qemu(), "-cpu", arithmetic.EMULATED_CPU, sys.executable, "-c", _GATE_ON_AVX2,
+                           str(d), str(BUDGET)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert there["none"]["cpu"]["arithmetic"] == "avx2"
+    rows = there["none"]["rows"]
+    assert rows["avx2"]["how"].startswith("native") and rows["exact"]["how"].startswith("session option")
+    assert not there["none"]["passed"] and there["needed"]["passed"]
+    here = _gate(d, "none.int8.onnx", bright).set("data").isa
+    for a in arithmetic.ARITHMETICS:
+        assert rows[a]["drop"] == pytest.approx(here[a].drop, rel=1e-6), a
