@@ -116,42 +116,50 @@ def host_cpu(cpuinfo: str = "/proc/cpuinfo", cpuid: Optional[frozenset] = frozen
     return Cpu(model, platform.machine(), frozenset(flags))
 
 
-def how(arithmetic: str, cpu: Optional[Cpu] = None) -> str:
-    """How this machine computes the arithmetic: "native", "session option" or "emulated"."""
+def how(arithmetic: str, cpu: Optional[Cpu] = None, integer: bool = True) -> str:
+    """How this machine computes the arithmetic: "native", "session option" or "emulated".
+    integer=False (a graph with no u8 x s8 kernel, tinyq.overflow.pair_bounds empty): exact is
+    native everywhere, and the session option is never set. On AVX2 onnxruntime's option rewrites
+    per-channel weight-only DequantizeLinear nodes into a graph that fails to run."""
     cpu = cpu or host_cpu()
-    if arithmetic == cpu.native:
+    if arithmetic == cpu.native or (arithmetic == "exact" and not integer):
         return "native"
     return "session option" if arithmetic == "exact" else "emulated"
 
 
-def describe(arithmetic: str, cpu: Optional[Cpu] = None, samples: Optional[int] = None, of: Optional[int] = None) -> str:
+def describe(arithmetic: str, cpu: Optional[Cpu] = None, samples: Optional[int] = None, of: Optional[int] = None,
+             integer: bool = True) -> str:
     cpu = cpu or host_cpu()
-    way = how(arithmetic, cpu)
+    way = how(arithmetic, cpu, integer)
     if way == "native":
-        return f"native ({cpu.int8_isa}, {cpu.model})"
+        one = "" if arithmetic == cpu.native else "; no u8 x s8 kernel in the graph, so both arithmetics are one computation"
+        return f"native ({cpu.int8_isa}, {cpu.model}{one})"
     if way == "session option":
         return f"session option {PRECISION_OPTION}=1 on {cpu.int8_isa} ({cpu.model})"
     subset = "" if samples is None or samples == of else f", {samples} of {of} samples (seed {EMULATION_SEED})"
     return f"emulated: qemu-x86_64 -cpu {EMULATED_CPU} (AVX2, no VNNI){subset}"
 
 
-def session_config(arithmetic: str, cpu: Optional[Cpu] = None) -> Dict[str, str]:
+def session_config(arithmetic: str, cpu: Optional[Cpu] = None, integer: bool = True) -> Dict[str, str]:
     """The session options that make this machine compute the arithmetic natively; raises
     ArithmeticUnavailable where only emulation can (see run)."""
     cpu = cpu or host_cpu()
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"unknown arithmetic {arithmetic!r}; one of {ARITHMETICS}")
-    way = how(arithmetic, cpu)
+    way = how(arithmetic, cpu, integer)
     if way == "emulated":
         raise ArithmeticUnavailable(f"this CPU ({cpu.int8_isa}) computes {arithmetic!r} only under emulation")
     return {PRECISION_OPTION: "1"} if way == "session option" else {}
 
 
-def session(model, arithmetic: str = "exact", threads: int = 1):
-    """An onnxruntime CPU session computing `arithmetic` natively (see session_config)."""
-    from tinyq import runner
+def has_integer_kernel(model) -> bool:
+    """Whether onnxruntime runs any layer of the model (bytes or a path) on a u8 x s8 kernel."""
+    import onnx
 
-    return runner.session(model, threads=threads, config=session_config(arithmetic))
+    from tinyq import calibration, overflow
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else calibration.read_model(model)
+    return bool(overflow.pair_bounds(proto))
 
 
 def subset(n: int, size: int = EMULATED_SAMPLES) -> np.ndarray:
@@ -178,8 +186,9 @@ def run(model, feeds: Dict[str, np.ndarray], arithmetic: str, cpu: Optional[Cpu]
     from tinyq import runner
 
     cpu = cpu or host_cpu()
-    if how(arithmetic, cpu) != "emulated":
-        return runner.run_all(runner.session(model, config=session_config(arithmetic, cpu)), feeds)
+    integer = has_integer_kernel(model)
+    if how(arithmetic, cpu, integer) != "emulated":
+        return runner.run_all(runner.session(model, config=session_config(arithmetic, cpu, integer)), feeds)
     return _run_emulated(model, feeds)
 
 

@@ -400,9 +400,10 @@ def _native_row(result: ModelResult, s: SetResult, cpu: arithmetic.Cpu) -> Arith
 def _other_row(which: str, s: SetResult, int8: str, sess32, feeds, target, residual, budgets: Budgets,
                cpu: arithmetic.Cpu) -> ArithmeticRow:
     """The set judged in an arithmetic this CPU does not compute natively, on the emulated subset."""
-    idx = arithmetic.subset(s.samples) if arithmetic.how(which, cpu) == "emulated" else np.arange(s.samples)
+    integer = arithmetic.has_integer_kernel(int8)
+    idx = arithmetic.subset(s.samples) if arithmetic.how(which, cpu, integer) == "emulated" else np.arange(s.samples)
     sub = {k: v[idx] for k, v in feeds.items()}
-    how = arithmetic.describe(which, cpu, len(idx), s.samples)
+    how = arithmetic.describe(which, cpu, len(idx), s.samples, integer)
     try:
         out = arithmetic.run(int8, sub, which, cpu)
     except arithmetic.ArithmeticUnavailable as e:
