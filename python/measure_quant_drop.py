@@ -212,8 +212,8 @@ def _print_verdict(r: gate.ModelResult) -> None:
                 print(f"    {s.input_set} output {o.name!r} ({o.compared}): {o.reason}")
     if r.task_check is not None:
         print(f"    task: {r.task_check.reason}")
-    for line in gate_report.isa_lines(r, prefix="    "):
-        print(line.replace(f"    {r.id}, ", "    ", 1).replace(f"    {r.id}: ", "    ", 1))
+    for line in gate_report.isa_lines(r, prefix="    ", named=False):
+        print(line)
     for note in r.notes:
         print(f"    note: {note}")
     if r.latency_error:

@@ -42,6 +42,7 @@ EMULATION_SEED = 0
 EMULATION_TIMEOUT_S = 1800
 PRECISION_OPTION = "session.x64quantprecision"
 _EXACT_X86 = ("avx512_vnni", "avx_vnni", "amx_int8")
+_X86_MACHINES = ("x86_64", "AMD64")
 
 
 class ArithmeticUnavailable(Exception):
@@ -57,7 +58,7 @@ class Cpu:
     @property
     def int8_isa(self) -> str:
         """The instruction set onnxruntime's u8 x s8 kernels use on this CPU."""
-        if self.machine not in ("x86_64", "AMD64"):
+        if self.machine not in _X86_MACHINES:
             return self.machine
         for flag in ("amx_int8", "avx512_vnni", "avx_vnni"):
             if flag in self.flags:
@@ -69,8 +70,7 @@ class Cpu:
     @property
     def native(self) -> str:
         """The arithmetic this CPU computes without a session option."""
-        x86 = self.machine in ("x86_64", "AMD64")
-        if not x86 or any(f in self.flags for f in _EXACT_X86):
+        if self.machine not in _X86_MACHINES or any(f in self.flags for f in _EXACT_X86):
             return "exact"
         return "avx2" if "avx2" in self.flags else "exact"
 
@@ -90,7 +90,7 @@ def cpuid_flags() -> Optional[frozenset]:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:
         return None
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if platform.machine() not in _X86_MACHINES:
         return None
     return frozenset(name for key, name in _CPUID_FLAGS.items() if features.get(key))
 
@@ -172,21 +172,23 @@ def subset(n: int, size: int = EMULATED_SAMPLES) -> np.ndarray:
 def qemu() -> str:
     """The qemu-x86_64 binary (Debian's qemu-user, which tools/bazel installs)."""
     found = shutil.which("qemu-x86_64") or ("/usr/bin/qemu-x86_64" if os.access("/usr/bin/qemu-x86_64", os.X_OK) else None)
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if platform.machine() not in _X86_MACHINES:
         raise ArithmeticUnavailable(f"the avx2 arithmetic is emulated only on x86-64 hosts (this is {platform.machine()})")
     if not found:
         raise ArithmeticUnavailable("qemu-x86_64 is not installed: `apt-get install qemu-user` (tools/bazel installs it)")
     return found
 
 
-def run(model, feeds: Dict[str, np.ndarray], arithmetic: str, cpu: Optional[Cpu] = None) -> List[np.ndarray]:
+def run(model, feeds: Dict[str, np.ndarray], arithmetic: str, cpu: Optional[Cpu] = None,
+        integer: Optional[bool] = None) -> List[np.ndarray]:
     """Every tensor output over every sample of feeds (tinyq.runner.run_all), as `arithmetic`
     computes it: natively, through the session option, or under qemu-user. model: bytes, or a
-    path (external data beside it is read from there)."""
+    path (external data beside it is read from there); integer: has_integer_kernel(model), when
+    the caller already knows it."""
     from tinyq import runner
 
     cpu = cpu or host_cpu()
-    integer = has_integer_kernel(model)
+    integer = has_integer_kernel(model) if integer is None else integer
     if how(arithmetic, cpu, integer) != "emulated":
         return runner.run_all(runner.session(model, config=session_config(arithmetic, cpu, integer)), feeds)
     return _run_emulated(model, feeds)

@@ -63,11 +63,6 @@ class SetResult:
         """The verdict on this CPU's own int8 arithmetic, over every sample."""
         return all(o.passed for o in self.outputs) and (self.budget is None or self.judged)
 
-    @property
-    def worst_isa_drop(self) -> Optional[float]:
-        drops_ = [r.drop for r in self.isa.values() if r.drop is not None]
-        return max(drops_) if drops_ else self.drop
-
 
 @dataclass
 class TaskCheck:
@@ -397,15 +392,15 @@ def _native_row(result: ModelResult, s: SetResult, cpu: arithmetic.Cpu) -> Arith
                          None if check is None else check.kept)
 
 
-def _other_row(which: str, s: SetResult, int8: str, sess32, feeds, target, residual, budgets: Budgets,
+def _other_row(which: str, s: SetResult, int8: str, integer: bool, sess32, feeds, target, residual, budgets: Budgets,
                cpu: arithmetic.Cpu) -> ArithmeticRow:
-    """The set judged in an arithmetic this CPU does not compute natively, on the emulated subset."""
-    integer = arithmetic.has_integer_kernel(int8)
+    """The set judged in an arithmetic this CPU does not compute natively, on the emulated subset;
+    integer: whether the int8 graph has a u8 x s8 kernel (tinyq.arithmetic.how)."""
     idx = arithmetic.subset(s.samples) if arithmetic.how(which, cpu, integer) == "emulated" else np.arange(s.samples)
     sub = {k: v[idx] for k, v in feeds.items()}
     how = arithmetic.describe(which, cpu, len(idx), s.samples, integer)
     try:
-        out = arithmetic.run(int8, sub, which, cpu)
+        out = arithmetic.run(int8, sub, which, cpu, integer)
     except arithmetic.ArithmeticUnavailable as e:
         return ArithmeticRow(which, how, 0, None, False, reason=f"not computed: {e}")
     names, _ = runner.tensor_outputs(sess32)
@@ -428,8 +423,8 @@ def arithmetic_rows(result: ModelResult, int8: Path, sess32, real, shift, residu
     from tinyq import calibration as calib, overflow
 
     cpu = arithmetic.host_cpu()
-    model = calib.read_model(int8)
-    result.cpu, result.overflow = cpu.as_dict(), overflow.summary(overflow.pair_bounds(model))
+    bounds = overflow.pair_bounds(calib.read_model(int8))
+    result.cpu, result.overflow = cpu.as_dict(), overflow.summary(bounds)
     names = [i.name for i in sess32.get_inputs()]
     for s, data in ((result.set(result.judged_on), real), (result.set("shift"), shift)):
         if s is None or data is None:
@@ -437,7 +432,7 @@ def arithmetic_rows(result: ModelResult, int8: Path, sess32, real, shift, residu
         feeds = {n: data[n] for n in names}
         target = data.get(calib.TARGET_KEY) if s.input_set == result.judged_on else None
         s.isa = {a: _native_row(result, s, cpu) if a == cpu.native else
-                 _other_row(a, s, str(int8), sess32, feeds, target, residual or {}, budgets, cpu)
+                 _other_row(a, s, str(int8), bool(bounds), sess32, feeds, target, residual or {}, budgets, cpu)
                  for a in arithmetic.ARITHMETICS}
 
 

@@ -87,18 +87,20 @@ def _set_verdict(r: ModelResult, s: SetResult) -> str:
     return verdict
 
 
-def isa_lines(r: ModelResult, prefix: str = "- ") -> List[str]:
-    """One line per (real set, arithmetic): the drop, the kept gain, the verdict and how it was computed."""
+def isa_lines(r: ModelResult, prefix: str = "- ", named: bool = True) -> List[str]:
+    """One line per (real set, arithmetic): the drop, the kept gain, the verdict and how it was
+    computed; named: each line starts with the model's id."""
+    name = f"{r.id}, " if named else ""
     lines = []
     for s in r.sets:
         for a, row in s.isa.items():
             drop = "n/a" if row.drop is None else f"{row.drop:.3e}"
             kept = "" if row.kept_gain is None else f", kept gain {row.kept_gain:.1%}"
             why = "" if row.passed or not row.reason else f": {row.reason}"
-            lines.append(f"{prefix}{r.id}, {s.input_set}, {a} arithmetic: drop {drop}{kept} "
+            lines.append(f"{prefix}{name}{s.input_set}, {a} arithmetic: drop {drop}{kept} "
                          f"({'pass' if row.passed else 'FAIL'}{why}); {row.how}")
     if r.overflow.get("integer_layers"):
-        lines.append(f"{prefix}{r.id}: {r.overflow['integer_layers']} integer layers, {r.overflow['can_saturate']} "
+        lines.append(f"{prefix}{r.id + ': ' if named else ''}{r.overflow['integer_layers']} integer layers, {r.overflow['can_saturate']} "
                      f"can saturate on AVX2 by the pair bound (tinyq.overflow)")
     return lines
 
