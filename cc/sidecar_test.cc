@@ -1,5 +1,5 @@
 // The sidecar parser against the shared vectors in tests/vectors/sidecars/ (also read by
-// python/tinyq/sidecar_test.py), plus the C API's own contracts.
+// python/tinyq/registry/sidecar_test.py), plus the C API's own contracts.
 #include "cc/tinyq/sidecar.h"
 
 #include <fcntl.h>

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import registry, starlark
-from tinyq.fileio import sha256_file
+from tinyq.app import starlark
+from tinyq.io.fileio import sha256_file
+from tinyq.registry import registry
 
 RECIPES = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
 REG = registry.load(Path("model/tiny/registry.json"))

@@ -3,7 +3,7 @@ convolution on onnxruntime's fused int8 path.
 
 A structural check, stable on any machine: in onnxruntime's optimised graph no Conv, Gemm,
 MatMul, Add, Mul, pool or Concat may still run in fp32 on DequantizeLinear outputs, and every
-QLinearConv meets the conditions of MLAS's symmetric indirect convolution (tinyq.rewrites: int8
+QLinearConv meets the conditions of MLAS's symmetric indirect convolution (tinyq.quant.rewrites: int8
 weights with zero points 0, input channels % 4, output channels >= 16 and % 4). Timing is never
 asserted here; `measure_quant_drop --speed-gate` times artefacts on the machine at hand.
 """
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import auto, registry, rewrites, starlark
+from tinyq.app import starlark
+from tinyq.quant import rewrites
+from tinyq.registry import registry
+from tinyq.search import auto
 
 RECIPES = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
 REG = registry.load(Path("model/tiny/registry.json"))

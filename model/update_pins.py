@@ -7,7 +7,7 @@ For every model with a recipe in model/zoo.bzl (ZOO_INT8) it copies the freshly 
 then records quant_mode, quant_encoding and quant_purpose (what the artefact is for: speed or
 size), int8_sha256, the fp32 sha256 and, for static models, the calibration set in the registry,
 and mirrors them into each sidecar. Models without a recipe go back to fp32.
-Every pin, sidecar and the registry are written as one unit (tinyq.transaction) under the registry's
+Every pin, sidecar and the registry are written as one unit (tinyq.io.transaction) under the registry's
 lock. It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
 validating the registry (exit 1 if anything is still wrong). Nobody edits hashes by hand.
 """
@@ -17,8 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-from tinyq import cli, quantize, registry, sidecar, starlark, transaction
-from tinyq.fileio import atomic_write_all, dumps_json, sha256_file
+from tinyq.app import cli, starlark
+from tinyq.io import transaction
+from tinyq.io.fileio import atomic_write_all, dumps_json, sha256_file
+from tinyq.quant import quantize
+from tinyq.registry import registry, sidecar
 
 BUILT = Path("model") / "int8"  # in this target's runfiles
 

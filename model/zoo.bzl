@@ -18,7 +18,7 @@ ZOO_MODEL_IDS = [
 # docs/models/reports/<id>.auto.json and docs/models/<id>.auto.png). "mode" must match the
 # registry's quant_mode, "encoding" and "purpose" its quant_encoding and quant_purpose
 # (//model:int8_pins_test and //model:speed_structure_test check them); "args" are the quantiser's
-# flags (--rewrite: kernel-aware graph rewrites, tinyq.rewrites); "conv_misses" names each condition
+# flags (--rewrite: kernel-aware graph rewrites, tinyq.quant.rewrites); "conv_misses" names each condition
 # of onnxruntime's fused int8 convolution path that a QLinearConv of a speed artefact misses, because
 # the rewrite that fixes it was measured and not faster (//model:speed_structure_test checks it). Models absent here ship fp32. To re-decide a model: `tools/bazel run //python:ptq_auto --
 # --id <id>`, put its recipe here, then `tools/bazel run //model:update_pins`.

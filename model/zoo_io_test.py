@@ -8,7 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tinyq import registry, starlark
+from tinyq.app import starlark
+from tinyq.registry import registry
 
 REGISTRY = Path("model/tiny/registry.json")
 

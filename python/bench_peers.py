@@ -16,12 +16,12 @@ three are then judged on the soak fixture, which none of them saw:
           recipe without them, rebuilt by ptq_static, to show what the rewrites give.
 Columns: size, soak drop (the gate's, this CPU's own int8 arithmetic), the soak drop in the avx2
 arithmetic (int16 pair sums that saturate: AVX2 and AVX-512 without VNNI; emulated on a seeded
-subset where this CPU is exact, tinyq.arithmetic), how many integer layers can saturate by the pair
-bound (tinyq.overflow), within budget (in both arithmetics), the task metric on the soak fixture, and
-int8 against fp32 latency at batch 1 and 256 (tinyq.latency.LatencyMeter: runs interleaved, one
+subset where this CPU is exact, tinyq.judge.arithmetic), how many integer layers can saturate by the pair
+bound (tinyq.quant.overflow), within budget (in both arithmetics), the task metric on the soak fixture, and
+int8 against fp32 latency at batch 1 and 256 (tinyq.search.latency.LatencyMeter: runs interleaved, one
 thread, medians of the calling thread's CPU time).
 
-Then, for every tinyq variant, where the time goes at batch 256 (tinyq.profile: onnxruntime's
+Then, for every tinyq variant, where the time goes at batch 256 (tinyq.search.profile: onnxruntime's
 per-node profile, one thread): fp32 and int8 time per op, the share of the int8 time spent in
 overhead (quantise/dequantise, layout transposes, the rewrites' Pad and Slice), and the ceiling: the
 speed-up if every convolution ran at its trunk's int8 speed.
@@ -34,12 +34,17 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, calibration, cli, gate, latency, profile, provenance, quantize, registry, runner, starlark
-from tinyq.fileio import atomic_write_bytes
+from tinyq.app import cli, provenance, starlark
+from tinyq.io.fileio import atomic_write_bytes
+from tinyq.judge import gate
+from tinyq.model import calibration, runner
+from tinyq.quant import quantize
+from tinyq.registry import registry
+from tinyq.search import auto, latency, profile
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
 _MIN_TIMED = flags.DEFINE_float("min-timed-s", 5.0, "Repeat each batch size until fp32's runs add up to this many "
-                                "seconds of CPU time (tinyq.latency.LatencyMeter).", lower_bound=0)
+                                "seconds of CPU time (tinyq.search.latency.LatencyMeter).", lower_bound=0)
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write the rows as JSON with run_provenance here.")
 _OUT_MD = flags.DEFINE_string("out-md", None, "Write the Markdown table here.")
 _REPEATS = {1: 50, 256: 9}
@@ -81,10 +86,10 @@ def nncf_accuracy_control(fp32: Path, cal, val, budgets: gate.Budgets, residual)
 
 
 def _row(mid, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual):
-    """One variant judged exactly as the gate judges it (tinyq.gate.judge on the soak fixture)."""
+    """One variant judged exactly as the gate judges it (tinyq.judge.gate.judge on the soak fixture)."""
     sess8 = runner.session(blob)
     result, _ = gate.judge(mid, "fp32", variant, sess32, sess8, budgets, real=soak, residual=residual)
-    with tempfile.TemporaryDirectory(prefix="tinyq_peer_") as tmp:  # both int8 arithmetics (tinyq.arithmetic)
+    with tempfile.TemporaryDirectory(prefix="tinyq_peer_") as tmp:  # both int8 arithmetics (tinyq.judge.arithmetic)
         (Path(tmp) / "int8.onnx").write_bytes(blob)
         gate.arithmetic_rows(result, Path(tmp) / "int8.onnx", sess32, soak, None, residual, budgets)
     rows = result.set(result.judged_on).isa

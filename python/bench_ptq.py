@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, provenance, quantize, registry, runner
+from tinyq.app import cli, provenance
+from tinyq.model import calibration, runner
+from tinyq.quant import quantize
+from tinyq.registry import registry
 
 _CANDIDATES = flags.DEFINE_bool("candidates", False, "Also measure every candidate encoding.")
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: all in the registry).")

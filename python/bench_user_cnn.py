@@ -3,12 +3,12 @@
 Usage: tools/bazel run //python:bench_user_cnn -- --out-dir DIR [--budget 0.01]
 
 Makes what a user brings: a 1-channel digits classifier (scikit-learn's 8x8 digits upsampled to
-32x32; Conv(1->16)-MaxPool-Conv(16->32)-MaxPool-Conv(32->32)-mean-Linear, tinyq.testmodels),
+32x32; Conv(1->16)-MaxPool-Conv(16->32)-MaxPool-Conv(32->32)-mean-Linear, tinyq_testing.testmodels),
 fitted with torch and exported by its default exporter (dynamo=True, dynamic batch), with a train
 split (calibration), a val split (validation) and a held-out soak split. Then runs, as a user
 would, `ptq_auto --fp32 ... --output DIR/digits_cnn.int8.onnx`, and measures its artefact
 against fp32 on the soak split, which ptq_auto never saw: the gate's drop, top-1 accuracy, and
-speed (tinyq.latency.LatencyMeter: runs interleaved, one thread, medians of the calling thread's CPU
+speed (tinyq.search.latency.LatencyMeter: runs interleaved, one thread, medians of the calling thread's CPU
 time), next to the same recipe built without its rewrites. Prints a Markdown table; --out-json
 writes it with run_provenance.
 """
@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 from absl import flags, logging
 
-from tinyq import cli, gate, latency, provenance, runner, testmodels
-from tinyq.fileio import atomic_write_npz
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_npz
+from tinyq.judge import gate
+from tinyq.model import runner
+from tinyq.search import latency
+from tinyq_testing import testmodels
 
 _OUT_DIR = flags.DEFINE_string("out-dir", None, "Directory for the model, its data and ptq_auto's outputs.", required=True)
 _BUDGET = flags.DEFINE_float("budget", 0.01, "ptq_auto's drop budget.", lower_bound=0)
 _MIN_TIMED = flags.DEFINE_float("min-timed-s", 5.0, "Repeat each batch size until fp32's runs add up to this many "
-                                "seconds of CPU time (tinyq.latency.LatencyMeter).", lower_bound=0)
+                                "seconds of CPU time (tinyq.search.latency.LatencyMeter).", lower_bound=0)
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write the rows as JSON with run_provenance here.")
 TOOLS = Path.cwd() / "python"  # bazel run's runfiles
 _REPEATS = {1: 200, 256: 21}

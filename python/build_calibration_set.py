@@ -18,8 +18,11 @@ import sys
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, corpus, provenance, registry, restoration, train, zoo
-from tinyq.fileio import atomic_write_npz
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_npz
+from tinyq.model import calibration
+from tinyq.registry import registry
+from tinyq.zoo import corpus, restoration, train, zoo
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
 _N_CAL = flags.DEFINE_integer("n-calibration", 256, "Calibration samples per model.", lower_bound=1)

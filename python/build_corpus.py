@@ -6,10 +6,10 @@ Usage: tools/bazel run //python:build_corpus -- [--kind vq|restoration] [--out P
   vq           model/corpus/vq_corpus.npz: real photographs bundled with scikit-image become
                pan-and-zoom clips at two resolutions, encoded with x264, x265, AV1 and VP9 at six
                quality points by imageio-ffmpeg's ffmpeg and scored with its libvmaf
-               (tinyq/corpus.py).
+               (tinyq/zoo/corpus.py).
   restoration  model/corpus/restoration_corpus.npz: the same clips through MPEG-2, MPEG-4 part 2,
                MJPEG and x264 without deblocking; (decoded, source) luma patches, and ffmpeg's
-               post-processing filters at their val-chosen settings (tinyq/restoration.py).
+               post-processing filters at their val-chosen settings (tinyq/zoo/restoration.py).
 """
 
 import sys
@@ -17,8 +17,9 @@ import time
 
 from absl import flags
 
-from tinyq import cli, corpus, provenance, restoration
-from tinyq.fileio import atomic_write_npz
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_npz
+from tinyq.zoo import corpus, restoration
 
 _KIND = flags.DEFINE_enum("kind", "vq", ["vq", "restoration"], "Which corpus to build.")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (default: model/corpus/<kind>_corpus.npz in the workspace).")

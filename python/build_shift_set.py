@@ -1,5 +1,5 @@
 """Writes each zoo model's shift set: val-split inputs under degradations stronger than the
-corpus holds (tinyq.shift), to see how int8 holds up off the calibration distribution.
+corpus holds (tinyq.zoo.shift), to see how int8 holds up off the calibration distribution.
 
 Usage: tools/bazel run //python:build_shift_set -- [--models a,b] [--check]
 
@@ -19,8 +19,11 @@ import time
 
 from absl import flags
 
-from tinyq import calibration, cli, provenance, registry, shift, zoo
-from tinyq.fileio import atomic_write_bytes, npz_bytes
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_bytes, npz_bytes
+from tinyq.model import calibration
+from tinyq.registry import registry
+from tinyq.zoo import shift, zoo
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import testmodels
-from tinyq.fileio import atomic_write_npz
+from tinyq.io.fileio import atomic_write_npz
+from tinyq_testing import testmodels
 
 PY = Path.cwd() / "python"
 RESOLVE = Path.cwd() / "cc" / "tinyq_resolve"

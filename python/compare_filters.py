@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from tinyq import cli, corpus, gate, latency, provenance, registry, restoration, runner, train, zoo
-from tinyq.fileio import atomic_write_all, dumps_json
-from tinyq.metrics import filter_metrics, psnr
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_all, dumps_json
+from tinyq.judge import gate
+from tinyq.judge.metrics import filter_metrics, psnr
+from tinyq.model import runner
+from tinyq.registry import registry
+from tinyq.search import latency
+from tinyq.zoo import corpus, restoration, train, zoo
 
 _ID = flags.DEFINE_string("id", "learned_filter_v2", "A registry filter model trained on the restoration corpus.")
 _INT8 = flags.DEFINE_multi_string("int8", [], "LABEL=PATH of another int8 candidate to compare (repeatable).")

@@ -13,8 +13,10 @@ import sys
 
 from absl import flags
 
-from tinyq import cli, corpus, provenance, registry, restoration, train, zoo
-from tinyq.metrics import filter_metrics
+from tinyq.app import cli, provenance
+from tinyq.judge.metrics import filter_metrics
+from tinyq.registry import registry
+from tinyq.zoo import corpus, restoration, train, zoo
 
 _SPLIT = flags.DEFINE_enum("split", "soak", list(corpus.SPLIT_NAMES), "Corpus split to evaluate on.")
 _CORPUS = flags.DEFINE_string("corpus", None, "Video-quality corpus .npz (default: model/corpus/vq_corpus.npz in the workspace).")

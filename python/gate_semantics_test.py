@@ -4,7 +4,7 @@
 - an output that merely has an input's shape is judged on itself, never as a residual;
 - outputs that cannot be judged never pass (exit 5);
 - a ZipMap classifier's candidates in ptq_auto are judged on the label output;
-- the gate, ptq_auto's evaluator, bench_peers (tinyq.gate.judge) and the per-EP harness report
+- the gate, ptq_auto's evaluator, bench_peers (tinyq.judge.gate.judge) and the per-EP harness report
   the same worst-output drop on a multi-output model.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tinyq.testutil import const, floats
-from tinyq.testutil import save_graph as save
+from tinyq_testing.testutil import const, floats
+from tinyq_testing.testutil import save_graph as save
 
 GATE = Path.cwd() / "python" / "measure_quant_drop"
 PER_EP = Path.cwd() / "python" / "measure_quant_drop_per_ep"
@@ -137,7 +137,9 @@ def test_output_with_an_inputs_shape_is_judged_on_itself(guided, tmp_path):
 
 
 def test_gate_auto_and_per_ep_agree_on_the_drop_of_a_multi_output_model(guided, tmp_path):
-    from tinyq import auto, gate, runner
+    from tinyq.judge import gate
+    from tinyq.model import runner
+    from tinyq.search import auto
 
     fp32, int8, data, truth = guided
     arrays = dict(np.load(data))
@@ -198,7 +200,7 @@ def test_auto_judges_a_zipmap_classifier_on_its_labels(tmp_path):
 
 def test_a_classifier_is_judged_for_accuracy_from_logits_or_labels():
     """Integer target labels: top-1 accuracy from logits [N, classes], or from an output of labels."""
-    from tinyq import gate
+    from tinyq.judge import gate
 
     logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]], np.float32)
     target = np.array([0, 1, 1], np.int64)

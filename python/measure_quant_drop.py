@@ -16,13 +16,13 @@ input. The seed-0 uniform-noise set is a stress check beside it: it must stay fi
 --synthetic-budget (or the registry's quant_synthetic_budget_plcc). Without real data the verdict
 rests on the synthetic set and says so (`judged_on: synthetic`). Latency is on by default for
 registry models and off for a foreign pair; it never changes the exit code.
-Every real set is judged in both int8 arithmetics a CPU can compute (tinyq.arithmetic): "exact"
+Every real set is judged in both int8 arithmetics a CPU can compute (tinyq.judge.arithmetic): "exact"
 (int32 accumulation: VNNI, AMX, SSE4.1, arm64) and "avx2" (int16 pair sums that saturate: AVX2,
 AVX-512 without VNNI), each natively where this CPU computes it, else through the session option
 (exact) or under qemu-x86_64 -cpu Haswell-v4 on a seeded subset (avx2); a model passes only where
 both pass. The JSON report's sets carry `isa: {"exact": {...}, "avx2": {...}}`, with each row's
 drop, verdict and how it was computed; `cpu` names the judging CPU and `overflow` each integer
-layer's int16 pair bound (tinyq.overflow).
+layer's int16 pair bound (tinyq.quant.overflow).
 --speed-gate times every artefact meant for speed against its fp32 model on the machine at hand.
 Exit codes: 0 every model within budget, 1 any model over budget (or with NaN/inf output, or a
 filter that loses its gain), 2 error (missing file, bad data or shapes, a session that fails),
@@ -38,8 +38,12 @@ from typing import Optional, Tuple
 
 from absl import flags
 
-from tinyq import auto, calibration, cli, drops, gate, gate_report, latency, provenance, registry, runner
-from tinyq.fileio import atomic_write_bytes
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_bytes
+from tinyq.judge import drops, gate, gate_report
+from tinyq.model import calibration, runner
+from tinyq.registry import registry
+from tinyq.search import auto, latency
 
 _ALL = flags.DEFINE_bool("all", False, "Gate every non-fp32 model in the registry.")
 _ID = flags.DEFINE_string("id", None, "Gate one registry model.")
@@ -180,7 +184,7 @@ EXIT_SLOWER = 7
 
 
 def _speed_ok(model_id, fp32, int8, real, shapes) -> bool:
-    """Times int8 against fp32 (tinyq.latency.LatencyMeter: interleaved, one thread, medians)."""
+    """Times int8 against fp32 (tinyq.search.latency.LatencyMeter: interleaved, one thread, medians)."""
     sess32, sess8 = runner.session(str(fp32)), runner.session(str(int8))
     feeds = {i.name: real[i.name] for i in sess32.get_inputs()} if real is not None else \
         gate.synthetic_inputs(sess32, model_id, {}, shapes)

@@ -8,7 +8,7 @@ Usage: bazel run //python:measure_quant_drop_per_ep -- --out DIR [--eps cpu cuda
 Every quantised registry model (or only --id), plus each --extra-fp32 model (with the int8 model
 given by --extra-int8 at the same position, else a dynamic-PTQ one made on the fly, and the real
 data given by --extra-data at the same position), is run in fp32 and int8 on each provider and
-judged exactly as the gate judges it (tinyq.gate.judge): the budget on real data (the soak
+judged exactly as the gate judges it (tinyq.judge.gate.judge): the budget on real data (the soak
 fixture, or --extra-data), the seed-0 synthetic set as a stress check. Extra models are labelled
 by their file name. Writes DIR/results.json (with run_provenance) and DIR/results.md, and leaves
 no temporary files behind. A provider that is missing or has no device is a row marked
@@ -27,8 +27,12 @@ from typing import Dict, Optional
 
 from absl import flags
 
-from tinyq import calibration, cli, drops, eps, gate, gate_report, provenance, quantize, registry
-from tinyq.fileio import atomic_write_bytes
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_bytes
+from tinyq.judge import drops, eps, gate, gate_report
+from tinyq.model import calibration
+from tinyq.quant import quantize
+from tinyq.registry import registry
 
 EXIT_NOTHING_JUDGED = cli.EXIT_NOT_JUDGED  # --gate, but no (model, provider) pair was judged
 
@@ -137,7 +141,7 @@ def _row(m: Model, variant, shapes):
                 eps.runner(str(m.int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
             result, _ = gate.judge(m.label, str(m.fp32), str(m.int8), r32, r8, m.budgets, real=m.real,
                                    real_label=m.real_label, shift=m.shift, residual=m.residual, input_shapes=shapes)
-            if variant.ep == eps.ORT_CPU:  # both int8 arithmetics a CPU computes (tinyq.arithmetic)
+            if variant.ep == eps.ORT_CPU:  # both int8 arithmetics a CPU computes (tinyq.judge.arithmetic)
                 gate.arithmetic_rows(result, m.int8, r32, m.real, m.shift, m.residual, m.budgets)
             placement32, placement8 = r32.placement, r8.placement
     except eps.Unavailable as e:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq.testutil import const, floats
-from tinyq.testutil import save_graph as save
+from tinyq_testing.testutil import const, floats
+from tinyq_testing.testutil import save_graph as save
 
 TOOL = Path.cwd() / "python" / "measure_quant_drop"
 PER_EP = Path.cwd() / "python" / "measure_quant_drop_per_ep"

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq import quantize, testutil
+from tinyq.quant import quantize
+from tinyq_testing import testutil
 
 TOOL = Path.cwd() / "python" / "measure_quant_drop"
 TINY = Path.cwd() / "model" / "tiny"

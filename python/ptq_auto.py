@@ -8,14 +8,14 @@ Usage: bazel run //python:ptq_auto -- --id ID
 Candidates: weight-only; static QDQ (uint8 activations, int8 symmetric weights) per-tensor and
 per-channel with MinMax, Entropy and Percentile ranges, each calibrated plain or range-robust (the
 calibration set plus seeded noisy copies); each with subsets of fp32 fallback groups
-(tinyq.auto). Each is judged as the gate judges (tinyq.drops: the worst output's drop) on the
+(tinyq.search.auto). Each is judged as the gate judges (tinyq.judge.drops: the worst output's drop) on the
 validation set (a registry model's val-split data in model/tiny/validation/<id>.val.npz, or
 --validation) and on the shift set (model/tiny/shift/<id>.shift.npz, or --shift: the val split
 under stronger degradations) against the shift budget; never on the soak fixture, which stays the
 held-out judge. Each is inspected in onnxruntime's optimised graph for unfused compute ops, and timed
 against fp32 at batch 1 and 256, interleaved, on one thread. The candidates within budget whose
 convolutions miss onnxruntime's fused int8 path are tried again with the kernel-aware rewrites
-(tinyq.rewrites: padded channels, outputs unchanged). The choice: the fastest fully fused candidate
+(tinyq.quant.rewrites: padded channels, outputs unchanged). The choice: the fastest fully fused candidate
 within budget that beats fp32 by more than the noise margin; among those within the margin of it,
 the lowest drop, then the smallest file; else weight-only as a size-only artefact when it is as
 fast as fp32 within the margin, and fp32 when it is slower (--no-speedup size-only ships it anyway,
@@ -37,8 +37,13 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import auto, auto_report, calibration, cli, drops, gate, latency, provenance, quantize, registry, runner
-from tinyq.fileio import atomic_write_all, dumps_json
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_all, dumps_json
+from tinyq.judge import drops, gate
+from tinyq.model import calibration, runner
+from tinyq.quant import quantize
+from tinyq.registry import registry
+from tinyq.search import auto, auto_report, latency
 
 EXIT_NONE_WITHIN_BUDGET = 6
 

@@ -9,7 +9,7 @@ beside the input. --encoding auto (the default) writes weight_only (int8 weights
 DequantizeLinear; activations stay fp32), and onnxruntime's quantize_dynamic only when weight_only
 quantises no weight: dynamic is slower than weight_only on tiny models, so it is never picked to
 save bytes. --overflow-fix (default needed) gives the dynamic encoding's MatMulInteger/ConvInteger
-layers 7-bit weights where their int16 pair sums could saturate on AVX2 (tinyq.overflow). The artefact is stripped of doc strings and metadata (no local paths), and it and the
+layers 7-bit weights where their int16 pair sums could saturate on AVX2 (tinyq.quant.overflow). The artefact is stripped of doc strings and metadata (no local paths), and it and the
 report are written both or neither. Both report and output say what fraction of the weights is
 int8, and which ops stayed fp32 and why.
 Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
@@ -22,7 +22,8 @@ import time
 
 from absl import flags
 
-from tinyq import cli, ptq, quantize
+from tinyq.app import cli, ptq
+from tinyq.quant import quantize
 
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")

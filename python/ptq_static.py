@@ -9,11 +9,11 @@ against the graph before anything runs: every input name present, no extra keys,
 compatible, float32, all finite, at least one sample. Calibration feeds the model at the batch
 size it accepts: one sample at a time for a model whose batch is fixed at 1. The encoding is the
 one that runs fastest on x86: uint8 activations, int8 symmetric weights, on the ops with int8
-kernels (tinyq.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
+kernels (tinyq.quant.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
 recipes name them); --rewrite applies kernel-aware graph rewrites that change no output and put
-more convolutions on onnxruntime's fused int8 path (tinyq.rewrites; the report's conv_kernels
+more convolutions on onnxruntime's fused int8 path (tinyq.quant.rewrites; the report's conv_kernels
 names each QLinearConv's missed conditions); --overflow-fix (default needed) re-encodes in 7 bits the
-weights of every layer whose int16 pair sums could saturate on AVX2 (tinyq.overflow), so the
+weights of every layer whose int16 pair sums could saturate on AVX2 (tinyq.quant.overflow), so the
 artefact computes the same on every CPU. The artefact is stripped
 of doc strings and metadata, and it and the report are written both or neither.
 Exit codes: 0 written; 2 bad input or an unusable path (a missing directory, an output that is
@@ -27,16 +27,20 @@ import time
 import numpy as np
 from absl import flags
 
-from tinyq import calibration, cli, ptq, quantize, registry, rewrites
-from tinyq.fileio import sha256_file
+from tinyq.app import cli, ptq
+from tinyq.io.fileio import sha256_file
+from tinyq.model import calibration
+from tinyq.quant import rewrites
+from tinyq.quant import quantize
+from tinyq.registry import registry
 
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")
 _METHOD = flags.DEFINE_enum("calibrate-method", "minmax", ["minmax", "entropy", "percentile"], "Calibration method.")
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")
 _AUGMENT = flags.DEFINE_bool("calibration-augment", False, "Range-robust calibration: add seeded noisy copies of the "
-                             "calibration set (tinyq.calibration.augmented), so ranges cover noisier inputs.")
+                             "calibration set (tinyq.model.calibration.augmented), so ranges cover noisier inputs.")
 _FP32_NODES = flags.DEFINE_list("fp32-nodes", [], "Nodes of the fp32 graph to leave unquantised (by node name).")
-_REWRITE = flags.DEFINE_list("rewrite", [], "Kernel-aware graph rewrites, outputs unchanged (tinyq.rewrites): "
+_REWRITE = flags.DEFINE_list("rewrite", [], "Kernel-aware graph rewrites, outputs unchanged (tinyq.quant.rewrites): "
                               "pad_conv_inputs, pad_conv_outputs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path (default: <input basename>.int8.onnx beside the input).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry for the default calibration set (default: model/tiny/registry.json).")

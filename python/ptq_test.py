@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq import quantize_test, testutil
-from tinyq.fileio import sha256_file
+from tinyq.io.fileio import sha256_file
+from tinyq.quant import quantize_test
+from tinyq_testing import testutil
 
 DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"
 STATIC = Path.cwd() / "python" / "ptq_static"

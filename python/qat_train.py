@@ -4,7 +4,7 @@ Usage: bazel run //python:qat_train -- --config python/configs/<id>_qat.yaml --o
            [--fp32-output F] [--report-out R] [--epochs-fp32 N] [--epochs-qat N] [--lr-qat X] [--n-calibration N]
            [--seed S] [--smoke]
 
-Phases (tinyq/qat.py): fp32 warm start, fake-quant insertion, QAT fine-tune at lr/10, export
+Phases (tinyq/zoo/qat.py): fp32 warm start, fake-quant insertion, QAT fine-tune at lr/10, export
 through a fresh fp32 module and static QDQ calibrated on the real train split. Then the result
 and static PTQ of the shipped fp32 model are both measured against the shipped fp32 model with
 the accuracy gate's code, on the soak fixture and the synthetic set; the result is also measured
@@ -20,8 +20,13 @@ from pathlib import Path
 
 from absl import flags
 
-from tinyq import calibration, cli, corpus, gate, provenance, qat, quantize, registry, restoration, runner, train, zoo
-from tinyq.fileio import atomic_write_all
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_all
+from tinyq.judge import gate
+from tinyq.model import calibration, runner
+from tinyq.quant import quantize
+from tinyq.registry import registry
+from tinyq.zoo import corpus, qat, restoration, train, zoo
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the int8 QDQ model goes.")

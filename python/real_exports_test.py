@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tinyq import testmodels
-from tinyq.fileio import atomic_write_npz
+from tinyq.io.fileio import atomic_write_npz
+from tinyq_testing import testmodels
 
 DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"
 STATIC = Path.cwd() / "python" / "ptq_static"

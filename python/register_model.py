@@ -13,7 +13,7 @@ calibration/<id>.npz and the entry's quant_calibration_set; --soak-data (held-ou
 optional `target`) becomes fixtures/<id>.soak.npz, which the gate judges the budget on;
 --validation-data (inputs from the val split, optional `target`) becomes validation/<id>.val.npz,
 on which `ptq_auto --id <id>` chooses, so that it needs no other flag. All are checked against the
-graph first, and fewer samples than tinyq.calibration's minimums warn. --kind also takes the reference toolkit's finer kinds (the
+graph first, and fewer samples than tinyq.model.calibration's minimums warn. --kind also takes the reference toolkit's finer kinds (the
 sidecar keeps shot_detector, the registry files it as nr).
 
 Run it again with --quant-mode static (or dynamic, qat) after quantising: it pins
@@ -34,8 +34,13 @@ from pathlib import Path, PurePosixPath
 import onnx
 from absl import flags
 
-from tinyq import calibration, cli, drops, quantize, registry, sidecar, transaction, weights
-from tinyq.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
+from tinyq.app import cli
+from tinyq.io import transaction
+from tinyq.io.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
+from tinyq.judge import drops
+from tinyq.model import calibration, weights
+from tinyq.quant import quantize
+from tinyq.registry import registry, sidecar
 
 _KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry to add the model to (default: model/tiny/registry.json).")

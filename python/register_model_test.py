@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from tinyq import registry, testutil
-from tinyq.fileio import atomic_write_npz, sha256_file
+from tinyq.io.fileio import atomic_write_npz, sha256_file
+from tinyq.registry import registry
+from tinyq_testing import testutil
 
 TOOL = Path.cwd() / "python" / "register_model"
 PTQ_DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"

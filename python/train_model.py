@@ -12,8 +12,10 @@ import sys
 import numpy as np
 from absl import flags
 
-from tinyq import cli, corpus, provenance, registry, registry_files, restoration, sidecar, train, zoo
-from tinyq.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from tinyq.app import cli, provenance
+from tinyq.io.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from tinyq.registry import registry, registry_files, sidecar
+from tinyq.zoo import corpus, restoration, train, zoo
 
 _MODEL = flags.DEFINE_enum("model", None, list(zoo.SPECS), "The zoo model to train.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs (default: the model's own).", lower_bound=1)

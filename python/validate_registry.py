@@ -14,7 +14,8 @@ import sys
 
 from absl import flags
 
-from tinyq import cli, provenance, registry
+from tinyq.app import cli, provenance
+from tinyq.registry import registry
 
 _OUT_JSON = flags.DEFINE_string("out-json", None, "Write a JSON report (with run_provenance) here.")
 _STRICT = flags.DEFINE_bool("strict", False, "Warnings (a quantised entry without a soak fixture) fail too.")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import registry, testutil
+from tinyq.registry import registry
+from tinyq_testing import testutil
 
 # Not resolved: the stub finds its runfiles from this path.
 TOOL = Path.cwd() / "python" / "validate_registry"

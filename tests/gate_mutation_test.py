@@ -1,7 +1,7 @@
 """Mutation testing of the accuracy gate (issue #20 item 5).
 
 Over a hundred broken int8 variants of the zoo's int8 artefacts and of three models built here are
-judged twice: by the gate (tinyq.gate.gate_model on real data) and by an oracle written below that
+judged twice: by the gate (tinyq.judge.gate.gate_model on real data) and by an oracle written below that
 computes each variant's real drop with onnxruntime and numpy only (it imports nothing from tinyq).
 The gate must never pass a variant the oracle fails (zero false passes); it may fail a variant the
 oracle passes only inside the band FALSE_FAIL_BAND states.
@@ -178,11 +178,11 @@ class GateVerdict:
 
 
 def gate_verdict(case: Case, int8_path: Path) -> GateVerdict:
-    from tinyq import gate
+    from tinyq.judge import gate
 
     budgets = gate.Budgets(plcc=case.plcc, task=case.task)
     # This CPU's own int8 arithmetic, as the oracle computes it; the other one (the avx2 row, emulated
-    # where this CPU is exact) has its own tests in //python/tinyq:arithmetic_test.
+    # where this CPU is exact) has its own tests in //python/tinyq/judge:arithmetic_test.
     kwargs = dict(real=case.real, real_label="data", latency=False, arithmetics=False)
     try:
         try:

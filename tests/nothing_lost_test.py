@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyq import testutil
-from tinyq.fileio import atomic_write_npz
+from tinyq.io.fileio import atomic_write_npz
+from tinyq_testing import testutil
 
 BIN = Path.cwd() / "python"
 REGISTER, PTQ_STATIC, PTQ_DYNAMIC = BIN / "register_model", BIN / "ptq_static", BIN / "ptq_dynamic"

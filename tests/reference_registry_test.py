@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq import testutil
-from tinyq.fileio import atomic_write_npz, sha256_file
+from tinyq.io.fileio import atomic_write_npz, sha256_file
+from tinyq_testing import testutil
 
 VALIDATE = Path.cwd() / "python" / "validate_registry"
 RESOLVE = Path.cwd() / "cc" / "tinyq_resolve"

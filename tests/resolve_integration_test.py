@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyq import registry
+from tinyq.registry import registry
 
 TOOL = Path.cwd() / "cc" / "tinyq_resolve"
 REG = registry.load(Path("model/tiny/registry.json"))

@@ -1,4 +1,4 @@
-// tinyq sidecar parser: nlohmann-json behind a C API. The rules mirror python/tinyq/sidecar.py,
+// tinyq sidecar parser: nlohmann-json behind a C API. The rules mirror python/tinyq/registry/sidecar.py,
 // and tests/vectors/sidecars/ holds the cases both must agree on.
 #include "cc/tinyq/sidecar.h"
 
@@ -163,7 +163,7 @@ class Precheck : public nlohmann::json_sax<json> {
 
 // True when a relative path stays where it starts: not absolute, no backslash (a separator on
 // Windows), no ".." component and no NUL (which would cut the C string short). The rule of
-// python/tinyq/registry.py's path jail.
+// python/tinyq/registry/registry.py's path jail.
 bool SafeRelativePath(const std::string& p) {
   if (p.empty()) return true;
   if (p[0] == '/' || p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return false;

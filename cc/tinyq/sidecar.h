@@ -88,7 +88,7 @@ typedef struct {
  * Only a regular file is read: a FIFO, device or directory is refused (TINYQ_E_IO, "not a regular
  * file") without blocking, and at most TINYQ_MAX_SIDECAR_BYTES + 1 bytes are read.
  *
- * The parse rules, shared with python/tinyq/sidecar.py: strict UTF-8 JSON (RFC 8259), one leading
+ * The parse rules, shared with python/tinyq/registry/sidecar.py: strict UTF-8 JSON (RFC 8259), one leading
  * UTF-8 byte order mark ignored; numbers that overflow a double and lone UTF-16 surrogate escapes
  * are parse errors; nesting over TINYQ_MAX_DEPTH is TINYQ_E_LIMIT; a key given twice in one object
  * is TINYQ_E_DUPLICATE_KEY; integer fields (opset, n_params, shape dimensions) must fit in int64;

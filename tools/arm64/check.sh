@@ -14,8 +14,9 @@ PYTHONPATH=python "$venv" - "$work" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np, onnx
-from tinyq import arithmetic, quantize
-from tinyq.arithmetic_test import _blur_bank
+from tinyq.judge import arithmetic
+from tinyq.quant import quantize
+from tinyq.judge.arithmetic_test import _blur_bank
 d, rng = Path(sys.argv[1]), np.random.default_rng(0)
 model = _blur_bank()
 onnx.save(model, str(d / "blur.onnx"))

@@ -1,0 +1,512 @@
+"""Auto mode: the fastest int8 configuration that stays within the accuracy budget.
+
+Small classes with one job each, after NNCF's accuracy-control design:
+  - fallback_groups(): the regions that must go back to fp32 together (ops with no int8 kernel,
+    and the quantisable ops caught between them, e.g. an MSCN block from x**2 through its division);
+  - CandidateBuilder: one int8 model per Candidate (weight-only, or static QDQ with uint8
+    activations and int8 symmetric weights, per-tensor or per-channel, MinMax/Entropy/Percentile
+    ranges computed once per method through onnxruntime's calibration cache, plain or range-robust
+    (the calibration set plus noisy copies: tinyq.model.calibration.augmented), some groups in fp32);
+  - Evaluator: the drop on the validation set (real val-split data, never the soak fixture) and
+    on the shift set (the val split under stronger degradations), judged with the gate's own
+    code, and a filter's kept PSNR gain;
+  - fusion(): how many compute ops still run as DequantizeLinear -> fp32 op in onnxruntime's
+    optimised graph;
+  - tinyq.search.latency.LatencyMeter: fp32 and int8 runs interleaved at batch 1 and 256 on one thread, medians;
+  - search(): every subset of groups while there are at most EXHAUSTIVE_GROUPS groups, a greedy
+    search over the groups ranked by their own accuracy gain beyond that; then the kernel-aware
+    rewrites (tinyq.quant.rewrites) on the most accurate candidates within budget whose convolutions
+    miss onnxruntime's fused int8 path;
+  - choose(): the fastest candidate within budget; among those within the noise margin of it, the
+    lowest drop, then the smallest file.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import onnx
+
+from tinyq.judge import gate
+from tinyq.model import calibration, runner
+from tinyq.quant import rewrites
+from tinyq.quant import quantize
+from tinyq.search.latency import LatencyMeter, Timing
+
+# Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
+# Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
+OP_TYPES_TO_QUANTIZE = quantize.STATIC_OP_TYPES
+COMPUTE_OPS = tuple(op for op in OP_TYPES_TO_QUANTIZE if op not in ("Relu", "Clip"))
+# Ops that move or reshape data, or reduce it, without arithmetic that int8 would break.
+_NEUTRAL_OPS = {"Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather",
+                "Cast", "ReduceMean", "Slice", "Split", "Expand", "Pad", "Resize"}
+# Quantisable ops that join a region when they only feed it or only read from it.
+_EDGE_OPS = {"Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool", "Relu", "Clip"}
+MAX_GAP = 3  # quantisable ops between two no-int8 ops that still make one region
+EXHAUSTIVE_GROUPS = 3  # every subset of up to 3 groups (8 subsets); a ranked greedy search beyond
+METHODS = ("minmax", "entropy", "percentile")
+MIN_MARGIN = 0.05  # a speed-up must beat fp32 by more than this (or the measured noise, if larger)
+
+
+# --- fallback groups ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FallbackGroup:
+    name: str  # "<first node>..<last node>"
+    nodes: Tuple[str, ...]  # every node of the region, in graph order
+    quantizable: Tuple[str, ...]  # the ones that would otherwise get quantisers
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.nodes = list(model.graph.node)
+        inits = {t.name for t in model.graph.initializer}
+        constants = {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
+        self.static = inits | constants
+        self.producer = {o: i for i, n in enumerate(self.nodes) for o in n.output}
+        self.consumers: Dict[str, List[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for t in n.input:
+                self.consumers.setdefault(t, []).append(i)
+
+    def successors(self, i: int) -> List[int]:
+        return sorted({c for o in self.nodes[i].output for c in self.consumers.get(o, [])})
+
+    def activation_producers(self, i: int) -> Set[int]:
+        return {self.producer[t] for t in self.nodes[i].input if t and t not in self.static and t in self.producer}
+
+    def no_int8(self, i: int) -> bool:
+        op = self.nodes[i].op_type
+        return op not in OP_TYPES_TO_QUANTIZE and op not in _NEUTRAL_OPS
+
+
+def _paths_to_no_int8(g: _Graph, start: int) -> Iterable[Tuple[int, List[int]]]:
+    """(end, nodes between) for each no-int8 node reachable from start through at most MAX_GAP others."""
+    stack = [(s, []) for s in g.successors(start)]
+    while stack:
+        node, between = stack.pop()
+        if g.no_int8(node):
+            yield node, between
+        elif len(between) < MAX_GAP:
+            stack.extend((s, between + [node]) for s in g.successors(node))
+
+
+def _grow(g: _Graph, members: Set[int]) -> None:
+    """Adds edge ops that only feed the region, or only read from it, until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for i, n in enumerate(g.nodes):
+            if i in members or n.op_type not in _EDGE_OPS:
+                continue
+            feeds = set(g.successors(i))
+            reads = g.activation_producers(i)
+            if (feeds and feeds <= members) or (reads and reads <= members):
+                members.add(i)
+                changed = True
+
+
+_LAYER_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+def _stem(g: _Graph, graph_inputs: Sequence[str]) -> Set[int]:
+    """Every node from the graph inputs up to the first Conv/Gemm/MatMul on each path, with the
+    Relu/Clip fused after it: the input layer, whose few input channels gain least from int8.
+    A Shape node ends its path: what reads an input's shape (torch's dynamo exports compute the
+    flatten size from it) is not fed by its values."""
+    members: Set[int] = set()
+    stack = [c for name in graph_inputs for c in g.consumers.get(name, [])]
+    while stack:
+        i = stack.pop()
+        if i in members:
+            continue
+        members.add(i)
+        if g.nodes[i].op_type in _LAYER_OPS:
+            members.update(s for s in g.successors(i) if g.nodes[s].op_type in ("Relu", "Clip"))
+        elif g.nodes[i].op_type != "Shape":
+            stack.extend(g.successors(i))
+    return members
+
+
+def _group(g: _Graph, members: Set[int], prefix: str = "") -> Optional[FallbackGroup]:
+    order = sorted(members)
+    quantizable = tuple(g.nodes[i].name for i in order if g.nodes[i].op_type in OP_TYPES_TO_QUANTIZE)
+    if not quantizable:
+        return None
+    names = tuple(g.nodes[i].name for i in order)
+    return FallbackGroup(f"{prefix}{names[0]}..{names[-1]}", names, quantizable)
+
+
+def fallback_groups(model: onnx.ModelProto) -> List[FallbackGroup]:
+    """Regions that may go back to fp32: each region of ops with no int8 kernel (with the
+    quantisable ops caught in it), and the input stem. Only those holding a quantisable op."""
+    g = _Graph(model)
+    parent = list(range(len(g.nodes)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seeds = [i for i in range(len(g.nodes)) if g.no_int8(i)]
+    extra: Dict[int, Set[int]] = {}
+    for u in seeds:
+        for v, between in _paths_to_no_int8(g, u):
+            parent[find(v)] = find(u)
+            extra.setdefault(u, set()).update(between)
+    regions: Dict[int, Set[int]] = {}
+    for u in seeds:
+        regions.setdefault(find(u), set()).update({u, *extra.get(u, ())})
+    for members in regions.values():
+        _grow(g, members)
+    inputs = [i.name for i in model.graph.input if i.name not in g.static]
+    found = [_group(g, m) for m in regions.values()] + [_group(g, _stem(g, inputs), "stem:")]
+    unique = {grp.quantizable: grp for grp in found if grp is not None}
+    return sorted(unique.values(), key=lambda grp: grp.nodes)
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    encoding: str  # "weight_only" or "qdq"
+    method: Optional[str] = None  # calibration: minmax, entropy, percentile
+    per_channel: bool = False
+    fp32_groups: Tuple[str, ...] = ()
+    augment: bool = False  # range-robust calibration (tinyq.model.calibration.augmented)
+    rewrites: Tuple[str, ...] = ()  # tinyq.quant.rewrites, in REWRITES order
+    overflow_fix: str = "needed"  # tinyq.quant.overflow: 7-bit weights where needed, or on all integer layers
+
+    @property
+    def name(self) -> str:
+        if self.encoding == "weight_only":
+            return "weight_only"
+        base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
+        fix = "+7bit_all" if self.overflow_fix == "all" else ""
+        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites) + fix
+
+
+def base_candidates() -> List[Candidate]:
+    return [Candidate("weight_only")] + [Candidate("qdq", m, pc, augment=a) for a in (False, True) for m in METHODS
+                                         for pc in (False, True)]
+
+
+def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
+    return replace(base, fp32_groups=tuple(groups))
+
+
+def with_rewrites(base: Candidate, names: Sequence[str]) -> Candidate:
+    return replace(base, rewrites=tuple(n for n in rewrites.REWRITES if n in names))
+
+
+class CandidateBuilder:
+    """Builds each candidate's int8 bytes; calibration ranges are computed once per method and
+    cached by onnxruntime (quantize_static's calibration_cache_path), then reused."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: Dict[str, np.ndarray], groups: Sequence[FallbackGroup], workdir: Path):
+        self.model = model
+        self.calibration = calibration
+        self.groups = {g.name: g for g in groups}
+        self.workdir = workdir
+        self._augmented: Optional[Dict[str, np.ndarray]] = None
+
+    def exclude(self, candidate: Candidate) -> List[str]:
+        return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable})
+
+    def build(self, candidate: Candidate) -> bytes:
+        if candidate.encoding == "weight_only":
+            return quantize.encode(self.model, "weight_only", False).model_bytes  # per-tensor: ptq_dynamic's default
+        if candidate.augment and self._augmented is None:
+            self._augmented = calibration.augmented(self.calibration)
+        data = self._augmented if candidate.augment else self.calibration
+        cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
+        return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
+                                            exclude_nodes=self.exclude(candidate), calibration_cache=cache,
+                                            rewrites=candidate.rewrites, overflow_fix=candidate.overflow_fix)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def fusion(int8: bytes) -> List[str]:
+    """Compute ops that still run as DequantizeLinear -> fp32 op -> QuantizeLinear in onnxruntime's
+    optimised graph (extended level: stable across machines). Empty: every op between quantised
+    tensors runs as an int8 kernel. An fp32 region's edges (fed by DequantizeLinear, or feeding
+    QuantizeLinear, not both) are fp32 on purpose and not counted."""
+    return unfused_ops(rewrites.optimised(int8))
+
+
+def unfused_ops(optimised: onnx.ModelProto) -> List[str]:
+    """fusion() on a graph onnxruntime already optimised (tinyq.quant.rewrites.optimised)."""
+    made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
+    read_by: Dict[str, List[str]] = {}
+    for n in optimised.graph.node:
+        for i in n.input:
+            read_by.setdefault(i, []).append(n.op_type)
+    return [n.op_type for n in optimised.graph.node
+            if _fp32_compute(n.op_type) and any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+            and any(op == "QuantizeLinear" for o in n.output for op in read_by.get(o, []))]
+
+
+def _fp32_compute(op: str) -> bool:
+    """A compute op running in fp32, as onnxruntime's optimiser names it (Conv, FusedConv, NhwcFusedConv, ...)."""
+    return op in COMPUTE_OPS or op in ("ConvTranspose", "Softmax", "Resize") or op.startswith(("Fused", "Nhwc"))
+
+
+@dataclass
+class Accuracy:
+    drop: Optional[float]  # the validation set's worst-output drop, as the gate defines it
+    kept_gain: Optional[float]
+    within_budget: bool  # every judged set within its budget, and something judged
+    reason: str
+    shift_drop: Optional[float] = None
+
+
+class Evaluator:
+    """The gate's judgement (tinyq.judge.gate.judge) on the validation set, and on the shift set where
+    one is given: the same worst-output drop the gate reports, the budgets, a filter's kept gain.
+    Nothing judged (every output skipped) is never within budget."""
+
+    def __init__(self, fp32_session, validation: Dict[str, np.ndarray], budgets: gate.Budgets,
+                 residual: Optional[Dict[str, str]] = None, shift: Optional[Dict[str, np.ndarray]] = None):
+        self.sess32 = fp32_session
+        self.budgets = budgets
+        self.validation = validation
+        self.residual = residual or {}
+        self.shift = shift
+
+    def __call__(self, sess8) -> Accuracy:
+        result, _ = gate.judge("validation", "fp32", "int8", self.sess32, sess8, self.budgets, real=self.validation,
+                               real_label="validation", shift=self.shift, residual=self.residual)
+        kept = result.task_check.kept if result.task_check is not None else None
+        failures = [f"{s.input_set} {o.name!r}: {o.reason}" for s in result.sets for o in s.outputs if not o.passed]
+        if not result.judged:
+            failures.append("no output could be judged on the validation set")
+        if result.task_check is not None and not result.task_check.passed:
+            failures.append(result.task_check.reason)
+        shift = result.set("shift")
+        return Accuracy(result.worst_drop, kept, result.passed, "; ".join(failures),
+                        None if shift is None else shift.drop)
+
+
+# --- the search ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    candidate: Candidate
+    bytes: int
+    accuracy: Accuracy
+    unfused: List[str]
+    timing: Dict[int, Timing] = field(default_factory=dict)
+    int8: bytes = field(default=b"", repr=False)
+    same_as: Optional[str] = None  # an earlier candidate that built byte-identical int8
+    convs: List[rewrites.ConvKernel] = field(default_factory=list)  # QLinearConvs, fused path or not
+
+    @property
+    def conv_misses(self) -> List[str]:
+        return [m for k in self.convs for m in k.misses]
+
+    @property
+    def speed_batch(self) -> int:
+        return max(self.timing)
+
+    def speedup(self, batch: Optional[int] = None) -> float:
+        return self.timing[batch or self.speed_batch].speedup
+
+
+@dataclass
+class Measure:
+    """Measures one candidate: builds it, judges its accuracy, inspects its fusion, times it."""
+
+    builder: CandidateBuilder
+    evaluator: Evaluator
+    meter: LatencyMeter
+    progress: Callable[[str], None]
+    rows: Dict[Candidate, Row] = field(default_factory=dict)
+
+    def __call__(self, candidate: Candidate) -> Row:
+        if candidate not in self.rows:
+            int8 = self.builder.build(candidate)
+            twin = next((r for r in self.rows.values() if r.int8 == int8 and r.same_as is None), None)
+            if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
+                row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
+            else:
+                sess8 = runner.session(int8)
+                unfused, convs = _inspect(int8)
+                row = Row(candidate, len(int8), self.judge(sess8, int8, candidate), unfused, self.meter(sess8), int8,
+                          convs=convs)
+            self.rows[candidate] = row
+            self.progress(_progress_line(len(self.rows), row))
+        return self.rows[candidate]
+
+
+    def judge(self, sess8, int8: bytes, candidate: Candidate) -> Accuracy:
+        """The evaluator's judgement; never within budget when the artefact quantises no weight,
+        which ptq_dynamic and ptq_static refuse to write (exit 4): a choice must be buildable."""
+        accuracy = self.evaluator(sess8)
+        if quantize.coverage_of(int8, "weight_only" if candidate.encoding == "weight_only" else "static").nothing_quantised:
+            why = "quantises no weight (its recipe would be refused, exit 4)"
+            return Accuracy(accuracy.drop, accuracy.kept_gain, False, "; ".join(filter(None, [why, accuracy.reason])),
+                            accuracy.shift_drop)
+        return accuracy
+
+    def rewritten(self, base: Row, name_sets: Sequence[Sequence[str]]) -> List[Row]:
+        """The base candidate with each set of rewrites, all timed in one interleaved run with the
+        base (fp32, base, rewritten, ...): a rewrite changes speed only, so they are compared side by
+        side; the base's timing becomes that run's."""
+        candidates = [c for c in (with_rewrites(base.candidate, n) for n in name_sets) if c not in self.rows]
+        built = [self.builder.build(c) for c in candidates]
+        sessions = [runner.session(b) for b in built]
+        timings = self.meter.side_by_side([runner.session(base.int8), *sessions])
+        base.timing = timings[0]
+        for c, int8, sess8, timing in zip(candidates, built, sessions, timings[1:]):
+            unfused, convs = _inspect(int8)
+            self.rows[c] = Row(c, len(int8), self.judge(sess8, int8, c), unfused, timing, int8, convs=convs)
+            self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
+        return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
+
+
+def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
+    """(unfused compute ops, QLinearConvs and their fused-path misses), from one optimised graph."""
+    optimised = rewrites.optimised(int8)
+    return unfused_ops(optimised), rewrites.kernels(optimised)
+
+
+def _progress_line(i: int, row: Row) -> str:
+    drop = "n/a" if row.accuracy.drop is None else f"{row.accuracy.drop:.2e}"
+    if row.accuracy.shift_drop is not None:
+        drop += f" shift {row.accuracy.shift_drop:.2e}"
+    speed = "  ".join(f"b{b} x{t.speedup:.2f}" for b, t in sorted(row.timing.items()))
+    verdict = "within budget" if row.accuracy.within_budget else "over budget"
+    twin = f"  (same bytes as {row.same_as})" if row.same_as else ""
+    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:20s} {speed}  unfused {len(row.unfused)}  {verdict}{twin}"
+
+
+def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
+    """Every base configuration, then fp32 groups: all subsets while len(groups) <=
+    EXHAUSTIVE_GROUPS, else the groups ranked by their own accuracy gain and added greedily."""
+    bases = base_candidates()
+    for c in bases:
+        measure(c)
+    qdq = [c for c in bases if c.encoding == "qdq"]
+    names = [g.name for g in groups]
+    if len(names) <= EXHAUSTIVE_GROUPS:
+        subsets = [s for k in range(1, len(names) + 1) for s in itertools.combinations(names, k)]
+    else:
+        subsets = [tuple(_rank(measure, qdq, names)[:k]) for k in range(1, len(names) + 1)]
+    for base in qdq:
+        for subset in subsets:
+            measure(with_groups(base, subset))
+    for row in rewrite_bases(measure.rows.values()):
+        measure.rewritten(row, rewrite_sets(row))
+    for row in _fix_bases(measure.rows.values()):
+        measure(replace(row.candidate, overflow_fix="all"))
+    return list(measure.rows.values())
+
+
+FIX_BASES = 4  # the most accurate candidates within budget, tried again with 7-bit weights on every layer
+
+
+def _fix_bases(rows: Iterable[Row]) -> List[Row]:
+    """The overflow fix (tinyq.quant.overflow) as a dimension: "needed" (the default) and "all". Never
+    "none": it saturates on AVX2 where a bound can be crossed, and equals "needed" where none can."""
+    ok = [r for r in rows if r.accuracy.within_budget and r.candidate.encoding == "qdq" and r.same_as is None]
+    return sorted(ok, key=lambda r: (_drop_key(r), r.bytes, r.candidate.name))[:FIX_BASES]
+
+
+REWRITE_BASES_PER_GROUPS = 2  # the most accurate candidates within budget per set of fp32 groups ...
+MAX_REWRITE_BASES = 8  # ... and at most this many in all
+
+
+def rewrite_bases(rows: Iterable[Row]) -> List[Row]:
+    """The candidates the rewrites are tried on: within budget, fully fused, some QLinearConv off
+    the fused path; per set of fp32 groups the most accurate (rewrites change speed, not drops)."""
+    ok = sorted((r for r in rows if r.accuracy.within_budget and r.candidate.encoding == "qdq" and not r.unfused
+                 and r.conv_misses and r.same_as is None and not r.candidate.rewrites),
+                key=lambda r: (_drop_key(r), r.bytes, r.candidate.name))
+    per_groups: Dict[Tuple[str, ...], int] = {}
+    chosen = []
+    for r in ok:
+        k = r.candidate.fp32_groups
+        if per_groups.get(k, 0) < REWRITE_BASES_PER_GROUPS:
+            per_groups[k] = per_groups.get(k, 0) + 1
+            chosen.append(r)
+    return chosen[:MAX_REWRITE_BASES]
+
+
+def rewrite_sets(row: Row) -> List[Tuple[str, ...]]:
+    """Each rewrite that fixes a condition the row's convolutions miss, alone, and all of them together."""
+    useful = tuple(name for name in rewrites.REWRITES if any(name in k.fixed_by for k in row.convs))
+    sets = [(name,) for name in useful]
+    return sets + [useful] if len(useful) > 1 else sets
+
+
+def _rank(measure: Measure, qdq: Sequence[Candidate], names: Sequence[str]) -> List[str]:
+    """Groups by how much the drop falls when each alone goes back to fp32, on the most accurate
+    base configuration (NNCF's ranker, on real validation data)."""
+    best = min(qdq, key=lambda c: _drop_key(measure(c)))
+    base = _drop_key(measure(best))
+    gains = {n: base - _drop_key(measure(with_groups(best, (n,)))) for n in names}
+    return sorted(names, key=lambda n: (-gains[n], n))
+
+
+def _drop_key(row: Row) -> float:
+    return np.inf if row.accuracy.drop is None else row.accuracy.drop
+
+
+# --- the choice ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    row: Optional[Row]  # None: stays fp32
+    purpose: str  # "speed", "size" or "fp32"
+    margin: float
+    reason: str
+
+
+def noise_margin(timings: Iterable[Timing]) -> float:
+    """The speed-up a candidate must exceed: MIN_MARGIN, or twice the fp32 runs' measured spread."""
+    spreads = [t.fp32_spread for t in timings]
+    return max(MIN_MARGIN, 2 * float(np.median(spreads))) if spreads else MIN_MARGIN
+
+
+def choose(rows: Sequence[Row], no_speedup: Optional[str] = None) -> Optional[Choice]:
+    """The fastest candidate within budget (the largest speed-up over fp32 at the largest batch) that
+    runs fully fused and beats fp32 by more than the margin; among those within the margin of the
+    fastest, the lowest drop, then the smallest file. Otherwise the weight-only artefact as
+    size-only, unless it runs slower than fp32 beyond the margin: then fp32, and only
+    no_speedup="size-only" ships it (no_speedup="fp32": always fp32). None: nothing is within budget."""
+    margin = noise_margin(t for r in rows for t in r.timing.values())
+    ok = [r for r in rows if r.accuracy.within_budget]
+    if not ok:
+        return None
+    fast = [r for r in ok if r.candidate.encoding == "qdq" and not r.unfused and r.speedup() > 1 + margin]
+    if fast:
+        # Speed-ups, not absolute times: each is paired with fp32 runs interleaved with its own, so
+        # the machine's drift between candidates cancels out.
+        best = max(r.speedup() for r in fast)
+        tied = [r for r in fast if r.speedup() * (1 + margin) >= best]
+        row = min(tied, key=lambda r: (_drop_key(r), r.bytes, len(r.candidate.fp32_groups), r.same_as is not None,
+                                       -r.speedup(), r.candidate.name))
+        return Choice(row, "speed", margin, f"fastest within budget: x{row.speedup():.2f} at batch {row.speed_batch}, "
+                                            f"{len(tied)} within the {margin:.0%} margin, the lowest drop kept "
+                                            f"({row.accuracy.drop:.2e}), then the smallest file")
+    size = next((r for r in ok if r.candidate.encoding == "weight_only"), None)
+    why = f"no candidate within budget beats fp32 by more than the {margin:.0%} margin while fully fused"
+    if size is None or no_speedup == "fp32":
+        return Choice(None, "fp32", margin, why + "; the model stays fp32")
+    if no_speedup == "size-only":
+        return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact (--no-speedup size-only)")
+    if size.speedup() * (1 + margin) < 1:
+        return Choice(None, "fp32", margin, why + f"; weight-only runs at x{size.speedup():.2f} of fp32, slower beyond the "
+                                                  f"margin, so the model stays fp32 (--no-speedup size-only ships it for its size)")
+    return Choice(size, "size", margin, why + "; weight-only ships as a size-only artefact, as fast as fp32 within the margin")

@@ -1,0 +1,96 @@
+"""tinyq.search.auto's choice and rewrite stage on measured rows: the tie rule, and which candidates the
+rewrites are tried on."""
+
+from tinyq.quant import rewrites
+from tinyq.search import auto
+from tinyq.search.auto import Accuracy, Candidate, Row
+from tinyq.search.latency import Timing
+
+
+def row(name, speedup, drop, size, within=True, groups=(), misses=(), method="minmax", names=(), fixes=()):
+    c = Candidate("qdq", method, name.endswith("pc"), tuple(groups), rewrites=tuple(names))
+    convs = [rewrites.ConvKernel(3, 16, 1, list(misses), list(fixes))]
+    return Row(c, size, Accuracy(drop, None, within, ""), [], {256: Timing(10.0 * speedup, 10.0, 0.0)}, convs=convs)
+
+
+def test_within_the_margin_the_lower_drop_wins_over_the_smaller_file():
+    # Per-tensor won with 83x more loss to save 8 % of the bytes before this rule.
+    per_tensor = row("pt", 2.00, 5.1e-3, 1000)
+    per_channel = row("pc", 1.97, 6.2e-5, 1080)
+    choice = auto.choose([per_tensor, per_channel])
+    assert choice.row is per_channel and choice.purpose == "speed"
+    assert "lowest drop" in choice.reason
+
+
+def test_equal_drops_fall_back_to_the_smaller_file():
+    big, small = row("a", 2.0, 1e-4, 1200), row("b", 1.98, 1e-4, 1000)
+    assert auto.choose([big, small]).row is small
+
+
+def test_beyond_the_margin_speed_wins():
+    fast, accurate = row("fast", 2.4, 5e-3, 1000), row("accurate", 2.0, 1e-5, 900)
+    assert auto.choose([fast, accurate]).row is fast
+
+
+def test_over_budget_is_never_chosen():
+    assert auto.choose([row("x", 3.0, 0.5, 10, within=False), row("y", 2.0, 1e-3, 10)]).row.candidate.method == "minmax"
+    assert auto.choose([row("x", 3.0, 0.5, 10, within=False)]) is None
+
+
+def test_rewrite_sets_follow_the_misses():
+    both = row("a", 2, 1e-4, 1, misses=["3 input channels, not a multiple of 4 (rewrite pad_conv_inputs)",
+                                        "4 output channels, not >= 16 and a multiple of 4 (rewrite pad_conv_outputs)"],
+               fixes=["pad_conv_inputs", "pad_conv_outputs"])
+    assert auto.rewrite_sets(both) == [("pad_conv_inputs",), ("pad_conv_outputs",), ("pad_conv_inputs", "pad_conv_outputs")]
+    assert auto.rewrite_sets(row("b", 2, 1e-4, 1)) == []
+
+
+def test_rewrite_bases_are_the_most_accurate_within_budget_per_group_set():
+    miss = ["3 input channels, not a multiple of 4 (rewrite pad_conv_inputs)"]
+    rows = [row(f"r{i}", 2, drop, 1, method=m, misses=miss) for i, (drop, m) in
+            enumerate([(3e-4, "minmax"), (1e-4, "entropy"), (2e-4, "percentile")])]
+    rows.append(row("over", 2, 0.5, 1, within=False, method="minmax", groups=("g",), misses=miss))
+    rows.append(row("fused", 2, 1e-6, 1, method="minmax", groups=("h",)))
+    chosen = auto.rewrite_bases(rows)
+    assert [r.accuracy.drop for r in chosen] == [1e-4, 2e-4]
+
+
+def test_a_candidate_that_quantises_no_weight_is_never_within_budget(tmp_path):
+    """A saliency head whose only weight is a 3-element 1x1 Conv: weight-only int8 leaves it fp32
+    (fewer than 16 elements), and ptq_dynamic would refuse that recipe (exit 4)."""
+    import numpy as np
+    from onnx import helper
+
+    from tinyq.judge import gate
+    from tinyq.model import runner
+    from tinyq.quant import quantize
+    from tinyq.search.latency import LatencyMeter
+    from tinyq_testing.testutil import const, floats, save_graph
+
+    rng = np.random.default_rng(0)
+    path = save_graph(tmp_path / "saliency.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
+                      [floats("x", ["n", 3, 8, 8])], [floats("y", ["n", 1, 8, 8])], [const("w", rng.standard_normal((1, 3, 1, 1)))])
+    model, _ = quantize.load_for_quantization(path)
+    data = {"x": rng.random((32, 3, 8, 8), dtype=np.float32)}
+    sess32 = runner.session(model.SerializeToString())
+    measure = auto.Measure(auto.CandidateBuilder(model, data, [], tmp_path), auto.Evaluator(sess32, data, gate.Budgets(0.01)),
+                           LatencyMeter(sess32, data, {1: 5, 256: 3}, min_timed_s=0), lambda line: None)
+    weight_only = measure(Candidate("weight_only"))
+    assert weight_only.accuracy.drop is not None and weight_only.accuracy.drop < 0.01  # accurate, yet ...
+    assert not weight_only.accuracy.within_budget and "quantises no weight" in weight_only.accuracy.reason
+    assert measure(Candidate("qdq", "minmax")).accuracy.within_budget  # static QDQ quantises the conv
+
+
+def _weight_only(speedup):
+    return Row(Candidate("weight_only"), 100, Accuracy(1e-5, None, True, ""), [], {256: Timing(10.0 * speedup, 10.0, 0.0)})
+
+
+def test_a_size_only_artefact_slower_than_fp32_is_never_the_default():
+    slow_static = row("pt", 0.9, 1e-4, 120)  # within budget, not faster: no speed choice
+    slow = auto.choose([_weight_only(0.49), slow_static])
+    assert slow.row is None and slow.purpose == "fp32" and "--no-speedup size-only" in slow.reason
+    asked = auto.choose([_weight_only(0.49), slow_static], no_speedup="size-only")
+    assert asked.row.candidate.encoding == "weight_only" and asked.purpose == "size"
+    as_fast = auto.choose([_weight_only(0.97), slow_static])
+    assert as_fast.row.candidate.encoding == "weight_only" and as_fast.purpose == "size"
+    assert auto.choose([_weight_only(0.97)], no_speedup="fp32").row is None
