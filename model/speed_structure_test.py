@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from tinyq.app import starlark
-from tinyq.quant import rewrites
+from tinyq.quant import fusion, rewrites
 from tinyq.registry import registry
-from tinyq.search import auto
 
 RECIPES = starlark.constant(Path("model/zoo.bzl"), "ZOO_INT8")
 REG = registry.load(Path("model/tiny/registry.json"))
@@ -33,7 +32,7 @@ def test_every_recipe_states_its_purpose_as_the_registry_does():
 @pytest.mark.parametrize("model_id", SPEED)
 def test_speed_artefact_runs_fully_fused(model_id):
     built = Path("model/int8") / f"{model_id}.int8.onnx"
-    unfused = auto.fusion(built.read_bytes())
+    unfused = fusion.fusion(built.read_bytes())
     assert unfused == [], f"{model_id}: {len(unfused)} compute ops run unfused in fp32 ({unfused}); it cannot be a speed artefact"
 
 
@@ -72,4 +71,4 @@ def test_the_check_has_teeth(tmp_path):
 
     quantize_static(str(tmp_path / "up.onnx"), str(tmp_path / "up.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["ConvTranspose", "Relu"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    assert auto.fusion((tmp_path / "up.int8.onnx").read_bytes()) == ["ConvTranspose"]
+    assert fusion.fusion((tmp_path / "up.int8.onnx").read_bytes()) == ["ConvTranspose"]

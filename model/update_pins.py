@@ -20,6 +20,7 @@ from pathlib import Path
 from tinyq.app import cli, starlark
 from tinyq.io import transaction
 from tinyq.io.fileio import atomic_write_all, dumps_json, sha256_file
+from tinyq.model import loading
 from tinyq.quant import quantize
 from tinyq.registry import registry, sidecar
 
@@ -65,7 +66,7 @@ def _update(tiny: Path) -> int:
         payload = (BUILT / f"{mid}.int8.onnx" if recipe["mode"] != "qat" else int8).read_bytes()
         if not int8.exists() or int8.read_bytes() != payload:
             files[int8] = payload
-        size, fp32_size = len(payload), quantize.model_bytes_on_disk(fp32)
+        size, fp32_size = len(payload), loading.model_bytes_on_disk(fp32)
         if size >= fp32_size:
             print(f"update_pins: {mid}: {int8.name} ({size} B) is not smaller than {fp32.name} ({fp32_size} B); refusing to pin it",
                   file=sys.stderr)

@@ -37,9 +37,9 @@ from absl import flags
 from tinyq.app import cli, provenance, starlark
 from tinyq.io.fileio import atomic_write_bytes
 from tinyq.judge import gate
-from tinyq.model import calibration, runner
-from tinyq.quant import quantize
-from tinyq.registry import registry
+from tinyq.model import calibration, loading, runner
+from tinyq.quant import fusion, quantize
+from tinyq.registry import layout, registry
 from tinyq.search import auto, latency, profile
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every quantised registry model).")
@@ -99,7 +99,7 @@ def _row(mid, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual)
         "soak_drop": result.worst_drop, "budget": budgets.plcc, "within_budget": result.passed,
         "soak_drop_avx2": rows["avx2"].drop, "avx2_how": rows["avx2"].how,
         "can_saturate": result.overflow.get("can_saturate", 0),
-        "task_fp32": result.task.get("fp32", {}), "task_int8": result.task.get("int8", {}), "unfused_ops": auto.fusion(blob),
+        "task_fp32": result.task.get("fp32", {}), "task_int8": result.task.get("int8", {}), "unfused_ops": fusion.fusion(blob),
         "latency_ms": {str(b): {"fp32": t.fp32_ms, "int8": t.int8_ms, "speedup": t.speedup} for b, t in timing.items()},
     }
 
@@ -145,9 +145,9 @@ def unrewritten(entry, cal_path: Path, recipe) -> bytes:
 
 def _variants(entry, model, reg, budgets, residual, recipe):
     inputs = calibration.graph_inputs(model)
-    cal_path = calibration.calibration_path(reg.root, entry.id)
+    cal_path = layout.calibration_path(reg.root, entry.id)
     cal = calibration.load_npz(cal_path, inputs)
-    val = calibration.load_npz(calibration.validation_path(reg.root, entry.id), inputs, (calibration.TARGET_KEY,))
+    val = calibration.load_npz(layout.validation_path(reg.root, entry.id), inputs, (calibration.TARGET_KEY,))
     out = {"tinyq": entry.int8_onnx.read_bytes()}
     if any(a.startswith("--rewrite") for a in recipe.get("args", [])):
         out["tinyq_unrewritten"] = unrewritten(entry, cal_path, recipe)
@@ -194,10 +194,10 @@ def main(argv):
         recipe = recipes.get(entry.id, {})
         fp32_model = quantize.load_for_quantization(entry.onnx)[0]
         variants = _variants(entry, fp32_model, reg, budgets, residual, recipe)  # all selection happens before the soak fixture is read
-        soak = calibration.load_npz(calibration.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
+        soak = calibration.load_npz(layout.fixture_path(reg.root, entry.id), calibration.graph_inputs(entry.onnx),
                                     (calibration.TARGET_KEY,))
         meter = latency.LatencyMeter(sess32, _feeds(sess32, soak), _REPEATS, _MIN_TIMED.value)
-        fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
+        fp32_bytes = loading.model_bytes_on_disk(entry.onnx)
         for variant, blob in variants.items():
             rows.append(_row(entry.id, variant, blob, fp32_bytes, budgets, sess32, soak, meter, residual))
             print(_line(rows[-1]), flush=True)

@@ -18,9 +18,9 @@ import numpy as np
 from absl import flags
 
 from tinyq.app import cli, provenance
-from tinyq.model import calibration, runner
+from tinyq.model import calibration, loading, runner
 from tinyq.quant import quantize
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 
 _CANDIDATES = flags.DEFINE_bool("candidates", False, "Also measure every candidate encoding.")
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: all in the registry).")
@@ -43,7 +43,7 @@ def _candidates(entry) -> dict:
     for enc in ("weight_only", "dynamic"):
         for pc in (True, False):
             out[f"{enc}{'_pc' if pc else ''}"] = quantize.encode(model, enc, pc).model_bytes
-    calib_path = calibration.calibration_path(entry.onnx.parent, entry.id)
+    calib_path = layout.calibration_path(entry.onnx.parent, entry.id)
     if calib_path.is_file():
         arrays = calibration.load_npz(calib_path, calibration.graph_inputs(model))
         for method in ("minmax", "percentile"):
@@ -62,13 +62,13 @@ def main(argv):
     print("|---|---|---|---|---|---|---|")
     for mid in ids:
         entry = reg.get(mid)
-        fixture = calibration.fixture_path(entry.onnx.parent, mid)
+        fixture = layout.fixture_path(entry.onnx.parent, mid)
         names = [i.name for i in calibration.graph_inputs(entry.onnx)]
         feeds = runner.inputs_only(calibration.load_npz(fixture, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,)), names)
         fp32_sess = runner.session(entry.onnx)
         ref = runner.run_all(fp32_sess, feeds)
         lat32 = runner.latency_table(fp32_sess, feeds, _REPEATS.value)
-        fp32_bytes = quantize.model_bytes_on_disk(entry.onnx)
+        fp32_bytes = loading.model_bytes_on_disk(entry.onnx)
         variants = {"ort_default": _ort_default(entry.onnx)}
         if entry.quantised:
             variants["tinyq"] = entry.int8_onnx.read_bytes()

@@ -21,7 +21,7 @@ from absl import flags
 from tinyq.app import cli, provenance
 from tinyq.io.fileio import atomic_write_npz
 from tinyq.model import calibration
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 from tinyq.zoo import corpus, restoration, train, zoo
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
@@ -75,9 +75,9 @@ def main(argv):
             ds = ds.subset(_pick(len(ds), n, seed))
             held[split] = {**dict(zip(names, ds.inputs)), calibration.TARGET_KEY: ds.target.astype(np.float32)}
         for path, arrays, extra in (
-            (calibration.calibration_path(reg.root, mid), cal_arrays, ()),
-            (calibration.validation_path(reg.root, mid), held["val"], (calibration.TARGET_KEY,)),
-            (calibration.fixture_path(reg.root, mid), held["soak"], (calibration.TARGET_KEY,)),
+            (layout.calibration_path(reg.root, mid), cal_arrays, ()),
+            (layout.validation_path(reg.root, mid), held["val"], (calibration.TARGET_KEY,)),
+            (layout.fixture_path(reg.root, mid), held["soak"], (calibration.TARGET_KEY,)),
         ):
             problems = calibration.check_arrays(arrays, inputs, extra)
             if problems:

@@ -22,7 +22,7 @@ from absl import flags
 from tinyq.app import cli, provenance
 from tinyq.io.fileio import atomic_write_bytes, npz_bytes
 from tinyq.model import calibration
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 from tinyq.zoo import shift, zoo
 
 _MODELS = flags.DEFINE_list("models", None, "Model ids (default: every zoo model in the registry).")
@@ -66,7 +66,7 @@ def main(argv):
     cache, outputs, stale, start = {}, [], [], time.monotonic()
     for mid in ids:
         arrays = _arrays(reg, mid, cache)
-        path, data = calibration.shift_path(reg.root, mid), npz_bytes(arrays)
+        path, data = layout.shift_path(reg.root, mid), npz_bytes(arrays)
         shapes = {k: list(v.shape) for k, v in arrays.items()}
         if _CHECK.value:
             verdict = _differs(path, data)
@@ -88,7 +88,7 @@ def main(argv):
 
 
 def _write_report(ids, reg, reg_path, outputs, stale) -> None:
-    vals = [calibration.validation_path(reg.root, m) for m in ids]
+    vals = [layout.validation_path(reg.root, m) for m in ids]
     report = {
         "schema": "tinyq-build-shift-set-report-v1",
         "models": ids,

@@ -40,9 +40,9 @@ from absl import flags
 
 from tinyq.app import cli, provenance
 from tinyq.io.fileio import atomic_write_bytes
-from tinyq.judge import drops, gate, gate_report
+from tinyq.judge import drops, gate, gate_report, verdicts
 from tinyq.model import calibration, runner
-from tinyq.registry import registry
+from tinyq.registry import defaults, layout, registry
 from tinyq.search import auto, latency
 
 _ALL = flags.DEFINE_bool("all", False, "Gate every non-fp32 model in the registry.")
@@ -59,11 +59,11 @@ _DATA = flags.DEFINE_string("data", None, "Real data (.npz: one array per ONNX i
 _SYNTH_BUDGET = flags.DEFINE_float("synthetic-budget", None, "Budget for the synthetic stress set (default: the registry's "
                                    "quant_synthetic_budget_plcc, else finiteness only).", lower_bound=0)
 _TASK_BUDGET = flags.DEFINE_float("task-budget", None, "Share of a filter's PSNR gain the int8 may lose (default: the "
-                                  f"registry's quant_task_budget, else {gate.DEFAULT_TASK_BUDGET:g}).", lower_bound=0, upper_bound=1)
+                                  f"registry's quant_task_budget, else {verdicts.DEFAULT_TASK_BUDGET:g}).", lower_bound=0, upper_bound=1)
 _SHIFT = flags.DEFINE_string("shift-data", None, "Shift set (.npz: one array per ONNX input) judged against the shift "
                              "budget; replaces a registry model's model/tiny/shift/<id>.shift.npz.")
 _SHIFT_BUDGET = flags.DEFINE_float("shift-budget", None, "Budget on the shift set (default: the registry's "
-                                   f"quant_shift_budget_plcc, else {gate.SHIFT_BUDGET_FACTOR:g}x the budget).", lower_bound=0)
+                                   f"quant_shift_budget_plcc, else {verdicts.SHIFT_BUDGET_FACTOR:g}x the budget).", lower_bound=0)
 _RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "INPUT (the first output restores it) or OUTPUT=INPUT: an "
                                          "output judged on its residual (default: a registry model's kind filter or "
                                          "residual_of; every other output is judged on itself).")
@@ -98,7 +98,7 @@ def _check_flags(argv) -> None:
 
 
 def _budgets(entry=None) -> gate.Budgets:
-    base = gate.Budgets.of_entry(entry) if entry is not None else gate.Budgets(registry.DEFAULT_BUDGET_PLCC)
+    base = gate.Budgets.of_entry(entry) if entry is not None else gate.Budgets(defaults.DEFAULT_BUDGET_PLCC)
     return base.overridden(_BUDGET.value, _SYNTH_BUDGET.value, _TASK_BUDGET.value, _SHIFT_BUDGET.value)
 
 
@@ -146,8 +146,8 @@ def _jobs():
         if not e.quantised and not _INT8.value:
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to gate (pass --int8 B.onnx)")
         int8 = cli.resolve_user_path(_INT8.value) if _INT8.value else e.int8_onnx
-        real, label = (data, "data") if data else (calibration.fixture_path(reg.root, e.id), "soak")
-        registered_shift = calibration.shift_path(reg.root, e.id)
+        real, label = (data, "data") if data else (layout.fixture_path(reg.root, e.id), "soak")
+        registered_shift = layout.shift_path(reg.root, e.id)
         declared = (_flag_residual() or e.raw.get("residual_of"), e.kind)
         jobs.append(Job(e.id, e.onnx, int8, _budgets(e), real, label,
                         shift or (registered_shift if registered_shift.is_file() else None), declared, e.raw.get("quant_purpose")))

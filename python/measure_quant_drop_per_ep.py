@@ -32,7 +32,7 @@ from tinyq.io.fileio import atomic_write_bytes
 from tinyq.judge import drops, eps, gate, gate_report
 from tinyq.model import calibration
 from tinyq.quant import quantize
-from tinyq.registry import registry
+from tinyq.registry import defaults, layout, registry
 
 EXIT_NOTHING_JUDGED = cli.EXIT_NOT_JUDGED  # --gate, but no (model, provider) pair was judged
 
@@ -41,7 +41,7 @@ _OV_DEVICE = flags.DEFINE_string("openvino-device", "CPU", "OpenVINO device: CPU
 _EXTRA = flags.DEFINE_multi_string("extra-fp32", [], "An fp32 model outside the registry (repeatable).")
 _EXTRA_INT8 = flags.DEFINE_multi_string("extra-int8", [], "The int8 model for the --extra-fp32 at the same position.")
 _EXTRA_DATA = flags.DEFINE_multi_string("extra-data", [], "Real data (.npz) for the --extra-fp32 at the same position.")
-_EXTRA_BUDGET = flags.DEFINE_float("extra-budget", registry.DEFAULT_BUDGET_PLCC, "Budget for --extra-fp32 models.", lower_bound=0)
+_EXTRA_BUDGET = flags.DEFINE_float("extra-budget", defaults.DEFAULT_BUDGET_PLCC, "Budget for --extra-fp32 models.", lower_bound=0)
 _SHAPES = flags.DEFINE_multi_string("input-shape", [], "NAME=d0,d1,... for an extra model's dynamic dimensions.")
 _OUT = flags.DEFINE_string("out", None, "Directory for results.json and results.md.")
 _HW = flags.DEFINE_string("hw", None, "Hardware tag for the results (default: the host name and CPU model).")
@@ -61,8 +61,8 @@ def _registry_models(reg_path):
     for e in entries:
         if not e.quantised:
             raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to compare")
-        fixture = _load_data(e.id, e.onnx, calibration.fixture_path(reg.root, e.id))
-        shift_path = calibration.shift_path(reg.root, e.id)
+        fixture = _load_data(e.id, e.onnx, layout.fixture_path(reg.root, e.id))
+        shift_path = layout.shift_path(reg.root, e.id)
         shift = _load_data(e.id, e.onnx, shift_path, ()) if shift_path.is_file() else None
         residual = _residual(e.id, e.onnx, e.raw.get("residual_of"), e.kind)
         out.append(Model(e.id, e.onnx, e.int8_onnx, gate.Budgets.of_entry(e), fixture, "soak", shift, residual))

@@ -42,7 +42,7 @@ from tinyq.io.fileio import atomic_write_all, dumps_json
 from tinyq.judge import drops, gate
 from tinyq.model import calibration, runner
 from tinyq.quant import quantize
-from tinyq.registry import registry
+from tinyq.registry import defaults, layout, registry
 from tinyq.search import auto, auto_report, latency
 
 EXIT_NONE_WITHIN_BUDGET = 6
@@ -83,7 +83,7 @@ def _inputs():
         if not (_CALIBRATION.value and _VALIDATION.value):
             raise cli.UsageError("--fp32 needs --calibration C.npz (train data) and --validation V.npz (real val data)")
         fp32 = cli.resolve_user_path(_FP32.value)
-        base, label = gate.Budgets(registry.DEFAULT_BUDGET_PLCC), fp32.name.removesuffix(".onnx")
+        base, label = gate.Budgets(defaults.DEFAULT_BUDGET_PLCC), fp32.name.removesuffix(".onnx")
         cal, val = cli.resolve_user_path(_CALIBRATION.value), cli.resolve_user_path(_VALIDATION.value)
         try:
             declared = (drops.parse_residual_flags(_RESIDUAL_OF.value), None)
@@ -101,15 +101,15 @@ def _inputs():
         fp32, base, label = entry.onnx, gate.Budgets.of_entry(entry), entry.id
         declared = (entry.raw.get("residual_of"), entry.kind)
         cal = cli.resolve_user_path(_CALIBRATION.value) if _CALIBRATION.value else (
-            entry.calibration_set or calibration.calibration_path(reg.root, entry.id))
-        val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else calibration.validation_path(reg.root, entry.id)
+            entry.calibration_set or layout.calibration_path(reg.root, entry.id))
+        val = cli.resolve_user_path(_VALIDATION.value) if _VALIDATION.value else layout.validation_path(reg.root, entry.id)
         if not _VALIDATION.value and not val.is_file():
             raise cli.UsageError(f"{entry.id} has no validation set ({val} does not exist): register one with "
                                  f"register_model --validation-data V.npz (real val-split inputs), or pass --validation V.npz")
         if not _CALIBRATION.value and not Path(cal).is_file():
             raise cli.UsageError(f"{entry.id} has no calibration set ({cal} does not exist): register one with "
                                  f"register_model --calibration-data C.npz, or pass --calibration C.npz")
-        registered = calibration.shift_path(reg.root, entry.id)
+        registered = layout.shift_path(reg.root, entry.id)
         shift = None if _SHIFT.value or not registered.is_file() else registered
     if _SHIFT.value or _FP32.value:
         shift = cli.resolve_user_path(_SHIFT.value) if _SHIFT.value else None

@@ -30,8 +30,7 @@ from absl import flags
 from tinyq.app import cli, ptq
 from tinyq.io.fileio import sha256_file
 from tinyq.model import calibration
-from tinyq.quant import rewrites
-from tinyq.quant import quantize
+from tinyq.quant import quantize, rewrites
 from tinyq.registry import registry
 
 _CALIBRATION = flags.DEFINE_string("calibration", None, "Calibration .npz (default: the registry's quant_calibration_set).")

@@ -23,9 +23,9 @@ from absl import flags
 from tinyq.app import cli, provenance
 from tinyq.io.fileio import atomic_write_all
 from tinyq.judge import gate
-from tinyq.model import calibration, runner
+from tinyq.model import calibration, loading, runner
 from tinyq.quant import quantize
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 from tinyq.zoo import corpus, qat, restoration, train, zoo
 
 _CONFIG = flags.DEFINE_string("config", None, "python/configs/<id>_qat.yaml")
@@ -90,7 +90,7 @@ def main(argv):
         data = corpora.for_spec(spec)
     except FileNotFoundError as e:
         raise cli.UsageError(str(e)) from None
-    fixture_path = calibration.fixture_path(reg.root, entry.id)
+    fixture_path = layout.fixture_path(reg.root, entry.id)
     fixture = calibration.load_npz(fixture_path, calibration.graph_inputs(entry.onnx), (calibration.TARGET_KEY,))
 
     start = time.monotonic()
@@ -139,7 +139,7 @@ def main(argv):
             "qat_fp32_epoch_time_ratio": ratio,
             "wall_time_s": round(total, 2),
             "qdq_ops": result.qdq_ops,
-            "fp32_bytes": quantize.model_bytes_on_disk(entry.onnx),
+            "fp32_bytes": loading.model_bytes_on_disk(entry.onnx),
             "soak_fixture": str(fixture_path),
             "fp32_to_static_ptq": m_static,
             "fp32_to_qat": m_qat,

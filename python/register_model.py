@@ -38,9 +38,9 @@ from tinyq.app import cli
 from tinyq.io import transaction
 from tinyq.io.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
 from tinyq.judge import drops
-from tinyq.model import calibration, weights
+from tinyq.model import calibration, compaction, loading, weights
 from tinyq.quant import quantize
-from tinyq.registry import registry, sidecar
+from tinyq.registry import defaults, layout, registry, sidecar
 
 _KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry to add the model to (default: model/tiny/registry.json).")
@@ -92,7 +92,7 @@ def _load_registry(path):
 def _load_model(src):
     """The model with any external data inlined; bad input is a UsageError naming the file."""
     try:
-        model, _ = quantize.load_model(src)
+        model, _ = loading.load_model(src)
     except quantize.QuantizeError as e:
         raise cli.UsageError(str(e)) from None
     try:
@@ -136,7 +136,7 @@ def _placement(src, model, reg_dir, mid):
         return PurePosixPath(src.resolve().relative_to(reg_dir.resolve())).as_posix(), None
     clean = onnx.ModelProto.FromString(model.SerializeToString())
     if _exporter_metadata(clean):  # a model without any keeps its bytes
-        quantize.strip_metadata(clean)
+        compaction.strip_metadata(clean)
     data = clean.SerializeToString()
     dest = reg_dir / f"{mid}.onnx"
     if dest.exists() and dest.read_bytes() != data:
@@ -225,7 +225,7 @@ def _entry(prev, mid, kind, rel, sha, model, mode, int8_sha, calib_rel, describe
     entry = {k: v for k, v in prev.items() if k not in dropped}
     entry.update(described or {})
     entry.update(id=mid, kind=registry.REFERENCE_KINDS[kind], onnx=rel, sha256=sha, quant_mode=mode)
-    opset = quantize.model_opset(model)
+    opset = loading.model_opset(model)
     if registry.MIN_OPSET <= opset <= registry.MAX_OPSET:
         entry["opset"] = opset
     if int8_sha:
@@ -290,10 +290,10 @@ class Plan:
         self.fp32 = self.reg_dir / self.rel
         self.files = [(src, self.fp32, model_bytes)] if model_bytes is not None else []
         self.sha = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else sha256_file(self.fp32)
-        self.fp32_size = len(model_bytes) if model_bytes is not None else quantize.model_bytes_on_disk(self.fp32)
+        self.fp32_size = len(model_bytes) if model_bytes is not None else loading.model_bytes_on_disk(self.fp32)
         self._fixtures()
         recipe_mode, described, recipe_sha = _recipe() if _RECIPE.value else (None, None, None)
-        self.mode = recipe_mode or _MODE.value or self.prev.get("quant_mode", registry.DEFAULT_QUANT_MODE)
+        self.mode = recipe_mode or _MODE.value or self.prev.get("quant_mode", defaults.DEFAULT_QUANT_MODE)
         self.int8_sha = self._int8() if self.mode != "fp32" else None
         if recipe_sha and self.int8_sha != recipe_sha:
             raise cli.UsageError(f"the int8 file to pin (sha256 {self.int8_sha}) is not the artefact --recipe describes "
@@ -305,10 +305,10 @@ class Plan:
 
     def _fixtures(self):
         inputs = calibration.graph_inputs(self.model)
-        calib_path, soak_path = calibration.calibration_path(self.reg_dir, self.mid), calibration.fixture_path(self.reg_dir, self.mid)
+        calib_path, soak_path = layout.calibration_path(self.reg_dir, self.mid), layout.fixture_path(self.reg_dir, self.mid)
         calib = _fixture("--calibration-data", _CALIBRATION.value, calib_path, inputs, keep_target=False)
         soak = _fixture("--soak-data", _SOAK.value, soak_path, inputs, keep_target=True)
-        val = _fixture("--validation-data", _VALIDATION.value, calibration.validation_path(self.reg_dir, self.mid), inputs,
+        val = _fixture("--validation-data", _VALIDATION.value, layout.validation_path(self.reg_dir, self.mid), inputs,
                        keep_target=True)
         self.files += [f for f in (calib, soak, val) if f is not None]
         self.calib_rel = f"calibration/{self.mid}.npz" if calib or calib_path.is_file() else None

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyq.judge import arithmetic, drops, gate
-from tinyq.quant import overflow
-from tinyq.quant import quantize
+from tinyq.quant import overflow, quantize
+from tinyq_testing import testutil
 
 BUDGET = 1e-2
 
@@ -205,3 +206,19 @@ def test_the_gate_on_an_avx2_cpu_judges_the_same(blur):
     here = _gate(d, "none.int8.onnx", bright).set("data").isa
     for a in arithmetic.ARITHMETICS:
         assert rows[a]["drop"] == pytest.approx(here[a].drop, rel=1e-6), a
+
+
+@pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_data_free_encodings_are_faithful_in_both_arithmetics(tmp_path, encoding, per_channel):
+    """Faithful as every CPU computes it, not just this one."""
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(testutil.tiny_mlp(0, n_in=6, hidden=32))
+    model, _ = quantize.load_for_quantization(path)
+    enc = quantize.encode(model, encoding, per_channel)
+    x = np.random.default_rng(2).standard_normal((256, 6)).astype(np.float32)
+    a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0].ravel()
+    for which in arithmetic.ARITHMETICS:
+        b = arithmetic.run(enc.model_bytes, {"features": x}, which)[0].ravel()
+        assert 1 - np.corrcoef(a, b)[0, 1] < 1e-3, which
+

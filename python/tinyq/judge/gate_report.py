@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tinyq.judge.gate import ModelResult, SetResult
+from tinyq.judge.verdicts import ModelResult, SetResult
 
 
 def _set_row(s: SetResult) -> Dict[str, object]:

@@ -297,24 +297,6 @@ def tiny_data_warning(what: str, path: Path, arrays: Mapping[str, np.ndarray], m
             f"collect at least {minimum} (hundreds for calibration)")
 
 
-def calibration_path(model_dir: Path, model_id: str) -> Path:
-    return Path(model_dir) / "calibration" / f"{model_id}.npz"
-
-
-def validation_path(model_dir: Path, model_id: str) -> Path:
-    """Real held-out data from the val split, with targets: what quantisation choices are made on."""
-    return Path(model_dir) / "validation" / f"{model_id}.val.npz"
-
-
-def fixture_path(model_dir: Path, model_id: str) -> Path:
-    return Path(model_dir) / "fixtures" / f"{model_id}.soak.npz"
-
-
-def shift_path(model_dir: Path, model_id: str) -> Path:
-    """Val-split inputs under degradations stronger than the corpus holds (tinyq.zoo.shift); inputs only."""
-    return Path(model_dir) / "shift" / f"{model_id}.shift.npz"
-
-
 # Range-robust calibration: the calibration set plus noisy copies of it, so activation ranges
 # also cover inputs noisier than the training distribution. Each copy adds Gaussian noise of
 # sigma = s x (the input's max - min over the set), clipped to that [min, max], seeded.

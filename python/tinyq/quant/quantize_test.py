@@ -9,8 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq.judge import arithmetic
-from tinyq.model import weights
+from tinyq.model import compaction, weights
 from tinyq.quant import quantize
 from tinyq_testing import testutil
 
@@ -105,15 +104,14 @@ def test_garbage_is_refused(tmp_path):
 @pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_encodings_are_faithful_smaller_and_deterministic(mlp, encoding, per_channel):
+    """Faithful on this CPU; in both int8 arithmetics: //python/tinyq/judge:arithmetic_test."""
     model, _ = quantize.load_for_quantization(mlp)
     enc = quantize.encode(model, encoding, per_channel)
     assert enc.encoding == encoding and enc.size < mlp.stat().st_size
     assert quantize.encode(model, encoding, per_channel).model_bytes == enc.model_bytes
     x = np.random.default_rng(2).standard_normal((256, 6)).astype(np.float32)
-    a = run(mlp.read_bytes(), x).ravel()
-    for which in arithmetic.ARITHMETICS:  # faithful as every CPU computes it (tinyq.judge.arithmetic), not just this one
-        b = arithmetic.run(enc.model_bytes, {"features": x}, which)[0].ravel()
-        assert 1 - np.corrcoef(a, b)[0, 1] < 1e-3, which
+    a, b = run(mlp.read_bytes(), x).ravel(), run(enc.model_bytes, x).ravel()
+    assert 1 - np.corrcoef(a, b)[0, 1] < 1e-3
 
 
 def test_weight_only_uses_standard_dequantize_linear(mlp):
@@ -267,7 +265,7 @@ def test_compaction_never_renames_a_tensor_to_a_graph_input_name(tmp_path):
     nodes.append(helper.make_node("Identity", ["t15"], ["b"]))
     graph = helper.make_graph(nodes, "chain", [floats("a", ["n", 4])], [floats("b", ["n", 4])],
                               initializer=[const(f"c{i}", np.full(4, i)) for i in range(16)])
-    compacted = quantize.compact(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    compacted = compaction.compact(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     names = [t.name for t in compacted.graph.initializer] + [o for n in compacted.graph.node for o in n.output]
     assert names.count("a") == 0 and names.count("b") == 1
     x = np.ones((2, 4), np.float32)

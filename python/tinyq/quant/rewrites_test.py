@@ -7,9 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from tinyq.quant import rewrites
-from tinyq.quant import quantize
-from tinyq.search import auto
+from tinyq.quant import fusion, quantize, rewrites
 from tinyq_testing.testutil import const, floats, save_graph
 
 SIDE = 12
@@ -65,7 +63,7 @@ def test_rewrite_changes_no_output_and_fixes_its_condition(tmp_path, per_channel
     plain, rewritten = int8(model, per_channel), int8(model, per_channel, names)
     assert any(fixed in m for m in misses(plain))
     assert not any(fixed in m for m in misses(rewritten)), misses(rewritten)
-    assert auto.fusion(rewritten) == [], "a rewritten conv must still fuse into QLinearConv"
+    assert fusion.fusion(rewritten) == [], "a rewritten conv must still fuse into QLinearConv"
     x = images(8, 2)
     np.testing.assert_array_equal(outputs(rewritten, x), outputs(plain, x))
     # onnxruntime's x64quantprecision transformer rewrites int8 kernels' initialisers in place.

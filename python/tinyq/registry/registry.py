@@ -29,6 +29,8 @@ import jsonschema
 
 from tinyq.io.errors import TooLarge
 from tinyq.io.fileio import file_problem, read_regular, sha256_file
+from tinyq.registry import layout
+from tinyq.registry.defaults import DEFAULT_BUDGET_PLCC, DEFAULT_QUANT_MODE
 from tinyq.registry.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
@@ -36,10 +38,8 @@ KINDS = ("fr", "nr", "filter", "classifier", "regressor")
 # Every kind the reference toolkit's sidecars use, and the registry kind it belongs to.
 REFERENCE_KINDS = {"fr": "fr", "nr": "nr", "filter": "filter", "classifier": "classifier", "regressor": "regressor",
                    "shot_detector": "nr"}
-DEFAULT_QUANT_MODE = "fp32"
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # registry.schema.json's id: pattern and maxLength 64
 MIN_OPSET, MAX_OPSET = 7, 21  # registry.schema.json's opset range
-DEFAULT_BUDGET_PLCC = 0.01
 
 # The source tree root; under Bazel, the runfiles root, which mirrors it.
 _TINYQ_ROOT = Path(__file__).parent.parent.parent.parent
@@ -301,7 +301,7 @@ class _Checker:
         """A quantised entry needs fixtures/<id>.soak.npz, fitting the model: the gate judges on it."""
         from tinyq.model import calibration
 
-        fixture = calibration.fixture_path(self.path.parent, entry)
+        fixture = layout.fixture_path(self.path.parent, entry)
         problem = file_problem(fixture)
         if problem == "file not found":
             self.add("fixture_missing", entry, base, f"soak fixture {fixture} does not exist")

@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 
 
 def _entry_files(root: Path, i: int, m: Dict[str, Any]) -> Dict[Path, str]:
-    from tinyq.model import calibration
-
     mid = str(m.get("id", f"models[{i}]"))
     files: Dict[Path, str] = {}
     if isinstance(m.get("onnx"), str) and m["onnx"].endswith(".onnx"):
@@ -27,8 +25,8 @@ def _entry_files(root: Path, i: int, m: Dict[str, Any]) -> Dict[Path, str]:
         if isinstance(m.get(field), str):
             files[root / m[field]] = f"the {field} of {mid!r}"
     if isinstance(m.get("id"), str) and registry.ID_PATTERN.fullmatch(m["id"]):
-        implied = {calibration.calibration_path(root, mid): "calibration set", calibration.fixture_path(root, mid): "soak fixture",
-                   calibration.validation_path(root, mid): "validation set", calibration.shift_path(root, mid): "shift set"}
+        implied = {layout.calibration_path(root, mid): "calibration set", layout.fixture_path(root, mid): "soak fixture",
+                   layout.validation_path(root, mid): "validation set", layout.shift_path(root, mid): "shift set"}
         files.update({p: f"the {what} of {mid!r}" for p, what in implied.items() if p.exists()})
     return files
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from tinyq.registry import defaults
+
 MAX_SIDECAR_BYTES = 1024 * 1024
 MAX_PATH_BYTES = 4096
 MAX_ARRAY_ELEMENTS = 4096
@@ -378,10 +380,8 @@ def build(
 
 
 def _registry_defaults(out: Dict[str, Any]) -> None:
-    from tinyq.registry import registry  # not at the top: registry reads sidecars through this module
-
-    out.setdefault("quant_mode", registry.DEFAULT_QUANT_MODE)
-    out.setdefault("quant_accuracy_budget_plcc", registry.DEFAULT_BUDGET_PLCC)
+    out.setdefault("quant_mode", defaults.DEFAULT_QUANT_MODE)
+    out.setdefault("quant_accuracy_budget_plcc", defaults.DEFAULT_BUDGET_PLCC)
 
 
 def sync(sidecar: Mapping[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]:

@@ -10,8 +10,8 @@ Small classes with one job each, after NNCF's accuracy-control design:
   - Evaluator: the drop on the validation set (real val-split data, never the soak fixture) and
     on the shift set (the val split under stronger degradations), judged with the gate's own
     code, and a filter's kept PSNR gain;
-  - fusion(): how many compute ops still run as DequantizeLinear -> fp32 op in onnxruntime's
-    optimised graph;
+  - tinyq.quant.fusion: how many compute ops still run as DequantizeLinear -> fp32 op in
+    onnxruntime's optimised graph;
   - tinyq.search.latency.LatencyMeter: fp32 and int8 runs interleaved at batch 1 and 256 on one thread, medians;
   - search(): every subset of groups while there are at most EXHAUSTIVE_GROUPS groups, a greedy
     search over the groups ranked by their own accuracy gain beyond that; then the kernel-aware
@@ -33,14 +33,12 @@ import onnx
 
 from tinyq.judge import gate
 from tinyq.model import calibration, runner
-from tinyq.quant import rewrites
-from tinyq.quant import quantize
+from tinyq.quant import fusion, quantize, rewrites
 from tinyq.search.latency import LatencyMeter, Timing
 
 # Static QDQ gives quantisers to the ops with int8 kernels in onnxruntime's CPU provider, and to
 # Relu and Clip, which fuse into the int8 kernel before them (quantize.STATIC_OP_TYPES).
 OP_TYPES_TO_QUANTIZE = quantize.STATIC_OP_TYPES
-COMPUTE_OPS = tuple(op for op in OP_TYPES_TO_QUANTIZE if op not in ("Relu", "Clip"))
 # Ops that move or reshape data, or reduce it, without arithmetic that int8 would break.
 _NEUTRAL_OPS = {"Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather",
                 "Cast", "ReduceMean", "Slice", "Split", "Expand", "Pad", "Resize"}
@@ -235,31 +233,6 @@ class CandidateBuilder:
 # --- measurements --------------------------------------------------------------------------------
 
 
-def fusion(int8: bytes) -> List[str]:
-    """Compute ops that still run as DequantizeLinear -> fp32 op -> QuantizeLinear in onnxruntime's
-    optimised graph (extended level: stable across machines). Empty: every op between quantised
-    tensors runs as an int8 kernel. An fp32 region's edges (fed by DequantizeLinear, or feeding
-    QuantizeLinear, not both) are fp32 on purpose and not counted."""
-    return unfused_ops(rewrites.optimised(int8))
-
-
-def unfused_ops(optimised: onnx.ModelProto) -> List[str]:
-    """fusion() on a graph onnxruntime already optimised (tinyq.quant.rewrites.optimised)."""
-    made_by = {o: n.op_type for n in optimised.graph.node for o in n.output}
-    read_by: Dict[str, List[str]] = {}
-    for n in optimised.graph.node:
-        for i in n.input:
-            read_by.setdefault(i, []).append(n.op_type)
-    return [n.op_type for n in optimised.graph.node
-            if _fp32_compute(n.op_type) and any(made_by.get(i) == "DequantizeLinear" for i in n.input)
-            and any(op == "QuantizeLinear" for o in n.output for op in read_by.get(o, []))]
-
-
-def _fp32_compute(op: str) -> bool:
-    """A compute op running in fp32, as onnxruntime's optimiser names it (Conv, FusedConv, NhwcFusedConv, ...)."""
-    return op in COMPUTE_OPS or op in ("ConvTranspose", "Softmax", "Resize") or op.startswith(("Fused", "Nhwc"))
-
-
 @dataclass
 class Accuracy:
     drop: Optional[float]  # the validation set's worst-output drop, as the gate defines it
@@ -377,7 +350,7 @@ class Measure:
 def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
     """(unfused compute ops, QLinearConvs and their fused-path misses), from one optimised graph."""
     optimised = rewrites.optimised(int8)
-    return unfused_ops(optimised), rewrites.kernels(optimised)
+    return fusion.unfused_ops(optimised), rewrites.kernels(optimised)
 
 
 def _progress_line(i: int, row: Row) -> str:

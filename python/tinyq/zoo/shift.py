@@ -54,6 +54,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from tinyq.model import calibration
+from tinyq.registry import layout
 from tinyq.zoo import corpus
 
 SAMPLES = 504  # image models: 42 per degradation
@@ -268,7 +269,7 @@ def build(model_dir: Path, model_id: str, inputs: Sequence[calibration.GraphInpu
           progress: Callable[[str], None] = lambda s: None) -> Dict[str, np.ndarray]:
     """A model's shift set: from the val photographs for a `features` model, else from its val set.
 
-    Reads only the val set (calibration.validation_path) and the val photographs. Raises
+    Reads only the val set (layout.validation_path) and the val photographs. Raises
     ValueError for inputs with no recipe, calibration.CalibrationError for a bad val set."""
     names = [i.name for i in inputs]
     if names == ["features"]:
@@ -278,5 +279,5 @@ def build(model_dir: Path, model_id: str, inputs: Sequence[calibration.GraphInpu
         return dict(cache["features"])
     if "dist" not in names or not set(names) <= {"ref", "dist"}:
         raise ValueError(f"{model_id}: no shift recipe for inputs {names}: one of ['features'], ['dist'], ['ref', 'dist']")
-    val = calibration.load_npz(calibration.validation_path(model_dir, model_id), inputs, (calibration.TARGET_KEY,))
+    val = calibration.load_npz(layout.validation_path(model_dir, model_id), inputs, (calibration.TARGET_KEY,))
     return image_shift(model_id, {n: val[n] for n in names})

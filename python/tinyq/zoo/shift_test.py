@@ -7,7 +7,7 @@ import pytest
 
 from tinyq.io import fileio
 from tinyq.model import calibration
-from tinyq.registry import registry
+from tinyq.registry import layout, registry
 from tinyq.zoo import corpus, shift
 
 ROOT = Path("model/tiny")  # under Bazel, the runfiles root mirrors the workspace
@@ -17,7 +17,7 @@ CHEAP = [c for c in shift.VIDEO_CONDITIONS if c.name in ("x264_crf51@128x72", "n
 
 
 def val_inputs(model_id):
-    with np.load(calibration.validation_path(ROOT, model_id)) as z:
+    with np.load(layout.validation_path(ROOT, model_id)) as z:
         return {k: z[k] for k in z.files if k != calibration.TARGET_KEY}
 
 
@@ -101,9 +101,9 @@ def test_each_degradation_moves_the_val_data(model_id):
 
 def test_feature_shift_leaves_the_corpus_range():
     """Real libvmaf features under heavier settings: some fall below anything the val split holds."""
-    with np.load(calibration.validation_path(ROOT, "vmaf_tiny_v2")) as z:
+    with np.load(layout.validation_path(ROOT, "vmaf_tiny_v2")) as z:
         val = z["features"]
-    with np.load(calibration.shift_path(ROOT, "vmaf_tiny_v2")) as z:
+    with np.load(layout.shift_path(ROOT, "vmaf_tiny_v2")) as z:
         shifted = z["features"]
     assert (shifted.min(axis=0)[:5] < val.min(axis=0)[:5]).all()  # adm2 and the four vif scales
     assert len(shift.feature_labels()) == len(shifted)
@@ -113,7 +113,7 @@ def test_feature_shift_leaves_the_corpus_range():
 def test_committed_sets_fit_the_graph_inputs_and_hold_nothing_else(model_id):
     entry = registry.load(ROOT / "registry.json", read_held_out=False).get(model_id)
     inputs = calibration.graph_inputs(entry.onnx)
-    path = calibration.shift_path(ROOT, model_id)
+    path = layout.shift_path(ROOT, model_id)
     arrays = calibration.load_npz(path, inputs)  # raises on any extra key, dtype or shape problem
     assert sorted(arrays) == sorted(i.name for i in inputs)
     assert all(a.dtype == np.float32 and len(a) == 504 for a in arrays.values())
@@ -124,7 +124,7 @@ def test_committed_sets_fit_the_graph_inputs_and_hold_nothing_else(model_id):
 def test_image_sets_are_rebuilt_byte_for_byte(model_id):
     inputs = calibration.graph_inputs(ROOT / f"{model_id}.onnx")
     fresh = fileio.npz_bytes(shift.build(ROOT, model_id, inputs))
-    assert fresh == calibration.shift_path(ROOT, model_id).read_bytes()
+    assert fresh == layout.shift_path(ROOT, model_id).read_bytes()
 
 
 @pytest.fixture
@@ -154,12 +154,12 @@ def test_image_build_reads_only_the_val_set(tmp_path, no_held_out_reads):
     for model_id in ("nr_metric_v1", "fr_patch_v1"):
         (tmp_path / "validation").mkdir(exist_ok=True)
         (tmp_path / "fixtures").mkdir(exist_ok=True)
-        val = calibration.validation_path(tmp_path, model_id)
-        val.write_bytes(calibration.validation_path(ROOT, model_id).read_bytes())
-        calibration.fixture_path(tmp_path, model_id).write_bytes(b"not an npz")
+        val = layout.validation_path(tmp_path, model_id)
+        val.write_bytes(layout.validation_path(ROOT, model_id).read_bytes())
+        layout.fixture_path(tmp_path, model_id).write_bytes(b"not an npz")
         inputs = calibration.graph_inputs(ROOT / f"{model_id}.onnx")
         fresh = fileio.npz_bytes(shift.build(tmp_path, model_id, inputs))
-        assert fresh == calibration.shift_path(ROOT, model_id).read_bytes()
+        assert fresh == layout.shift_path(ROOT, model_id).read_bytes()
 
 
 def test_feature_build_loads_only_val_photographs(no_held_out_reads):
