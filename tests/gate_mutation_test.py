@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import pytest
 
+import mutation_models as models
 import mutations as M
 
 SEED = 20  # issue #20
@@ -326,25 +327,25 @@ def _cases(mid, fp32, base, variants: Variants, real, plcc, task, residual) -> L
 
 def built_cases(workdir: Path) -> List[Case]:
     cases = []
-    model, data = M.multi_output_model(SEED)
+    model, data = models.multi_output_model(SEED)
     fp32 = workdir / "multi_output.fp32.onnx"
     onnx.save(model, str(fp32))
-    base = onnx.load_from_string(M.quantize_static_bytes(model, {"x": data["x"][:256]}, workdir))
+    base = onnx.load_from_string(models.quantize_static_bytes(model, {"x": data["x"][:256]}, workdir))
     cases += _cases("built_multi_output", fp32, base, multi_output_variants(), {"x": data["x"][256:512]},
                     DEFAULT_PLCC_BUDGET, DEFAULT_TASK_BUDGET, {})
 
-    model, data = M.tiny_filter_model(SEED)
+    model, data = models.tiny_filter_model(SEED)
     fp32 = workdir / "tiny_filter.fp32.onnx"
     onnx.save(model, str(fp32))
-    base = onnx.load_from_string(M.quantize_static_bytes(model, {"dist": data["dist"][:128]}, workdir, exclude=["skip"]))
+    base = onnx.load_from_string(models.quantize_static_bytes(model, {"dist": data["dist"][:128]}, workdir, exclude=["skip"]))
     real = {"dist": data["dist"][128:384], "target": data["target"][128:384]}
     cases += _cases("built_tiny_filter", fp32, base, tiny_filter_variants(), real,
                     DEFAULT_PLCC_BUDGET, DEFAULT_TASK_BUDGET, {"restored": "dist"})
 
-    model, data = M.dynamic_mlp_model(SEED)
+    model, data = models.dynamic_mlp_model(SEED)
     fp32 = workdir / "dynamic_mlp.fp32.onnx"
     onnx.save(model, str(fp32))
-    base = onnx.load_from_string(M.quantize_dynamic_bytes(model, workdir))
+    base = onnx.load_from_string(models.quantize_dynamic_bytes(model, workdir))
     cases += _cases("built_dynamic_mlp", fp32, base, dynamic_mlp_variants(), {"features": data["features"][:256]},
                     DEFAULT_PLCC_BUDGET, DEFAULT_TASK_BUDGET, {})
     return cases

@@ -2,8 +2,8 @@
 // and tests/vectors/sidecars/ holds the cases both must agree on.
 #include "cc/tinyq/sidecar.h"
 
-#include <fcntl.h>
-#include <openssl/evp.h>
+#include "cc/tinyq/files.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,18 +23,16 @@
 namespace {
 
 using nlohmann::json;
+using tinyq::internal::Fd;
+using tinyq::internal::OpenRegular;
+using tinyq::internal::ReadUpTo;
+using tinyq::internal::SetStatus;
 
 // A failure while filling the struct: carries the code and the message out of the helpers.
 struct Failure {
   tinyq_code code;
   std::string message;
 };
-
-void SetStatus(tinyq_status* status, tinyq_code code, const std::string& message) {
-  if (status == nullptr) return;
-  status->code = code;
-  std::snprintf(status->message, sizeof(status->message), "%s", message.c_str());
-}
 
 char* Dup(const std::string& s) {
   char* out = static_cast<char*>(std::malloc(s.size() + 1));
@@ -56,61 +54,6 @@ bool IsHex64(const std::string& s) {
 bool IsInt64(const json& v) {
   if (!v.is_number_integer()) return false;
   return !v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX);
-}
-
-// What a file that is not a regular one is, for the message.
-const char* Kind(mode_t mode) {
-  if (S_ISFIFO(mode)) return "a FIFO";
-  if (S_ISDIR(mode)) return "a directory";
-  if (S_ISCHR(mode)) return "a character device";
-  if (S_ISBLK(mode)) return "a block device";
-  if (S_ISSOCK(mode)) return "a socket";
-  return "not a file";
-}
-
-// An open file descriptor, closed on scope exit.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-// Opens path for reading without blocking (open(2) on a FIFO with no writer would wait forever)
-// and refuses anything but a regular file. On success fd->fd is open (blocking again) and *st
-// holds its fstat; otherwise status says why, naming the path.
-tinyq_code OpenRegular(const char* path, const char* what, Fd* fd, struct stat* st, tinyq_status* status) {
-  do {
-    fd->fd = ::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  } while (fd->fd < 0 && errno == EINTR);
-  if (fd->fd < 0) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot open " + what + ": " + std::strerror(errno));
-    return TINYQ_E_IO;
-  }
-  if (::fstat(fd->fd, st) != 0) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": cannot stat " + what + ": " + std::strerror(errno));
-    return TINYQ_E_IO;
-  }
-  if (!S_ISREG(st->st_mode)) {
-    SetStatus(status, TINYQ_E_IO, std::string(path) + ": not a regular file (" + Kind(st->st_mode) + "); refusing to read it as " + what);
-    return TINYQ_E_IO;
-  }
-  const int flags = ::fcntl(fd->fd, F_GETFL);
-  if (flags >= 0) ::fcntl(fd->fd, F_SETFL, flags & ~O_NONBLOCK);
-  return TINYQ_OK;
-}
-
-// Reads up to n bytes (fewer at end of file); -1 on a read error.
-ssize_t ReadUpTo(int fd, char* buf, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::read(fd, buf + got, n - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return -1;
-    if (r == 0) break;
-    got += static_cast<size_t>(r);
-  }
-  return static_cast<ssize_t>(got);
 }
 
 std::string TooLarge(const std::string& size) {
@@ -534,27 +477,6 @@ void tinyq_sidecar_free(tinyq_sidecar* sc) {
   std::free(sc);
 }
 
-const char* tinyq_code_name(tinyq_code code) {
-  switch (code) {
-    case TINYQ_OK: return "ok";
-    case TINYQ_E_INVALID_ARGUMENT: return "invalid_argument";
-    case TINYQ_E_IO: return "io_error";
-    case TINYQ_E_TOO_LARGE: return "too_large";
-    case TINYQ_E_PARSE: return "parse_error";
-    case TINYQ_E_SCHEMA: return "schema_error";
-    case TINYQ_E_LIMIT: return "limit_exceeded";
-    case TINYQ_E_INCONSISTENT: return "inconsistent";
-    case TINYQ_E_INT8_MISSING: return "int8_missing";
-    case TINYQ_E_HASH_MISMATCH: return "hash_mismatch";
-    case TINYQ_E_PATH_ESCAPE: return "path_escape";
-    case TINYQ_E_NOMEM: return "out_of_memory";
-    case TINYQ_E_DUPLICATE_KEY: return "duplicate_key";
-    case TINYQ_E_ONNX_PATH_ESCAPE: return "onnx_path_escape";
-    case TINYQ_E_UPDATE_INTERRUPTED: return "update_interrupted";
-  }
-  return "unknown";
-}
-
 const char* tinyq_quant_mode_name(tinyq_quant_mode mode) {
   switch (mode) {
     case TINYQ_QUANT_FP32: return "fp32";
@@ -563,44 +485,6 @@ const char* tinyq_quant_mode_name(tinyq_quant_mode mode) {
     case TINYQ_QUANT_QAT: return "qat";
   }
   return "fp32";
-}
-
-tinyq_code tinyq_sha256_file(const char* path, char hex[65], tinyq_status* status) {
-  if (path == nullptr || hex == nullptr) {
-    SetStatus(status, TINYQ_E_INVALID_ARGUMENT, "NULL argument");
-    return TINYQ_E_INVALID_ARGUMENT;
-  }
-  Fd fd;
-  struct stat st;
-  if (const tinyq_code c = OpenRegular(path, "a file to hash", &fd, &st, status); c != TINYQ_OK) return c;
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    SetStatus(status, TINYQ_E_NOMEM, "cannot start a SHA-256 digest");
-    return TINYQ_E_NOMEM;
-  }
-  std::vector<unsigned char> buf(1 << 16);
-  for (;;) {
-    const ssize_t n = ::read(fd.fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      SetStatus(status, TINYQ_E_IO, std::string(path) + ": read error: " + std::strerror(errno));
-      return TINYQ_E_IO;
-    }
-    if (n == 0) break;
-    if (EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(n)) != 1) {
-      SetStatus(status, TINYQ_E_NOMEM, "SHA-256 update failed");
-      return TINYQ_E_NOMEM;
-    }
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_DigestFinal_ex(ctx.get(), digest, &len) != 1 || len != 32) {
-    SetStatus(status, TINYQ_E_NOMEM, "SHA-256 final failed");
-    return TINYQ_E_NOMEM;
-  }
-  for (unsigned int i = 0; i < len; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-  hex[64] = '\0';
-  return TINYQ_OK;
 }
 
 }  // extern "C"
