@@ -18,6 +18,7 @@ import numpy as np
 from absl import flags
 
 from tinyq.app import cli, provenance
+from tinyq.judge import drops
 from tinyq.model import calibration, loading, runner
 from tinyq.quant import quantize
 from tinyq.registry import layout, registry
