@@ -6,8 +6,8 @@ Both files are Starlark, which parses as Python: this reads the calls, never exe
 import ast
 from pathlib import Path
 
-# Repositories WORKSPACE shims with a local_repository and bzlmod takes from the registry.
-SHIMMED_BY_BAZEL_DEP = {"rules_cc", "rules_python"}
+# Repositories WORKSPACE takes from a local_repository (a shim, or Debian's copy) and bzlmod from the registry.
+SHIMMED_BY_BAZEL_DEP = {"bazel_skylib", "rules_cc", "rules_python"}
 # Repositories Bazel >= 7 provides itself; Bazel 4.2.3 would download them, so WORKSPACE shims them.
 PROVIDED_BY_BAZEL = {"remote_coverage_tools"}
 
