@@ -12,7 +12,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyq.io.fileio import sha256_file
-from tinyq.quant import quantize_test
 from tinyq_testing import testutil
 
 DYNAMIC = Path.cwd() / "python" / "ptq_dynamic"
@@ -51,7 +50,7 @@ def test_dynamic_writes_int8_beside_the_input_with_a_report(mlp, tmp_path):
 
 
 def test_dynamic_repairs_stale_value_info(mlp):
-    quantize_test.stale_value_info(mlp)
+    testutil.stale_value_info(mlp)
     r = run(DYNAMIC, mlp, "--encoding=dynamic")
     assert r.returncode == 0, r.stderr
     assert "repaired value_info_dropped" in r.stdout
@@ -235,14 +234,14 @@ def test_an_artefact_that_quantises_nothing_is_refused(tmp_path, tool):
 
 def test_static_calibrates_a_fixed_batch_1_model_one_sample_at_a_time(tmp_path):
     src = tmp_path / "b1.onnx"
-    onnx.save(quantize_test.small_cnn(batch=1), str(src))
+    onnx.save(testutil.small_cnn(batch=1), str(src))
     calib = calibration(tmp_path / "c.npz", x=np.random.default_rng(0).random((48, 1, 16, 16), dtype=np.float32))
     r = run(STATIC, src, "--calibration", calib, "--report-out", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     assert "calibrated on 48 samples" in r.stdout and "1 at a time" in r.stdout
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["calibration"]["samples"] == 48 and rep["calibration"]["batch"] == 1
-    quantize_test.x64_precise_and_default_sessions((tmp_path / "b1.int8.onnx").read_bytes())
+    testutil.x64_precise_and_default_sessions((tmp_path / "b1.int8.onnx").read_bytes())
 
 
 def test_report_states_the_weights_quantised_and_what_stays_fp32(tmp_path):

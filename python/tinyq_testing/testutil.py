@@ -1,4 +1,5 @@
-"""Test helpers: a small, valid registry tree on disk, and the bad inputs every validator must catch."""
+"""Test helpers: a small, valid registry tree on disk, the bad inputs every validator must catch, and
+small models built in code for the quantisers' tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Callable, Dict, List, NamedTuple
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from tinyq.io.fileio import atomic_write_npz, sha256_file
@@ -294,3 +296,38 @@ def if_model(then_w, else_w, top_w=None, opset: int = 17) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+# --- models for the quantisers' tests (quantize_test, ptq_test) ----------------------------------
+
+
+def stale_value_info(path):
+    """What torch.onnx.export can write: initialisers in value_info with static shapes, twice."""
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:
+        dims = [1] + list(t.dims[1:]) if len(t.dims) > 1 else [1]  # a stale, wrong shape
+        vi = helper.make_tensor_value_info(t.name, TensorProto.FLOAT, dims)
+        model.graph.value_info.extend([vi, vi])
+    onnx.save(model, str(path))
+
+
+def x64_precise_and_default_sessions(model_bytes):
+    """Loads the model under default options and under session.x64quantprecision=1."""
+    for value in ("0", "1"):
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.x64quantprecision", value)
+        ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def small_cnn(seed=0, batch="n"):
+    """Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm on [batch, 1, 16, 16]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n) for n, s in
+             [("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (16, 8, 3, 3)), ("b2", (16,)), ("w3", (1, 16)), ("b3", (1,))]]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["score"], transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 16, 16])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -26,18 +26,8 @@ def mlp(tmp_path):
     return path
 
 
-def stale_value_info(path):
-    """What torch.onnx.export can write: initialisers in value_info with static shapes, twice."""
-    model = onnx.load(str(path))
-    for t in model.graph.initializer:
-        dims = [1] + list(t.dims[1:]) if len(t.dims) > 1 else [1]  # a stale, wrong shape
-        vi = helper.make_tensor_value_info(t.name, TensorProto.FLOAT, dims)
-        model.graph.value_info.extend([vi, vi])
-    onnx.save(model, str(path))
-
-
 def test_stale_value_info_breaks_plain_ort_and_is_repaired(mlp, tmp_path):
-    stale_value_info(mlp)
+    testutil.stale_value_info(mlp)
     from onnxruntime.quantization import quantize_dynamic
 
     with pytest.raises(Exception, match="(?i)shape"):
@@ -174,33 +164,11 @@ def test_an_already_quantised_model_is_refused(mlp, tmp_path):
         quantize.load_for_quantization(tmp_path / "q.onnx")
 
 
-def x64_precise_and_default_sessions(model_bytes):
-    """Loads the model under default options and under session.x64quantprecision=1."""
-    for value in ("0", "1"):
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.x64quantprecision", value)
-        ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("encoding", ["weight_only", "dynamic"])
 def test_encodings_load_with_precise_x64_int8_kernels(mlp, encoding):
     # Shared initialisers once broke onnxruntime's x64quantprecision transformer.
     model, _ = quantize.load_for_quantization(mlp)
-    x64_precise_and_default_sessions(quantize.encode(model, encoding, False).model_bytes)
-
-
-def small_cnn(seed=0, batch="n"):
-    """Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm on [batch, 1, 16, 16]."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n) for n, s in
-             [("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (16, 8, 3, 3)), ("b2", (16,)), ("w3", (1, 16)), ("b3", (1,))]]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "w3", "b3"], ["score"], transB=1)]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 16, 16])],
-                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    testutil.x64_precise_and_default_sessions(quantize.encode(model, encoding, False).model_bytes)
 
 
 def test_static_qdq_loads_with_precise_x64_int8_kernels():
@@ -208,12 +176,12 @@ def test_static_qdq_loads_with_precise_x64_int8_kernels():
     # x64quantprecision transformer then failed with "Attempt to replace the existing tensor".
     calib = {"x": np.random.default_rng(1).random((32, 1, 16, 16), dtype=np.float32)}
     for per_channel in (False, True):
-        x64_precise_and_default_sessions(quantize.quantize_static_qdq(small_cnn(), calib, per_channel=per_channel))
+        testutil.x64_precise_and_default_sessions(quantize.quantize_static_qdq(testutil.small_cnn(), calib, per_channel=per_channel))
 
 
 def test_static_calibrates_at_the_batch_the_model_fixes():
-    assert quantize.calibration_batch(small_cnn(batch="n")) == quantize.DEFAULT_CALIBRATION_BATCH
-    fixed = small_cnn(batch=1)
+    assert quantize.calibration_batch(testutil.small_cnn(batch="n")) == quantize.DEFAULT_CALIBRATION_BATCH
+    fixed = testutil.small_cnn(batch=1)
     assert quantize.calibration_batch(fixed) == 1
     calib = {"x": np.random.default_rng(1).random((20, 1, 16, 16), dtype=np.float32)}
     int8 = quantize.quantize_static_qdq(fixed, calib)  # 20 samples, fed one at a time
@@ -222,7 +190,7 @@ def test_static_calibrates_at_the_batch_the_model_fixes():
 
 
 def test_strip_metadata_leaves_no_exporter_trace():
-    model = small_cnn()
+    model = testutil.small_cnn()
     model.doc_string = "exported from /home/user/train.py"
     onnx.helper.set_model_props(model, {"pkg.torch.export.graph_signature": "/home/user/train.py:12"})
     model.graph.metadata_props.add(key="pkg.torch.export.range_constraints", value="/home/user/train.py")
@@ -242,16 +210,16 @@ def test_strip_metadata_leaves_no_exporter_trace():
 def test_static_calibrates_any_sample_count_with_every_method(samples, method):
     """Entropy and Percentile failed ("inhomogeneous shape") whenever the count was not a multiple
     of 32: onnxruntime stacks every batch's outputs. The batch now divides the count."""
-    batch = quantize.calibration_batch(small_cnn(batch="n"), samples)
+    batch = quantize.calibration_batch(testutil.small_cnn(batch="n"), samples)
     assert samples % batch == 0 and batch <= quantize.DEFAULT_CALIBRATION_BATCH
     calib = {"x": np.random.default_rng(1).random((samples, 1, 16, 16), dtype=np.float32)}
-    int8 = quantize.quantize_static_qdq(small_cnn(batch="n"), calib, method=method)
+    int8 = quantize.quantize_static_qdq(testutil.small_cnn(batch="n"), calib, method=method)
     assert ort.InferenceSession(int8, providers=["CPUExecutionProvider"]).run(None, {"x": calib["x"][:3]})[0].shape[0] == 3
 
 
 def test_a_count_that_32_divides_keeps_batch_32():
     # The zoo's pinned artefacts were calibrated at 32; their bytes must not move.
-    assert quantize.calibration_batch(small_cnn(batch="n"), 256) == 32
+    assert quantize.calibration_batch(testutil.small_cnn(batch="n"), 256) == 32
 
 
 def test_compaction_never_renames_a_tensor_to_a_graph_input_name(tmp_path):
@@ -291,8 +259,8 @@ def test_shared_weights_are_unshared_so_every_artefact_loads_with_precise_x64_ke
     assert [r.code for r in repairs] == ["shared_initialisers_unshared"], repairs
     calib = {k: rng.random((32, 4, 12, 12), dtype=np.float32) for k in ("left", "right")}
     for per_channel in (False, True):
-        x64_precise_and_default_sessions(quantize.quantize_static_qdq(model, calib, per_channel=per_channel))
-    x64_precise_and_default_sessions(quantize.encode(model, "weight_only", False).model_bytes)
+        testutil.x64_precise_and_default_sessions(quantize.quantize_static_qdq(model, calib, per_channel=per_channel))
+    testutil.x64_precise_and_default_sessions(quantize.encode(model, "weight_only", False).model_bytes)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
