@@ -2,8 +2,8 @@
 
 Each layer is one package, //python/tinyq/<layer>, whose targets are visible only to the layers
 above it and to the library's clients (docs/architecture.md). //python/tinyq:layers_test checks
-that the Python imports follow the same order, and :wrong_way_tests that a dependency against it
-does not build.
+that the Python imports follow the same order, and its <layer>_cannot_use_<above>_test targets
+that a dependency against it does not build.
 """
 
 load("@bazel_skylib//lib:unittest.bzl", "analysistest", "asserts")
@@ -29,11 +29,20 @@ def layer_visibility(layer):
         fail("unknown layer %r; the layers are %s" % (layer, LAYERS))
     return ["//python/tinyq:users_of_" + layer]
 
-def layer_files():
-    """Every Python file of the layer, tests included, for //python/tinyq:layers_test."""
+def layer_checks(must_not_use):
+    """What every layer's package declares besides its libraries: py_files, its Python files
+    (tests included) for //python/tinyq:layers_test, and wrong_way_probe, a library that depends on
+    `must_not_use` (a target of the layer above, or a test helper). The probe never builds: tagged
+    manual, so `bazel build //...` skips it, and checked by a wrong_way_test in //python/tinyq."""
     native.filegroup(
         name = "py_files",
         srcs = native.glob(["*.py"]),
+        visibility = ["//python/tinyq:__pkg__"],
+    )
+    native.py_library(
+        name = "wrong_way_probe",
+        deps = [must_not_use],
+        tags = ["manual"],
         visibility = ["//python/tinyq:__pkg__"],
     )
 
@@ -48,14 +57,3 @@ wrong_way_test = analysistest.make(
     expect_failure = True,
     attrs = {"error": attr.string(default = "is not visible from target")},
 )
-
-def wrong_way_probe(name, uses):
-    """A library that depends on `uses`, which it must not: a target of a higher layer, or a test
-    helper. It never builds: tagged manual, so `bazel build //...` skips it, and checked by a
-    wrong_way_test in //python/tinyq."""
-    native.py_library(
-        name = name,
-        deps = [uses],
-        tags = ["manual"],
-        visibility = ["//python/tinyq:__pkg__"],
-    )
