@@ -103,3 +103,20 @@ def test_the_projects_own_registry_is_valid_under_strict():
     """CI holds the zoo's registry to --strict: a quantised entry without its soak fixture fails."""
     r = run(Path.cwd() / "model" / "tiny" / "registry.json", "--strict")
     assert r.returncode == 0 and "warning" not in r.stderr, r.stdout + r.stderr
+
+
+def test_a_planted_journal_is_refused_and_recover_sets_it_aside(tree, tmp_path):
+    # The attack from issue 30: a journal that "commits" the deletion of a file outside the registry.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    journal = tree.parent / ".tinyq-journal.json"
+    journal.write_text(json.dumps({"state": "commit", "txid": "0" * 32,
+                                   "files": [{"final": str(victim), "tmp": None, "old": None}]}))
+    r = run(tree)
+    assert r.returncode == 13, r.stderr
+    assert f"{journal}: files[0].final" in r.stderr and "touched nothing" in r.stderr and "--recover" in r.stderr
+    assert "Traceback" not in r.stderr and victim.read_text() == "precious"
+    r = run(tree, "--recover")
+    assert r.returncode == 0, r.stderr
+    assert "set aside" in r.stderr and victim.read_text() == "precious" and not journal.exists()
+    assert json.loads((tree.parent / ".tinyq-journal.refused.json").read_text())["files"][0]["final"] == str(victim)

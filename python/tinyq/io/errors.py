@@ -10,6 +10,7 @@ EXIT_UNSAFE_OUTPUT = 9  # An output would overwrite an input or a file a registr
 EXIT_TOO_LARGE = 10  # An input passes a stated resource cap (decompressed bytes, samples, nesting).
 EXIT_BUSY = 11  # Another tinyq tool holds the directory's lock past the bounded wait.
 EXIT_WRITE_FAILED = 12  # The outputs could not be written (disk full, read-only, permissions): nothing written.
+EXIT_UNTRUSTED_JOURNAL = 13  # A recovery journal names what tinyq may not touch, or is no journal: nothing touched.
 EXIT_INTERNAL = 70  # A bug in tinyq: an unexpected exception (the one-line safety net; TINYQ_DEBUG=1 shows it).
 
 
@@ -43,3 +44,8 @@ class WriteFailed(UsageError):
     exit_code = EXIT_WRITE_FAILED
 
 
+class UntrustedJournal(UsageError):
+    """A journal tinyq refuses to act on: it names a file outside its directory or through a symlink,
+    or is not a journal at all (exit 13). Nothing was touched."""
+
+    exit_code = EXIT_UNTRUSTED_JOURNAL

@@ -3,15 +3,27 @@
 A write of several files (model, sidecar, fixtures, registry) goes:
 
 1. lock every target directory (an advisory flock on the directory itself, bounded wait);
-2. stage each new file as a fsynced temp beside its target, keep each old one aside (hard link);
-3. write the journal `.tinyq-journal.json` beside the last target: the commit point;
+2. stage each new file as a fsynced temp beside its target, keep each old one aside (hard link):
+   tinyq's temps, `.tinyq~<name>.<8 random>.tmp|old`, a mark no other program writes;
+3. write a journal `.tinyq-journal.json` "prepared" in every target directory but the last, then
+   the last one's, "commit": the commit point;
 4. rename every temp into place (or unlink, for a deletion), fsync the directories;
-5. remove the journal, then the kept-aside files.
+5. remove the prepared journals, then the commit journal, then the kept-aside files.
 
-A kill before 3 leaves the old files and stale temps; a kill after it leaves a journal that the next
-run replays forward, under the lock, before it reads anything. Either way the next run sees the old
-state or the new one, never a mix. Stale temps (a kill before 3, or after 5) are swept under the lock.
-An error during 4 (the process still alive) rolls back from the kept-aside files.
+A journal is data, never an order. It names only files in its own directory (bare names: no
+separator, no `..`), a tmp or old only as one of tinyq's temps of its own file, and each file it
+names must be a regular file or absent, never a symlink. A journal that breaks a rule, is not a
+regular file, passes MAX_JOURNAL_BYTES or is not a journal at all is refused before any file is
+touched: errors.UntrustedJournal (exit 13), naming it. set_aside() (`validate_registry
+--recover`) moves such a journal out of the way and touches nothing else.
+
+Recovery, under the lock, before anything is read: a commit journal rolls its own directory
+forward, then recovers each directory it names that holds a prepared journal of the same
+transaction (the same random id); a prepared journal rolls forward when its coordinator's journal
+commits the same transaction, and back otherwise (the commit journal is removed only after every
+prepared one). Either way the next run sees the old state or the new one, never a mix. Stale temps
+(a kill before 3, or after 5) are swept under the lock: tinyq's only. An error during 4 (the
+process still alive) rolls back from the kept-aside files.
 
 TINYQ_FAULT_KILL_AT=N kills the process with SIGKILL at the Nth write or rename step: the hook the
 fault-injection tests use to stop a tool at every step.
@@ -24,22 +36,19 @@ import errno
 import fcntl
 import json
 import os
-import re
+import secrets
 import signal
 import stat
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from tinyq.io import errors
+from tinyq.io import errors, journal
+from tinyq.io.journal import JOURNAL_NAME, SET_ASIDE_NAME
 
-JOURNAL_NAME = ".tinyq-journal.json"
 LOCK_TIMEOUT_ENV = "TINYQ_LOCK_TIMEOUT_S"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
-_TEMP_NAME = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.(tmp|old)$")  # what _temp_name makes
-_NAME_BYTES = 180  # of a target's name kept in its temp name, so a legal 255-byte name stays legal
 
 _held: Set[str] = set()  # the real directories this process holds: an inner request rides on the outer lock
 _steps = [0]
@@ -107,25 +116,54 @@ def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -
     if key in _held:
         yield
         return
-    journal = os.path.join(key, JOURNAL_NAME)
+    journal_path = os.path.join(key, JOURNAL_NAME)
     fd = _open_lock(key)
     if fd >= 0:
         try:
-            _acquire(fd, key, shared and not os.path.exists(journal))
+            _acquire(fd, key, shared and not os.path.lexists(journal_path))
         except BaseException:
             os.close(fd)
             raise
     _held.add(key)
     try:
-        if fd >= 0 and shared and os.path.exists(journal):
+        if fd >= 0 and shared and os.path.lexists(journal_path):
             _acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
-        if fd >= 0 or not os.path.exists(journal):
+        if fd >= 0 or not os.path.lexists(journal_path):
             recover(key, sweep_subdirectories)
         yield
     finally:
         _held.discard(key)
         if fd >= 0:
             os.close(fd)  # releases the flock
+
+
+def set_aside(directory) -> Optional[str]:
+    """Under the directory's lock, and without recovering: renames a journal that tinyq refuses to
+    act on to SET_ASIDE_NAME (never over an earlier one) and touches nothing else. A journal tinyq
+    can act on stays, for the next run to finish. The new path, or None when nothing was moved."""
+    key = os.path.realpath(directory)
+    path = os.path.join(key, JOURNAL_NAME)
+    fd = _open_lock(key)
+    if fd < 0 or not os.path.lexists(path):
+        if fd >= 0:
+            os.close(fd)
+        return None
+    try:
+        _acquire(fd, key, False)
+        try:
+            journal.entries(journal.read(key), key)
+            return None
+        except errors.UntrustedJournal:
+            pass
+        target, n = os.path.join(key, SET_ASIDE_NAME), 1
+        while os.path.lexists(target):
+            n += 1
+            target = os.path.join(key, f".tinyq-journal.refused.{n}.json")
+        os.rename(path, target)
+        _fsync_dir(key)
+        return target
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -143,15 +181,9 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _temp_prefix(target: str) -> Tuple[str, str]:
-    """(directory, `.<name>.`) for temps beside target, the name cut to fit: what _TEMP_NAME matches."""
-    directory, name = os.path.split(target)
-    return directory, f".{os.fsdecode(os.fsencode(name)[:_NAME_BYTES])}."
-
-
 def _temp_name(target: str, suffix: str) -> str:
-    """An unused temp path beside target: `.<name>.<8 random>.<suffix>`."""
-    directory, prefix = _temp_prefix(target)
+    """An unused temp path beside target: `.tinyq~<name>.<8 random>.<suffix>`."""
+    directory, prefix = journal.temp_prefix(target)
     return tempfile.mktemp(prefix=prefix, suffix=f".{suffix}", dir=directory)
 
 
@@ -163,7 +195,7 @@ def real_target(path) -> str:
 
 def _stage(target: str, data: bytes) -> str:
     """A fsynced temp beside target holding data, with the old file's permissions (0644 when new)."""
-    directory, prefix = _temp_prefix(target)
+    directory, prefix = journal.temp_prefix(target)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -206,12 +238,22 @@ def _keep_aside(target: str) -> Optional[str]:
     return old
 
 
-def _write_journal(path: str, state: str, entries: Sequence[Dict[str, Optional[str]]]) -> None:
-    directory = os.path.dirname(path)
-    rel = [{k: (os.path.relpath(v, directory) if v else None) for k, v in e.items()} for e in entries]
-    tmp = _stage(path, json.dumps({"state": state, "files": rel}, sort_keys=True).encode())
+def _journal(state: str, txid: str, entries: Sequence[Dict[str, Optional[str]]], **peers) -> Dict[str, object]:
+    """A journal for one directory: its own entries, by bare name."""
+    files = [{k: (os.path.basename(v) if v else None) for k, v in e.items()} for e in entries]
+    return {"state": state, "txid": txid, "files": files, **peers}
+
+
+def _write_journal(directory: str, doc: Dict[str, object]) -> None:
+    path = os.path.join(directory, JOURNAL_NAME)
+    tmp = _stage(path, json.dumps(doc, sort_keys=True).encode())
     _fault_point()
     os.replace(tmp, path)
+    _fsync_dir(directory)
+
+
+def _remove_journal(directory: str) -> None:
+    _unlink(os.path.join(directory, JOURNAL_NAME))
     _fsync_dir(directory)
 
 
@@ -222,6 +264,8 @@ def write_all(files: Sequence[Tuple[str, Optional[bytes]]]) -> None:
         return
     targets = [t for t, _ in files]
     dirs = sorted({os.path.dirname(t) for t in targets})
+    coordinator = os.path.dirname(targets[-1])
+    participants = [d for d in dirs if d != coordinator]
     with contextlib.ExitStack() as stack:
         for d in dirs:
             stack.enter_context(locked(d))
@@ -234,20 +278,33 @@ def write_all(files: Sequence[Tuple[str, Optional[bytes]]]) -> None:
         except BaseException:
             _discard(entries)
             raise
-        journal = os.path.join(os.path.dirname(targets[-1]), JOURNAL_NAME)
+        txid = secrets.token_hex(16)
         try:
-            _write_journal(journal, "commit", entries)
-        except BaseException:
-            _discard(entries)
-            raise
-        try:
+            for d in participants:
+                _write_journal(d, _journal("prepared", txid, _in(entries, d), coordinator=coordinator))
+            _write_journal(coordinator, _journal("commit", txid, _in(entries, coordinator), participants=participants))
             _roll_forward(entries)
         except BaseException:
-            _write_journal(journal, "rollback", entries)
-            _roll_back(entries)
-            _finish(journal, entries)
+            if _txid_at(coordinator) == txid:  # committed: undo from the kept-aside files
+                _write_journal(coordinator, _journal("rollback", txid, _in(entries, coordinator), participants=participants))
+                _roll_back(entries)
+            else:
+                _discard(entries)
+            _finish(participants, coordinator, entries)
             raise
-        _finish(journal, entries)
+        _finish(participants, coordinator, entries)
+
+
+def _in(entries, directory: str) -> List[Dict[str, Optional[str]]]:
+    return [e for e in entries if os.path.dirname(e["final"]) == directory]
+
+
+def _txid_at(directory: str) -> Optional[str]:
+    try:
+        doc = journal.read(directory)
+    except errors.UntrustedJournal:
+        return None
+    return doc.get("txid") if isinstance(doc, dict) else None
 
 
 def _discard(entries) -> None:
@@ -280,10 +337,14 @@ def _roll_back(entries) -> None:
         _fsync_dir(d)
 
 
-def _finish(journal: str, entries) -> None:
+def _finish(participants: Sequence[str], coordinator: str, entries) -> None:
+    """The prepared journals go first, the commit journal last: while it stands, a participant
+    still holding a prepared journal learns from it that the transaction committed."""
+    for d in participants:
+        _fault_point()
+        _remove_journal(d)
     _fault_point()
-    _unlink(journal)
-    _fsync_dir(os.path.dirname(journal))
+    _remove_journal(coordinator)
     for e in entries:
         if e["old"]:
             _fault_point()
@@ -291,25 +352,47 @@ def _finish(journal: str, entries) -> None:
 
 
 def recover(directory: str, sweep_subdirectories: bool = True) -> None:
-    """Finishes an interrupted update (the caller holds the lock), then sweeps stale temps."""
-    journal = os.path.join(directory, JOURNAL_NAME)
-    try:
-        with open(journal, "rb") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        doc = None
-    except (OSError, ValueError):
-        doc = {"state": "broken", "files": []}  # the journal's own rename never happened: nothing began
-    if doc is not None:
-        entries = [{k: (os.path.join(directory, v) if v else None) for k, v in e.items()} for e in doc.get("files", [])]
-        if doc.get("state") == "commit":
-            _roll_forward(entries)
-        elif doc.get("state") == "rollback":
-            _roll_back(entries)
-        _finish(journal, entries)
+    """Finishes an interrupted update (the caller holds the lock), then sweeps stale temps: in
+    the directory's immediate subdirectories too, each when no writer holds it."""
+    _recover_journal(directory)
     _sweep(directory)
-    for sub in _subdirectories(directory) if sweep_subdirectories else ():  # fixtures/, calibration/ ...: swept when no writer is in them
-        _sweep_if_idle(sub)
+    for sub in _subdirectories(directory) if sweep_subdirectories else ():  # fixtures/, calibration/ ...
+        _recover_if_idle(sub)
+
+
+def _recover_journal(directory: str) -> None:
+    doc = journal.read(directory)
+    if doc is None:
+        return
+    entries = journal.entries(doc, directory)
+    state = doc["state"]
+    if state == "prepared":
+        state = _coordinator_state(doc, directory)
+    if state == "commit":
+        _roll_forward(entries)
+    else:
+        _roll_back(entries)
+    for participant in doc.get("participants", []):
+        if _txid_at(participant) == doc["txid"]:
+            with locked(participant, sweep_subdirectories=False):  # its own journal decides, as its coordinator's says
+                pass
+    _remove_journal(directory)
+    for e in entries:
+        if e["old"]:
+            _unlink(e["old"])
+
+
+def _coordinator_state(doc: Dict[str, object], directory: str) -> str:
+    """What a prepared journal's transaction became: "commit" or "rollback" as its coordinator's
+    journal says; "rollback" when that journal is gone or is another transaction's (a commit
+    journal outlives every prepared one, so the transaction never committed)."""
+    try:
+        coordinator = journal.read(doc["coordinator"])
+    except errors.UntrustedJournal as e:
+        raise errors.UntrustedJournal(f"{e} (the coordinator of {os.path.join(directory, JOURNAL_NAME)})") from None
+    if isinstance(coordinator, dict) and coordinator.get("txid") == doc["txid"] and coordinator.get("state") in ("commit", "rollback"):
+        return coordinator["state"]
+    return "rollback"
 
 
 def _subdirectories(directory: str) -> List[str]:
@@ -319,31 +402,42 @@ def _subdirectories(directory: str) -> List[str]:
         return []
 
 
-def _sweep_if_idle(directory: str) -> None:
-    if os.path.realpath(directory) in _held:
-        _sweep(directory)
+def _recover_if_idle(directory: str) -> None:
+    """A subdirectory's interrupted update finished and its stale temps swept, unless a writer
+    holds it (it recovers the directory itself)."""
+    key = os.path.realpath(directory)
+    if key in _held:
+        _recover_journal(key)
+        _sweep(key)
         return
-    fd = _open_lock(directory)
+    fd = _open_lock(key)
     if fd < 0:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _sweep(directory)
     except BlockingIOError:
-        pass
+        os.close(fd)
+        return
+    _held.add(key)
+    try:
+        _recover_journal(key)
+        _sweep(key)
     finally:
+        _held.discard(key)
         os.close(fd)
 
 
 def _sweep(directory: str) -> None:
-    """Removes the temps and kept-aside files a killed writer left (only ours: `.<name>.<8>.tmp|old`)."""
+    """Removes the temps and kept-aside files a killed writer left: tinyq's only, regular files
+    named `.tinyq~<name>.<8>.tmp|old`. An editor's backup or another program's temp is never touched."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if _TEMP_NAME.match(name) and name != JOURNAL_NAME:
-            try:
-                _unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+        path = os.path.join(directory, name)
+        try:
+            if journal.TEMP_NAME.match(name) and stat.S_ISREG(os.lstat(path).st_mode):
+                _unlink(path)
+        except OSError:
+            pass

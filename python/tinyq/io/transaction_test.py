@@ -1,5 +1,6 @@
 """tinyq.io.transaction: a multi-file write is one unit under SIGKILL at any step, one writer at a time."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from tinyq.io import transaction
+from tinyq.io import errors, transaction
 
 WRITER = textwrap.dedent("""
     import sys
@@ -123,10 +124,88 @@ def test_a_held_lock_times_out_with_a_clear_message(tmp_path, monkeypatch):
 
 
 def test_only_tinyq_temps_are_swept(tmp_path):
-    stale = [".registry.json.abcd1234.tmp", ".m.onnx.x_y_z123.old"]
-    kept = ["notes.tmp", ".hidden", "registry.json"]
-    for name in stale + kept:
-        (tmp_path / name).write_bytes(b"")
+    stale = [".tinyq~registry.json.abcd1234.tmp", ".tinyq~m.onnx.x_y_z123.old"]
+    # Editors' swap files and backups, and other programs' temps, some matching what tinyq once swept.
+    kept = ["notes.tmp", ".hidden", "registry.json", ".bashrc.20240101.old", ".registry.json.abcd1234.tmp",
+            ".m.onnx.x_y_z123.old", ".registry.json.swp", "registry.json~", ".#registry.json", ".tinyq~notes.tmp"]
+    for d in (tmp_path, tmp_path / "fixtures"):
+        d.mkdir(exist_ok=True)
+        for name in stale + kept:
+            (d / name).write_bytes(b"")
+    (tmp_path / ".tinyq~link.abcdefgh.tmp").symlink_to(tmp_path / "registry.json")  # not a file tinyq made
     with transaction.locked(tmp_path):
         pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    assert sorted(p.name for p in (tmp_path / "fixtures").iterdir()) == sorted(kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["fixtures", ".tinyq~link.abcdefgh.tmp"])
+
+
+def _plant(d, doc):
+    (d / transaction.JOURNAL_NAME).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+
+
+def _doc(files, state="commit", **extra):
+    return {"state": state, "txid": "0" * 32, "files": files, **extra}
+
+
+@pytest.mark.parametrize("final", ["VICTIM", "../victim.txt", "sub/x", ".", "link", ".tinyq-journal.json"])
+def test_a_planted_journal_is_refused_before_any_file_is_touched(tmp_path, final):
+    d = tmp_path / "reg"
+    d.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (d / "link").symlink_to(victim)
+    (d / "sub").mkdir()
+    (d / "sub" / "x").write_text("keep")
+    _plant(d, _doc([{"final": str(victim) if final == "VICTIM" else final, "tmp": None, "old": None}]))
+    with pytest.raises(errors.UntrustedJournal, match=r"\.tinyq-journal\.json: .*touched nothing"):
+        with transaction.locked(d):
+            pass
+    assert victim.read_text() == "precious" and (d / "sub" / "x").read_text() == "keep" and (d / "link").is_symlink()
+    assert (d / transaction.JOURNAL_NAME).exists(), "a refused journal stays where it is"
+
+
+@pytest.mark.parametrize("tmp", ["notes.txt", ".tinyq~other.abcdefgh.tmp", ".registry.json.abcdefgh.tmp", "../x"])
+def test_a_journal_tmp_must_be_a_tinyq_temp_of_its_own_file(tmp_path, tmp):
+    (tmp_path / "registry.json").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    _plant(tmp_path, _doc([{"final": "registry.json", "tmp": tmp, "old": None}]))
+    with pytest.raises(errors.UntrustedJournal, match="tinyq's temps"):
+        transaction.recover(str(tmp_path))
+    assert (tmp_path / "registry.json").read_text() == "old" and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "not_json", "list", "wrong_types", "too_large",
+                                  "bad_coordinator"])
+def test_a_malformed_journal_fails_closed_at_once(tmp_path, kind):
+    journal = tmp_path / transaction.JOURNAL_NAME
+    if kind == "directory":
+        journal.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(journal)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text(json.dumps(_doc([])))
+        journal.symlink_to(tmp_path / "elsewhere.json")
+    elif kind == "too_large":
+        with open(journal, "wb") as f:
+            f.truncate(170 * 1024 * 1024)  # sparse: read up to the cap, never whole
+    else:
+        _plant(tmp_path, {"not_json": "{", "list": [1, 2], "wrong_types": _doc("registry.json"),
+                          "bad_coordinator": _doc([], state="prepared", coordinator="../up")}[kind])
+    start = time.monotonic()
+    with pytest.raises(errors.UntrustedJournal, match=str(journal)):
+        with transaction.locked(tmp_path):
+            pass
+    assert time.monotonic() - start < 5
+    assert errors.UntrustedJournal.exit_code == errors.EXIT_UNTRUSTED_JOURNAL
+
+
+def test_set_aside_moves_only_a_refused_journal(tmp_path):
+    (tmp_path / "registry.json").write_text("mine")
+    _plant(tmp_path, _doc([{"final": "registry.json", "tmp": None, "old": None}], participants=["/etc"]))
+    assert transaction.set_aside(tmp_path) is None, "a journal tinyq can act on stays, for the next run"
+    _plant(tmp_path, _doc([{"final": "../registry.json", "tmp": None, "old": None}]))
+    moved = transaction.set_aside(tmp_path)
+    assert moved == str(tmp_path / transaction.SET_ASIDE_NAME) and not (tmp_path / transaction.JOURNAL_NAME).exists()
+    with transaction.locked(tmp_path):
+        pass
+    assert (tmp_path / "registry.json").read_text() == "mine"
