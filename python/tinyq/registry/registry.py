@@ -20,6 +20,7 @@ Entry paths resolve against the registry's own directory.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -405,6 +406,25 @@ def _no_duplicate_keys(pairs):
     return out
 
 
+class _NotFinite(Exception):
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
+def _finite_float(text: str) -> float:
+    """json's parse_float: a number too large for a double (1e999) would become inf."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(name: str):
+    """json's parse_constant: NaN, Infinity and -Infinity are not JSON (RFC 8259); Python reads them."""
+    raise _NotFinite(name)
+
+
 def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], List[Finding]]:
     """Validates the registry at path, under its directory's shared lock (an interrupted update
     there is finished first, so what is read is the old state or the new one, never a mix).
@@ -427,7 +447,11 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
 def _parse(raw: bytes) -> Tuple[Any, List[Finding]]:
     """The registry's JSON, or the finding that says why it is not JSON tinyq accepts."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys), []
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_float=_finite_float,
+                          parse_constant=_no_constant), []
+    except _NotFinite as e:
+        return None, [Finding("malformed_json", "(registry)", "", f"{e.text} is not a finite JSON number (RFC 8259); "
+                              f"a budget, like every number in a registry, must be one", _FIXES["malformed_json"])]
     except UnicodeDecodeError as e:
         return None, [Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])]
     except _DuplicateKey as e:

@@ -159,3 +159,13 @@ def test_sidecars_are_read_with_the_native_parsers_rules(tree, edit, valid):
     _, findings = registry.check(tree)
     bad = [f for f in findings if f.code == "sidecar_invalid"]
     assert (bad == []) == valid, bad
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_budget_that_is_not_a_finite_number_is_refused(tree, value):
+    """Python's json reads NaN and Infinity, and 1e999 as inf; the schema's bounds pass NaN."""
+    text = tree.read_text()
+    assert '"quant_mode": "dynamic"' in text
+    tree.write_text(text.replace('"quant_mode": "dynamic"', f'"quant_mode": "dynamic", "quant_accuracy_budget_plcc": {value}', 1))
+    reg, findings = registry.check(tree)
+    assert reg is None and [f.code for f in findings] == ["malformed_json"] and value in findings[0].message
