@@ -264,3 +264,12 @@ def test_report_states_the_weights_quantised_and_what_stays_fp32(tmp_path):
     assert [o["op"] for o in weights["ops_left_fp32"]] == ["ConvTranspose"]
     r = run(DYNAMIC, src, "--encoding=weight_only", "--output", tmp_path / "wo.onnx")
     assert "weights quantised: 100.0%" in r.stdout, r.stdout
+
+
+def test_a_default_output_name_too_long_for_the_file_system_is_a_usage_error(tmp_path):
+    src = tmp_path / ("m" * 247 + ".onnx")  # 252 bytes: a legal name, whose default output (257 bytes) is not
+    src.write_bytes(testutil.tiny_mlp(0, n_in=6, hidden=32))
+    r = run(DYNAMIC, src)
+    assert r.returncode == 2, r.stderr
+    assert "--output" in r.stderr and "257 bytes, over the 255" in r.stderr and "pass a shorter --output" in r.stderr
+    assert "Traceback" not in r.stderr and sorted(p.name for p in tmp_path.iterdir()) == [src.name]

@@ -154,6 +154,7 @@ def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path],
     outs = {flag: p for flag, p in outputs.items() if p is not None}
     inputs = [Path(p) for p in inputs]
     for flag, out in outs.items():
+        _check_name_length(flag, out)
         if not out.parent.is_dir():
             what = "is a file, not a directory" if out.parent.exists() else "does not exist"
             raise UsageError(f"{flag} {out}: the directory {out.parent} {what}; pass a path in an existing directory")
@@ -178,6 +179,19 @@ def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path],
                     raise UnsafeOutput(
                         f"{flag} {out} is {what} in {reg}; no tool overwrites a file a registry names (pinned artefacts "
                         f"are replaced only by register_model or update_pins): pass another {flag}")
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one file name, and of a whole path, on Linux
+
+
+def _check_name_length(flag: str, out: Path) -> None:
+    """A name the file system cannot hold is a usage error before any work, not an OSError after it
+    (a default output name grows the input's by ".int8.onnx")."""
+    name, whole = len(os.fsencode(out.name)), len(os.fsencode(str(out)))
+    if name > NAME_MAX or whole > PATH_MAX:
+        what = f"its file name is {name} bytes" if name > NAME_MAX else f"the path is {whole} bytes"
+        raise UsageError(f"{flag} {_printable(out.name[:60])}...: {what}, over the {NAME_MAX if name > NAME_MAX else PATH_MAX} "
+                         f"the file system allows; pass a shorter {flag}")
 
 
 def guard_flags(outputs: Mapping[str, Optional[str]], inputs: Iterable[Path] = (), registry_path: Optional[Path] = None) -> None:
