@@ -137,6 +137,7 @@ def _row(m: Model, variant, shapes):
     row = {"model": m.label, "provider": variant.name, "ep": variant.ep, "description": variant.description,
            "budget": m.budgets.plcc, "fp32": str(m.fp32), "int8": str(m.int8)}
     try:
+        gate.check_quantised(m.int8, m.label)
         with eps.runner(str(m.fp32), variant, _OV_DEVICE.value, _DISABLE.value) as r32, \
                 eps.runner(str(m.int8), variant, _OV_DEVICE.value, _DISABLE.value) as r8:
             result, _ = gate.judge(m.label, str(m.fp32), str(m.int8), r32, r8, m.budgets, real=m.real,

@@ -52,15 +52,17 @@ def test_perturbed_int8_weights_fail_the_budget(tmp_path):
 
 
 def _mlp_pair(tmp_path, bias):
+    """An MLP and its weight-only int8, whose last bias (still fp32) is set to bias."""
     fp32 = tmp_path / "m.onnx"
     fp32.write_bytes(testutil.tiny_mlp(0))
-    model = onnx.load(str(fp32))
-    for t in model.graph.initializer:
-        if t.name == "b1":
-            t.CopyFrom(numpy_helper.from_array(np.array([bias], np.float32), "b1"))
-    int8 = tmp_path / "m.int8.onnx"
-    onnx.save(model, str(int8))
-    return fp32, int8
+    model, _ = quantize.load_for_quantization(fp32)
+    int8 = onnx.load_from_string(quantize.encode(model, "weight_only", False).model_bytes)
+    b1 = [t for t in int8.graph.initializer if t.data_type == TensorProto.FLOAT and list(t.dims) == [1]]
+    assert len(b1) == 1, "the last bias is the one [1]-shaped float initialiser (per-tensor scales are scalars)"
+    b1[0].CopyFrom(numpy_helper.from_array(np.array([bias], np.float32), b1[0].name))
+    path = tmp_path / "m.int8.onnx"
+    onnx.save(int8, str(path))
+    return fp32, path
 
 
 def test_nan_output_fails_the_model(tmp_path):
@@ -123,19 +125,23 @@ def test_unloadable_int8_exits_2(tmp_path):
 
 
 def _constant_pair(tmp_path, c8):
-    def model(c, name):
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])], "const",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-            initializer=[numpy_helper.from_array(np.zeros((2, 3), np.float32), "zero"),
-                         numpy_helper.from_array(np.full(3, c, np.float32), "c")],
-        )
+    """y = x @ 0 + c: fp32 with c = 0.5, and an int8 whose c (c8) is stored as int8 behind a DequantizeLinear."""
+    def model(c, name, quantised):
+        nodes = [helper.make_node("MatMul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])]
+        inits = [numpy_helper.from_array(np.zeros((2, 3), np.float32), "zero")]
+        if quantised:
+            nodes.insert(0, helper.make_node("DequantizeLinear", ["c_q", "c_scale"], ["c"]))
+            inits += [numpy_helper.from_array(np.full(3, round(c / 0.01), np.int8), "c_q"),
+                      numpy_helper.from_array(np.array(0.01, np.float32), "c_scale")]
+        else:
+            inits.append(numpy_helper.from_array(np.full(3, c, np.float32), "c"))
+        graph = helper.make_graph(nodes, "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], initializer=inits)
         path = tmp_path / name
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
         return path
 
-    return model(0.5, "c.onnx"), model(c8, "c.int8.onnx")
+    return model(0.5, "c.onnx", False), model(c8, "c.int8.onnx", True)
 
 
 def test_constant_output_is_judged_by_delta_relative_to_its_scale(tmp_path):
@@ -185,3 +191,14 @@ def test_an_fp32_that_is_not_onnx_is_named_not_a_traceback(tmp_path):
     bad.write_bytes(b"\x08\x07garbage that is not protobuf \xff\xfe")
     r = run("--fp32", bad, "--int8", TINY / "vmaf_tiny_v2.int8.onnx", "--data", TINY / "fixtures" / "vmaf_tiny_v2.soak.npz")
     assert r.returncode == 2 and f"{bad}: not an ONNX model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_int8_that_quantises_nothing_is_refused(tmp_path):
+    """An fp32 model passed as --int8 would pass with drop 0: the gate refuses to judge it."""
+    fp32 = tmp_path / "m.onnx"
+    fp32.write_bytes(testutil.tiny_mlp(0))
+    copy = tmp_path / "m.int8.onnx"
+    copy.write_bytes(fp32.read_bytes())
+    r = run("--fp32", fp32, "--int8", copy)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{copy} quantises nothing" in r.stderr and "pass the int8 artefact" in r.stderr and "Traceback" not in r.stderr

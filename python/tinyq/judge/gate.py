@@ -27,7 +27,7 @@ import numpy as np
 
 from tinyq.judge import arithmetic, drops, gate_report
 from tinyq.judge.verdicts import ArithmeticRow, Budgets, GateError, ModelResult, SetResult, TaskCheck
-from tinyq.model import calibration, runner
+from tinyq.model import calibration, runner, weights
 
 SYNTHETIC_SAMPLES = 16
 SYNTHETIC_SEED = 0
@@ -54,6 +54,18 @@ def load_session(path: Path, what: str, model_id: str):
         raise GateError(f"{model_id}: {what} model {e}") from None
     except Exception as e:  # onnxruntime raises its own exception types
         raise GateError(f"{model_id}: {what} model {path} fails to load in onnxruntime: {e}") from None
+
+
+def check_quantised(int8: Path, model_id: str) -> None:
+    """GateError unless the int8 model holds quantisation (int8 weights, Q/DQ or integer ops): an
+    fp32 model passed as the int8 would pass with drop 0."""
+    try:
+        quantised = weights.is_quantised(calibration.read_model(int8))
+    except calibration.ModelFileError as e:
+        raise GateError(f"{model_id}: int8 model {e}") from None
+    if not quantised:
+        raise GateError(f"{model_id}: the int8 model {int8} quantises nothing (no QuantizeLinear, DequantizeLinear or "
+                        f"integer op): it is an fp32 model, which would pass with drop 0; pass the int8 artefact")
 
 
 def parse_input_shapes(values: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
@@ -318,6 +330,7 @@ def gate_model(model_id: str, fp32: Path, int8: Path, budgets: Budgets, *,
     arithmetics: judge each real set in both int8 arithmetics (False: this CPU's own only)."""
     sess32 = load_session(fp32, "fp32", model_id)
     sess8 = load_session(int8, "int8", model_id)
+    check_quantised(int8, model_id)
     _check_inputs_match(model_id, sess32, sess8)
     try:
         result, runs = judge(model_id, str(fp32), str(int8), sess32, sess8, budgets, real=real, real_label=real_label,
