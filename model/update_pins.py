@@ -22,7 +22,7 @@ from tinyq.io import transaction
 from tinyq.io.fileio import atomic_write_all, dumps_json, sha256_file
 from tinyq.model import loading
 from tinyq.quant import quantize
-from tinyq.registry import registry, sidecar
+from tinyq.registry import layout, registry, sidecar
 
 BUILT = Path("model") / "int8"  # in this target's runfiles
 
@@ -52,7 +52,7 @@ def _update(tiny: Path) -> int:
     for entry in data["models"]:
         mid = entry["id"]
         fp32 = tiny / entry["onnx"]
-        int8 = registry.int8_path_for(fp32)
+        int8 = layout.int8_path_for(fp32)
         entry["sha256"] = sha256_file(fp32)
         recipe = recipes.get(mid)
         if recipe is None:
@@ -81,7 +81,7 @@ def _update(tiny: Path) -> int:
             entry.pop("quant_calibration_set", None)
         print(f"update_pins: {mid}: {recipe['mode']} ({recipe['purpose']}), {fp32_size} -> {size} B (x{fp32_size / size:.2f}), int8 sha256 {entry['int8_sha256']}")
     for entry in data["models"]:
-        side_path = registry.sidecar_path_for(tiny / entry["onnx"])
+        side_path = layout.sidecar_path_for(tiny / entry["onnx"])
         files[side_path] = dumps_json(sidecar.sync(registry.read_json(side_path), entry)).encode()
     files[reg_path] = dumps_json(data).encode()  # last: the journal lies beside it
     atomic_write_all(list(files.items()))

@@ -178,7 +178,7 @@ def _semantics(model_inputs):
 
 def _int8(fp32_path, fp32_size, mode):
     """(source path, dest path, bytes) of the int8 artefact to pin; Refused when it cannot be."""
-    dest = registry.int8_path_for(fp32_path)
+    dest = layout.int8_path_for(fp32_path)
     src = cli.resolve_user_path(_INT8.value) if _INT8.value else dest
     if not src.is_file():
         raise cli.UsageError(f"--quant-mode {mode}: no int8 file {src}; quantise first (//python:ptq_static or "
@@ -300,7 +300,7 @@ class Plan:
                                  f"(int8_sha256 {recipe_sha}): pass the file ptq_auto wrote with it (--int8 P)")
         self.entry = _entry(self.prev, self.mid, self.kind, self.rel, self.sha, self.model, self.mode, self.int8_sha,
                             self.calib_rel, described)
-        side = registry.sidecar_path_for(self.fp32)
+        side = layout.sidecar_path_for(self.fp32)
         self.files.append((None, side, dumps_json(_sidecar(side, self.entry, self.model)).encode()))
 
     def _fixtures(self):

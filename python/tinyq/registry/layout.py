@@ -1,4 +1,5 @@
-"""The folders a registry implies: where each model's data sets live, beside registry.json.
+"""The files and folders a registry implies: each model's int8 artefact and sidecar, named after
+its fp32 model, and where its data sets live, beside registry.json.
 
   calibration/<id>.npz        train-split inputs, what static PTQ calibrates on;
   validation/<id>.val.npz     val-split inputs with targets, what quantisation choices are made on;
@@ -27,3 +28,13 @@ def fixture_path(model_dir: Path, model_id: str) -> Path:
 def shift_path(model_dir: Path, model_id: str) -> Path:
     """Val-split inputs under degradations stronger than the corpus holds (tinyq.zoo.shift); inputs only."""
     return Path(model_dir) / "shift" / f"{model_id}.shift.npz"
+
+
+def int8_path_for(onnx: Path) -> Path:
+    """<basename>.int8.onnx beside the fp32 model."""
+    return onnx.with_name(onnx.name[: -len(".onnx")] + ".int8.onnx")
+
+
+def sidecar_path_for(onnx: Path) -> Path:
+    """<basename>.json beside the model."""
+    return onnx.with_name(onnx.name[: -len(".onnx")] + ".json")

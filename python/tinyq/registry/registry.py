@@ -78,11 +78,11 @@ class ModelEntry:
 
     @property
     def int8_onnx(self) -> Path:
-        return int8_path_for(self.onnx)
+        return layout.int8_path_for(self.onnx)
 
     @property
     def sidecar(self) -> Path:
-        return sidecar_path_for(self.onnx)
+        return layout.sidecar_path_for(self.onnx)
 
     @property
     def quantised(self) -> bool:
@@ -119,16 +119,6 @@ class RegistryInvalid(Exception):
         self.path = path
         self.findings = findings
         super().__init__("\n".join(f.format(path) for f in findings))
-
-
-def int8_path_for(onnx: Path) -> Path:
-    """<basename>.int8.onnx beside the fp32 model."""
-    return onnx.with_name(onnx.name[: -len(".onnx")] + ".int8.onnx")
-
-
-def sidecar_path_for(onnx: Path) -> Path:
-    """<basename>.json beside the model."""
-    return onnx.with_name(onnx.name[: -len(".onnx")] + ".json")
 
 
 def _pointer(parts: Iterable[Any]) -> str:
@@ -276,7 +266,7 @@ class _Checker:
             if m.get("quant_mode", DEFAULT_QUANT_MODE) != "fp32":
                 self.check_int8(entry, base, m, onnx)
                 self.check_fixture(entry, base, onnx)
-            self.check_sidecar(entry, base, m, sidecar_path_for(onnx))
+            self.check_sidecar(entry, base, m, layout.sidecar_path_for(onnx))
 
         calib = paths.get("quant_calibration_set")
         if calib is not None and not calib.is_file():
@@ -284,7 +274,7 @@ class _Checker:
         # sigstore_bundle files are produced at release time; only their path is checked.
 
     def check_int8(self, entry: str, base: str, m: Dict[str, Any], onnx: Path) -> None:
-        int8 = int8_path_for(onnx)
+        int8 = layout.int8_path_for(onnx)
         self.check_hash("int8_sha256_mismatch", entry, f"{base}/int8_sha256", int8, m["int8_sha256"], "int8 model")
         if not int8.is_file():
             return

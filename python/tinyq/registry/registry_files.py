@@ -16,9 +16,9 @@ def _entry_files(root: Path, i: int, m: Dict[str, Any]) -> Dict[Path, str]:
     if isinstance(m.get("onnx"), str) and m["onnx"].endswith(".onnx"):
         fp32 = root / m["onnx"]
         files[fp32] = f"the fp32 model of {mid!r}"
-        files[registry.sidecar_path_for(fp32)] = f"the sidecar of {mid!r}"
+        files[layout.sidecar_path_for(fp32)] = f"the sidecar of {mid!r}"
         if m.get("int8_sha256") or m.get("quant_mode") not in (None, "fp32"):
-            files[registry.int8_path_for(fp32)] = f"the pinned int8 artefact of {mid!r}"
+            files[layout.int8_path_for(fp32)] = f"the pinned int8 artefact of {mid!r}"
     elif isinstance(m.get("onnx"), str):
         files[root / m["onnx"]] = f"the fp32 model of {mid!r}"
     for field in ("quant_calibration_set", "sigstore_bundle"):
