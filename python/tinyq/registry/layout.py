@@ -9,7 +9,9 @@ its fp32 model, and where its data sets live, beside registry.json.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 
 def calibration_path(model_dir: Path, model_id: str) -> Path:
@@ -38,3 +40,48 @@ def int8_path_for(onnx: Path) -> Path:
 def sidecar_path_for(onnx: Path) -> Path:
     """<basename>.json beside the model."""
     return onnx.with_name(onnx.name[: -len(".onnx")] + ".json")
+
+
+def entry_files(root: Path, m: Mapping[str, Any], mid: Optional[str]) -> List[Tuple[str, Path, str]]:
+    """(field, file, what it is) for every file one registry entry names or implies: its fp32 model,
+    sidecar and (quantised) pinned int8 artefact, its calibration set and signature bundle, and
+    the data sets its id implies that exist. mid: the entry's id, None when it is not a valid one."""
+    out: List[Tuple[str, Path, str]] = []
+    onnx = m.get("onnx")
+    if isinstance(onnx, str):
+        fp32 = root / onnx
+        out.append(("onnx", fp32, "fp32 model"))
+        if onnx.endswith(".onnx"):
+            out.append(("onnx", sidecar_path_for(fp32), "sidecar"))
+            if m.get("int8_sha256") or m.get("quant_mode") not in (None, "fp32"):
+                out.append(("onnx", int8_path_for(fp32), "pinned int8 artefact"))
+    for field, what in (("quant_calibration_set", "calibration set"), ("sigstore_bundle", "signature bundle")):
+        if isinstance(m.get(field), str):
+            out.append((field, root / m[field], what))
+    if mid:
+        implied = (("calibration set", calibration_path), ("soak fixture", fixture_path),
+                   ("validation set", validation_path), ("shift set", shift_path))
+        out += [("id", where(root, mid), what) for what, where in implied if where(root, mid).exists()]
+    return out
+
+
+def _identity(path: Path) -> str:
+    """One key per file: its real path when it exists (two names for one file are one file)."""
+    return os.path.realpath(path) if os.path.lexists(path) else os.path.normpath(path)
+
+
+def files_named_twice(root: Path, models: Sequence[Any], valid_id: Callable[[str], bool]) -> List[Tuple[int, str, str]]:
+    """(entry index, field, message) for each file that a second entry, or a second role of one
+    entry, names again: pinning one entry's int8 would replace another's model."""
+    seen: Dict[str, Tuple[int, str]] = {}
+    found = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            continue
+        mid = m["id"] if isinstance(m.get("id"), str) and valid_id(m["id"]) else None
+        for field, path, what in entry_files(root, m, mid):
+            role = f"the {what} of {mid or f'models[{i}]'!r}"
+            first = seen.setdefault(_identity(path), (i, role))
+            if first[1] != role:
+                found.append((i, field, f"{path} is {role} and also {first[1]}"))
+    return found

@@ -470,6 +470,8 @@ def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Fi
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return None, c.findings
     c.check_unique_ids()
+    for i, key, message in layout.files_named_twice(path.parent, data["models"], ID_PATTERN.fullmatch):
+        c.add("file_named_twice", c.entry_name(i), _pointer(["models", i, key]), message)
     for i, m in enumerate(data["models"]):
         if i not in bad:
             c.check_entry(i, m)

@@ -11,24 +11,9 @@ from tinyq.registry import layout, registry
 
 
 def _entry_files(root: Path, i: int, m: Dict[str, Any]) -> Dict[Path, str]:
-    mid = str(m.get("id", f"models[{i}]"))
-    files: Dict[Path, str] = {}
-    if isinstance(m.get("onnx"), str) and m["onnx"].endswith(".onnx"):
-        fp32 = root / m["onnx"]
-        files[fp32] = f"the fp32 model of {mid!r}"
-        files[layout.sidecar_path_for(fp32)] = f"the sidecar of {mid!r}"
-        if m.get("int8_sha256") or m.get("quant_mode") not in (None, "fp32"):
-            files[layout.int8_path_for(fp32)] = f"the pinned int8 artefact of {mid!r}"
-    elif isinstance(m.get("onnx"), str):
-        files[root / m["onnx"]] = f"the fp32 model of {mid!r}"
-    for field in ("quant_calibration_set", "sigstore_bundle"):
-        if isinstance(m.get(field), str):
-            files[root / m[field]] = f"the {field} of {mid!r}"
-    if isinstance(m.get("id"), str) and registry.ID_PATTERN.fullmatch(m["id"]):
-        implied = {layout.calibration_path(root, mid): "calibration set", layout.fixture_path(root, mid): "soak fixture",
-                   layout.validation_path(root, mid): "validation set", layout.shift_path(root, mid): "shift set"}
-        files.update({p: f"the {what} of {mid!r}" for p, what in implied.items() if p.exists()})
-    return files
+    mid = m["id"] if isinstance(m.get("id"), str) and registry.ID_PATTERN.fullmatch(m["id"]) else None
+    name = str(m.get("id", f"models[{i}]"))
+    return {path: f"the {what} of {name!r}" for _, path, what in layout.entry_files(root, m, mid)}
 
 
 def named_files(path: Path) -> Dict[Path, str]:

@@ -20,6 +20,8 @@ _FIXES = {
     "calibration_set_missing": "add quant_calibration_set pointing at the model's calibration .npz, "
     "or use quant_mode dynamic",
     "duplicate_id": "give each model a unique id",
+    "file_named_twice": "give each file one role: rename the model (its int8 artefact and sidecar are named after "
+    "it) or point the field at another file",
     "duplicate_key": "keep one of the two values and delete the other: JSON readers disagree on which one wins",
     "path_escape": "use a relative path that stays inside the registry's directory, with no '..' and no "
     "symlink leading out",

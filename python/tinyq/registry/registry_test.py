@@ -169,3 +169,23 @@ def test_a_budget_that_is_not_a_finite_number_is_refused(tree, value):
     tree.write_text(text.replace('"quant_mode": "dynamic"', f'"quant_mode": "dynamic", "quant_accuracy_budget_plcc": {value}', 1))
     reg, findings = registry.check(tree)
     assert reg is None and [f.code for f in findings] == ["malformed_json"] and value in findings[0].message
+
+
+def test_a_file_named_twice_is_a_finding(tree):
+    """Entry m_fp32's model named like m_dyn's pinned int8: pinning m_dyn would replace it."""
+    data = json.loads(tree.read_text())
+    (tree.parent / "m_fp32.onnx").rename(tree.parent / "other.onnx")
+    data["models"][0]["onnx"] = "m_dyn.int8.onnx"
+    data["models"][0]["sha256"] = data["models"][1]["int8_sha256"]
+    tree.write_text(json.dumps(data))
+    _, findings = registry.check(tree)
+    twice = [f for f in findings if f.code == "file_named_twice"]
+    assert [(f.entry, f.pointer) for f in twice] == [("m_dyn", "/models/1/onnx")], findings
+    assert "m_dyn.int8.onnx is the pinned int8 artefact of 'm_dyn' and also the fp32 model of 'm_fp32'" in twice[0].message
+
+
+def test_a_calibration_set_named_explicitly_and_by_its_id_is_one_role(tree):
+    data = json.loads(tree.read_text())
+    assert data["models"][2]["quant_calibration_set"] == "calibration/m_static.npz"
+    _, findings = registry.check(tree)
+    assert not [f for f in findings if f.code == "file_named_twice"]
