@@ -42,7 +42,7 @@ from tinyq.io.fileio import atomic_write_all, dumps_json
 from tinyq.judge import drops, gate
 from tinyq.model import calibration, runner
 from tinyq.quant import quantize
-from tinyq.registry import defaults, layout, registry
+from tinyq.registry import defaults, heldout, layout, registry
 from tinyq.search import auto, auto_report, latency
 
 EXIT_NONE_WITHIN_BUDGET = 6
@@ -109,12 +109,25 @@ def _inputs():
         if not _CALIBRATION.value and not Path(cal).is_file():
             raise cli.UsageError(f"{entry.id} has no calibration set ({cal} does not exist): register one with "
                                  f"register_model --calibration-data C.npz, or pass --calibration C.npz")
+        _refuse_held_out(reg, {"--calibration": cal, "--validation": val})
         registered = layout.shift_path(reg.root, entry.id)
         shift = None if _SHIFT.value or not registered.is_file() else registered
     if _SHIFT.value or _FP32.value:
         shift = cli.resolve_user_path(_SHIFT.value) if _SHIFT.value else None
     budgets = base.overridden(plcc=_BUDGET.value, task=_TASK_BUDGET.value, shift=_SHIFT_BUDGET.value)
     return label, fp32, cal, val, shift, budgets, declared
+
+
+def _refuse_held_out(reg, sets) -> None:
+    """Choices are made on the calibration and validation sets, never on a soak fixture (compared
+    by file identity: no fixture is opened)."""
+    fixtures = heldout.soak_fixtures(reg.root, reg.data["models"], registry.ID_PATTERN.fullmatch)
+    for flag, path in sets.items():
+        fixture = heldout.reused_fixture(Path(path), fixtures)
+        if fixture is not None:
+            raise cli.UsageError(f"{flag} {path} is the soak fixture {fixture} (or a link to it): ptq_auto chooses on "
+                                 f"calibration and validation data and never on the held-out set that judges it; "
+                                 f"pass a val-split set")
 
 
 def _load(fp32, cal_path, val_path, shift_path):

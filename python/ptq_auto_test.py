@@ -177,6 +177,14 @@ def test_soak_fixture_is_never_read_during_selection(tmp_path):
     assert not [p for p in opened if "fixtures" in p or p.endswith(".soak.npz")]
 
 
+def test_a_soak_fixture_passed_as_a_choice_set_is_refused():
+    fixture = Path("model/tiny/fixtures/vmaf_tiny_v2.soak.npz").resolve()
+    for flag in ("--validation", "--calibration"):
+        r = run("--id", "vmaf_tiny_v2", flag, fixture)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"{flag} {fixture} is the soak fixture" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_usage_errors_exit_2(tmp_path):
     assert run().returncode == 2
     for flag in ("--budget", "--shift-budget", "--task-budget"):  # NaN passes absl's bounds checks

@@ -40,7 +40,7 @@ from tinyq.io.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
 from tinyq.judge import drops
 from tinyq.model import calibration, compaction, loading, weights
 from tinyq.quant import quantize
-from tinyq.registry import defaults, layout, registry, sidecar
+from tinyq.registry import defaults, heldout, layout, registry, sidecar
 
 _KIND = flags.DEFINE_enum("kind", None, sorted(registry.REFERENCE_KINDS), "The model's kind (required for a new entry).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry to add the model to (default: model/tiny/registry.json).")
@@ -291,7 +291,7 @@ class Plan:
         self.files = [(src, self.fp32, model_bytes)] if model_bytes is not None else []
         self.sha = hashlib.sha256(model_bytes).hexdigest() if model_bytes is not None else sha256_file(self.fp32)
         self.fp32_size = len(model_bytes) if model_bytes is not None else loading.model_bytes_on_disk(self.fp32)
-        self._fixtures()
+        self._fixtures(data)
         recipe_mode, described, recipe_sha = _recipe() if _RECIPE.value else (None, None, None)
         self.mode = recipe_mode or _MODE.value or self.prev.get("quant_mode", defaults.DEFAULT_QUANT_MODE)
         self.int8_sha = self._int8() if self.mode != "fp32" else None
@@ -303,7 +303,8 @@ class Plan:
         side = layout.sidecar_path_for(self.fp32)
         self.files.append((None, side, dumps_json(_sidecar(side, self.entry, self.model)).encode()))
 
-    def _fixtures(self):
+    def _fixtures(self, data):
+        self._refuse_held_out(data)
         inputs = calibration.graph_inputs(self.model)
         calib_path, soak_path = layout.calibration_path(self.reg_dir, self.mid), layout.fixture_path(self.reg_dir, self.mid)
         calib = _fixture("--calibration-data", _CALIBRATION.value, calib_path, inputs, keep_target=False)
@@ -313,6 +314,20 @@ class Plan:
         self.files += [f for f in (calib, soak, val) if f is not None]
         self.calib_rel = f"calibration/{self.mid}.npz" if calib or calib_path.is_file() else None
         self.has_soak = bool(soak) or soak_path.is_file()
+
+    def _refuse_held_out(self, data):
+        """No choice set (--calibration-data, --validation-data) may be held-out data: the --soak-data
+        given, or a soak fixture of the registry; the same file, a link to it, or its bytes."""
+        fixtures = heldout.soak_fixtures(self.reg_dir, data["models"], registry.ID_PATTERN.fullmatch)
+        if _SOAK.value and cli.resolve_user_path(_SOAK.value).is_file():
+            fixtures.append(cli.resolve_user_path(_SOAK.value))
+        hashes = {f: sha256_file(f) for f in fixtures}
+        for flag, value in (("--calibration-data", _CALIBRATION.value), ("--validation-data", _VALIDATION.value)):
+            fixture = heldout.reused_fixture(cli.resolve_user_path(value), fixtures, hashes) if value else None
+            if fixture is not None:
+                raise cli.UsageError(f"{flag} {value} is the held-out set {fixture} (the same file, a link to it, or its "
+                                     f"bytes): the gate judges on held-out data, so no choice may be made on it; pass "
+                                     f"train-split (calibration) or val-split (validation) data")
 
     def _int8(self):
         if self.mode == "static" and not self.calib_rel:

@@ -234,3 +234,19 @@ def test_a_nan_budget_is_refused_before_anything_is_written(user):
     src, reg = user
     r = register(src, reg, "--kind", "fr", "--budget", "nan")
     assert r.returncode == 2 and "must be a finite number" in r.stderr and not reg.exists(), r.stderr
+
+
+def test_held_out_data_is_never_a_calibration_or_validation_set(user):
+    src, reg = user
+    r = register(src, reg, "--kind", "fr", "--soak-data", src.parent / "soak.npz")
+    assert r.returncode == 0, r.stderr
+    fixture = reg.parent / "fixtures" / "scorer.soak.npz"
+    copy = src.parent / "copy.npz"
+    copy.write_bytes(fixture.read_bytes())
+    before = {p: p.read_bytes() for p in reg.parent.rglob("*") if p.is_file()}
+    for flag, value in (("--calibration-data", fixture), ("--validation-data", copy),
+                        ("--calibration-data", src.parent / "soak.npz")):  # the --soak-data of this very call
+        r = register(src, reg, "--soak-data", src.parent / "soak.npz", flag, value)
+        assert r.returncode == 2, r.stderr
+        assert f"{flag} {value} is the held-out set" in r.stderr and "Traceback" not in r.stderr
+        assert {p: p.read_bytes() for p in reg.parent.rglob("*") if p.is_file()} == before

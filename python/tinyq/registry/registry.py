@@ -30,7 +30,7 @@ import jsonschema
 
 from tinyq.io.errors import TooLarge
 from tinyq.io.fileio import file_problem, read_regular, sha256_file
-from tinyq.registry import layout
+from tinyq.registry import heldout, layout
 from tinyq.registry.defaults import DEFAULT_BUDGET_PLCC, DEFAULT_QUANT_MODE
 from tinyq.registry.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
@@ -472,6 +472,8 @@ def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Fi
     c.check_unique_ids()
     for i, key, message in layout.files_named_twice(path.parent, data["models"], ID_PATTERN.fullmatch):
         c.add("file_named_twice", c.entry_name(i), _pointer(["models", i, key]), message)
+    for i, key, message in heldout.reuse_findings(path.parent, data["models"], ID_PATTERN.fullmatch, read_held_out):
+        c.add("held_out_reused", c.entry_name(i), _pointer(["models", i, key]), message)
     for i, m in enumerate(data["models"]):
         if i not in bad:
             c.check_entry(i, m)

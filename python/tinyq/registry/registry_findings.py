@@ -22,6 +22,8 @@ _FIXES = {
     "duplicate_id": "give each model a unique id",
     "file_named_twice": "give each file one role: rename the model (its int8 artefact and sidecar are named after "
     "it) or point the field at another file",
+    "held_out_reused": "choose on real val-split data that is not the soak fixture: register a separate calibration "
+    "or validation set (register_model --calibration-data, --validation-data)",
     "duplicate_key": "keep one of the two values and delete the other: JSON readers disagree on which one wins",
     "path_escape": "use a relative path that stays inside the registry's directory, with no '..' and no "
     "symlink leading out",

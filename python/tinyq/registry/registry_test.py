@@ -1,6 +1,7 @@
 """tinyq.registry.registry: a valid tree loads; each bad input gets its own finding code and pointer."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,20 @@ def test_a_calibration_set_named_explicitly_and_by_its_id_is_one_role(tree):
     assert data["models"][2]["quant_calibration_set"] == "calibration/m_static.npz"
     _, findings = registry.check(tree)
     assert not [f for f in findings if f.code == "file_named_twice"]
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard_link", "copy"])
+def test_a_calibration_or_validation_set_that_is_a_soak_fixture_is_refused(tree, how):
+    root = tree.parent
+    fixture = root / "fixtures" / "m_static.soak.npz"
+    for victim in (root / "calibration" / "m_static.npz", root / "validation" / "m_dyn.val.npz"):
+        victim.parent.mkdir(exist_ok=True)
+        victim.unlink(missing_ok=True)
+        {"symlink": lambda: victim.symlink_to(fixture), "hard_link": lambda: os.link(fixture, victim),
+         "copy": lambda: victim.write_bytes(fixture.read_bytes())}[how]()
+    _, findings = registry.check(tree)
+    reused = [(f.entry, f.pointer) for f in findings if f.code == "held_out_reused"]
+    assert reused == [("m_dyn", "/models/1/id"), ("m_static", "/models/2/quant_calibration_set")], findings
+    # A tool that makes choices (ptq_auto) opens no fixture: links are still caught, copies are left to validation.
+    _, findings = registry.check(tree, read_held_out=False)
+    assert len([f for f in findings if f.code == "held_out_reused"]) == (0 if how == "copy" else 2)
