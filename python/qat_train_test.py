@@ -75,3 +75,19 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, text, message):
     r = run("--config", config, "--output", tmp_path / "o.onnx", "--smoke")
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert str(config) in r.stderr and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "huge"])
+def test_a_config_that_is_not_a_small_regular_file_is_refused_at_once(tmp_path, kind):
+    config = tmp_path / "c.yaml"
+    if kind == "fifo":
+        os.mkfifo(config)  # nobody writes it: a blocking read would hang forever
+    elif kind == "dev_zero":
+        config = Path("/dev/zero")  # endless: a whole read would fill memory
+    else:
+        with open(config, "wb") as f:
+            f.truncate(1 << 40)  # 1 TiB, sparse
+    r = subprocess.run([str(TOOL), "--config", config, "--output", tmp_path / "o.onnx", "--smoke"], capture_output=True,
+                       text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("BUILD_")})
+    assert r.returncode == 2 and str(config) in r.stderr and "regular" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.onnx").exists()

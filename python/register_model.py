@@ -36,7 +36,7 @@ from absl import flags
 
 from tinyq.app import cli
 from tinyq.io import transaction
-from tinyq.io.fileio import atomic_write_all, dumps_json, npz_bytes, sha256_file
+from tinyq.io.fileio import atomic_write_all, dumps_json, npz_bytes, read_regular, sha256_file
 from tinyq.judge import drops
 from tinyq.model import calibration, compaction, loading, weights
 from tinyq.quant import quantize
@@ -139,7 +139,7 @@ def _placement(src, model, reg_dir, mid):
         compaction.strip_metadata(clean)
     data = clean.SerializeToString()
     dest = reg_dir / f"{mid}.onnx"
-    if dest.exists() and dest.read_bytes() != data:
+    if dest.exists() and _read_model_bytes(dest, "--id") != data:
         raise cli.UsageError(f"{dest} exists and holds another model; tinyq never overwrites it: remove it first, or pass "
                              f"another --id")
     return f"{mid}.onnx", None if dest.exists() else data
@@ -176,6 +176,18 @@ def _semantics(model_inputs):
     return out
 
 
+def _read_model_bytes(path: Path, flag: str) -> bytes:
+    """A model file's bytes, read only when it is a regular file within the model cap (a FIFO would
+    block under the registry's lock; a 1 TiB sparse file is refused by its size)."""
+    try:
+        calibration.check_model_file(path)
+        return read_regular(path, calibration.MAX_MODEL_BYTES)
+    except calibration.ModelFileError as e:
+        raise cli.UsageError(f"{flag}: {e}") from None
+    except OSError as e:
+        raise cli.UsageError(f"{flag}: {path}: {e.strerror}") from None
+
+
 def _int8(fp32_path, fp32_size, mode):
     """(source path, dest path, bytes) of the int8 artefact to pin; Refused when it cannot be."""
     dest = layout.int8_path_for(fp32_path)
@@ -183,7 +195,7 @@ def _int8(fp32_path, fp32_size, mode):
     if not src.is_file():
         raise cli.UsageError(f"--quant-mode {mode}: no int8 file {src}; quantise first (//python:ptq_static or "
                              f"//python:ptq_dynamic), or pass --int8 P")
-    data = src.read_bytes()
+    data = _read_model_bytes(src, "--int8")
     try:
         n = weights.int8_weight_elements(onnx.load_from_string(data))
     except Exception as e:

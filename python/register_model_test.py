@@ -250,3 +250,21 @@ def test_held_out_data_is_never_a_calibration_or_validation_set(user):
         assert r.returncode == 2, r.stderr
         assert f"{flag} {value} is the held-out set" in r.stderr and "Traceback" not in r.stderr
         assert {p: p.read_bytes() for p in reg.parent.rglob("*") if p.is_file()} == before
+
+
+def test_files_that_are_not_small_regular_ones_are_refused_without_hanging(user):
+    src, reg = user
+    (reg.parent / "scorer.onnx").unlink(missing_ok=True)
+    os.mkfifo(reg.parent / "scorer.onnx")  # the model's place in the registry: reading it would block under the lock
+    r = subprocess.run([str(TOOL), src, "--registry", reg, "--kind", "fr"], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("BUILD_")})
+    assert r.returncode == 2 and "scorer.onnx" in r.stderr and "FIFO" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (reg.parent / "scorer.onnx").unlink()
+    huge = src.parent / "huge.int8.onnx"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)  # 1 TiB, sparse: refused by its size, never read
+    r = subprocess.run([str(TOOL), src, "--registry", reg, "--kind", "fr", "--quant-mode", "dynamic", "--soak-data",
+                        src.parent / "soak.npz", "--int8", huge], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("BUILD_")})
+    assert r.returncode == 10 and str(huge) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (reg.parent / "registry.json").exists()

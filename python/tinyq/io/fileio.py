@@ -65,6 +65,10 @@ def read_regular(path: PathLike, max_bytes: int) -> bytes:
     and why otherwise."""
     try:
         with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:  # a 1 TiB sparse file is refused by its size, never read
+                raise OSError(errno.EFBIG, f"{size} bytes, larger than the {max_bytes} bytes tinyq reads of it",
+                              os.fspath(path))
             raw = f.read(max_bytes + 1)
     except UnreadableFile as e:
         missing = str(e) == "file not found"

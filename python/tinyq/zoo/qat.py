@@ -31,6 +31,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from tinyq.io.fileio import read_regular
 from tinyq.quant import quantize
 from tinyq.zoo import corpus, train, zoo
 
@@ -105,6 +106,9 @@ def _fill(path: Path, prefix: str, cls, raw: Any):
     return cls(**out)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a QAT config is a page of YAML
+
+
 def load_config(path: Path) -> QatConfig:
     """Reads and validates python/configs/<id>_qat.yaml: `model`, a `train:` block mirroring the
     zoo's training settings, and a `qat:` block with the phase settings."""
@@ -112,9 +116,13 @@ def load_config(path: Path) -> QatConfig:
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config not found") from None
+    except OSError as e:  # a FIFO, a device, a directory, or over the cap: refused without blocking or reading it whole
+        raise ConfigError(f"{path}: {e.strerror}; pass a regular YAML file of at most {MAX_CONFIG_BYTES} bytes") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
