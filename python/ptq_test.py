@@ -273,3 +273,24 @@ def test_a_default_output_name_too_long_for_the_file_system_is_a_usage_error(tmp
     assert r.returncode == 2, r.stderr
     assert "--output" in r.stderr and "257 bytes, over the 255" in r.stderr and "pass a shorter --output" in r.stderr
     assert "Traceback" not in r.stderr and sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+@pytest.mark.parametrize("target", ["registry.json", "m_fp32.onnx", "elsewhere.bin"])
+def test_a_symlink_that_appears_at_the_output_after_the_check_is_refused(tmp_path, tool, target):
+    """The race: the output is checked before the work, a symlink replaces it while the tool runs
+    (TINYQ_FAULT_SYMLINK makes it appear just before the write, every time)."""
+    reg = testutil.make_tree(tmp_path)
+    out_dir = reg.parent / "out"
+    out_dir.mkdir()
+    (reg.parent / "elsewhere.bin").write_bytes(b"mine")
+    files = lambda: {p: p.read_bytes() for p in sorted(reg.parent.rglob("*")) if p.is_file() and not p.is_symlink()}
+    before = files()
+    out = out_dir / "t.int8.onnx"
+    extra = ["--registry", reg] if tool == STATIC else []
+    r = run(tool, reg.parent / "m_static.onnx", *extra, "--output", out,
+            env_extra={"TINYQ_FAULT_SYMLINK": f"{out}=../{target}"})
+    assert r.returncode == 9, r.stdout + r.stderr
+    assert "a symlink appeared" in r.stderr and "nothing was written" in r.stderr and "Traceback" not in r.stderr
+    out.unlink()
+    assert files() == before

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, List, Mapping, Optional
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 from absl import app, flags
 
+from tinyq.io import transaction
 from tinyq.io.errors import (  # noqa: F401  (re-exported: tools use cli.EXIT_* and cli.UsageError)
     EXIT_BUSY, EXIT_FAIL, EXIT_INTERNAL, EXIT_NOT_JUDGED, EXIT_OK, EXIT_TOO_LARGE, EXIT_UNSAFE_OUTPUT, EXIT_USAGE,
     EXIT_WRITE_FAILED, Busy, TooLarge, UnsafeOutput, UsageError, WriteFailed)
@@ -149,8 +150,6 @@ def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path],
     the registry itself, a model, sidecar, pinned int8, calibration, soak or validation set (exit 9).
     outputs maps the flag that sets each path (e.g. "--output") to the path, or None. pinning=True
     is the pinning path (register_model), which may replace what registry_path names."""
-    from tinyq.registry import registry_files
-
     outs = {flag: p for flag, p in outputs.items() if p is not None}
     inputs = [Path(p) for p in inputs]
     for flag, out in outs.items():
@@ -170,6 +169,27 @@ def guard_outputs(outputs: Mapping[str, Optional[Path]], inputs: Iterable[Path],
         for b in names[i + 1 :]:
             if same_file(outs[a], outs[b]):
                 raise UnsafeOutput(f"{a} and {b} are the same file {outs[a]}; pass two different paths")
+    _refuse_registry_files(outs, inputs, registry_path, pinning)
+    seen = {str(out): (os.path.islink(out), os.path.realpath(out)) for out in outs.values()}
+
+    def again(paths: Sequence[str]) -> None:
+        """The same guard under the write's lock, immediately before its commit, on the paths as they
+        resolve now: a symlink that appeared at an output since, or that leads to a file a registry
+        names, is refused."""
+        now = {flag: out for flag, out in outs.items() if str(out) in paths}
+        for flag, out in now.items():
+            if (os.path.islink(out), os.path.realpath(out)) != seen[str(out)]:
+                raise UnsafeOutput(f"{flag} {out}: a symlink appeared at the path after the check (it leads to "
+                                   f"{os.path.realpath(out)}); nothing was written")
+        _refuse_registry_files(now, inputs, registry_path, pinning)
+
+    transaction.before_commit(again)
+
+
+def _refuse_registry_files(outs: Mapping[str, Path], inputs: Sequence[Path], registry_path: Optional[Path],
+                           pinning: bool) -> None:
+    from tinyq.registry import registry_files
+
     for reg in _registries(registry_path, [*inputs, *outs.values()]):
         if pinning and registry_path and same_file(reg, registry_path):
             continue

@@ -102,14 +102,25 @@ def atomic_write_all(files: Sequence[Tuple[PathLike, Optional[bytes]]]) -> None:
     """
     from tinyq.io import errors, transaction
 
+    _fault_symlink()
     targets = [(transaction.real_target(p), data) for p, data in files]
     if len({t for t, _ in targets}) != len(targets):
         raise ValueError(f"one file named twice in one write: {[os.fspath(p) for p, _ in files]}")
     try:
-        transaction.write_all(targets)  # a lock held too long raises transaction.LockTimeout, an errors.Busy
+        transaction.write_all(targets, named=[os.fspath(p) for p, _ in files])  # LockTimeout: an errors.Busy
     except OSError as e:
         where = e.filename or (targets[-1][0] if targets else "?")
         raise errors.WriteFailed(f"cannot write {where}: {e.strerror or e}; nothing was written, every old file is in place") from None
+
+
+def _fault_symlink() -> None:
+    """The race hook the symlink tests use: TINYQ_FAULT_SYMLINK=LINK=TARGET makes LINK a symlink to
+    TARGET just before a write begins, as an attacker racing the tool would after its checks."""
+    spec = os.environ.get("TINYQ_FAULT_SYMLINK")
+    if spec and "=" in spec:
+        link, target = spec.split("=", 1)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
 
 
 def dumps_json(obj: Any) -> str:

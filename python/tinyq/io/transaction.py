@@ -42,7 +42,7 @@ import stat
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from tinyq.io import errors, journal
 from tinyq.io.journal import JOURNAL_NAME, SET_ASIDE_NAME
@@ -257,9 +257,32 @@ def _remove_journal(directory: str) -> None:
     _fsync_dir(directory)
 
 
-def write_all(files: Sequence[Tuple[str, Optional[bytes]]]) -> None:
+_before_commit: List[Callable[[Sequence[str]], None]] = []
+
+
+def before_commit(check: Callable[[Sequence[str]], None]) -> None:
+    """Registers a check that every later write runs under its locks, immediately before the commit,
+    with the paths as the caller named them; an exception from it aborts the write (nothing written)."""
+    _before_commit.append(check)
+
+
+def _recheck(files: Sequence[Tuple[str, Optional[bytes]]], named: Optional[Sequence[str]]) -> None:
+    """Under the locks: each path still resolves where it did when the write began (a symlink that
+    appeared since is refused), the target is a regular file or absent, and the registered checks pass."""
+    for (target, _), path in zip(files, named or [t for t, _ in files]):
+        if real_target(path) != target:
+            raise errors.UnsafeOutput(f"{path}: a symlink appeared at the path while the tool ran (it now leads to "
+                                      f"{real_target(path)}); nothing was written")
+        if os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
+            raise errors.UnsafeOutput(f"{target}: is no longer a regular file; nothing was written")
+    for check in _before_commit:
+        check(list(named or [t for t, _ in files]))
+
+
+def write_all(files: Sequence[Tuple[str, Optional[bytes]]], named: Optional[Sequence[str]] = None) -> None:
     """Writes (or, for None, removes) every target or none, as the module docstring says.
-    Targets are real paths (see real_target); the caller holds no lock or holds these."""
+    Targets are real paths (see real_target), named the paths they were resolved from; the caller
+    holds no lock or holds these."""
     if not files:
         return
     targets = [t for t, _ in files]
@@ -275,6 +298,7 @@ def write_all(files: Sequence[Tuple[str, Optional[bytes]]]) -> None:
                 entries.append({"final": target, "tmp": _stage_named(target, data) if data is not None else None, "old": None})
             for e in entries:
                 e["old"] = _keep_aside(e["final"])
+            _recheck(files, named)
         except BaseException:
             _discard(entries)
             raise
