@@ -107,7 +107,7 @@ def atomic_write_all(files: Sequence[Tuple[PathLike, Optional[bytes]]]) -> None:
     if len({t for t, _ in targets}) != len(targets):
         raise ValueError(f"one file named twice in one write: {[os.fspath(p) for p, _ in files]}")
     try:
-        transaction.write_all(targets, named=[os.fspath(p) for p, _ in files])  # LockTimeout: an errors.Busy
+        transaction.write_all(targets, named=[os.fspath(p) for p, _ in files])  # locks.LockTimeout: an errors.Busy
     except OSError as e:
         where = e.filename or (targets[-1][0] if targets else "?")
         raise errors.WriteFailed(f"cannot write {where}: {e.strerror or e}; nothing was written, every old file is in place") from None

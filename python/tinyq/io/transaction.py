@@ -32,30 +32,20 @@ fault-injection tests use to stop a tool at every step.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import secrets
 import signal
 import stat
-import sys
 import tempfile
-import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from tinyq.io import errors, journal
+from tinyq.io import errors, journal, locks
 from tinyq.io.journal import JOURNAL_NAME, SET_ASIDE_NAME
-
-LOCK_TIMEOUT_ENV = "TINYQ_LOCK_TIMEOUT_S"
-DEFAULT_LOCK_TIMEOUT_S = 120.0
 
 _held: Set[str] = set()  # the real directories this process holds: an inner request rides on the outer lock
 _steps = [0]
-
-
-class LockTimeout(errors.Busy):
-    """Another process held the lock for longer than the bounded wait (exit 11)."""
 
 
 def _fault_point() -> None:
@@ -66,43 +56,6 @@ def _fault_point() -> None:
     _steps[0] += 1
     if _steps[0] == int(at):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _lock_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)))
-    except ValueError:
-        return DEFAULT_LOCK_TIMEOUT_S
-
-
-def _open_lock(directory: str) -> int:
-    """A descriptor of the directory itself, which is what is flocked: no lock file is left behind,
-    and a read-only directory locks too. -1 when the directory cannot be opened (a missing one:
-    the write that follows fails with its own message)."""
-    try:
-        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-            return -1
-        raise
-
-
-def _acquire(fd: int, directory: str, shared: bool) -> None:
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    deadline, told = time.monotonic() + _lock_timeout(), False
-    while True:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        if time.monotonic() >= deadline:
-            raise LockTimeout(f"{directory}: another tinyq tool is still writing there (it holds the directory's lock) after "
-                              f"{_lock_timeout():.0f} s; wait for it to finish and retry, or raise {LOCK_TIMEOUT_ENV}")
-        if not told:
-            print(f"tinyq: waiting for {directory}: another tinyq tool is writing there", file=sys.stderr)
-            told = True
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -117,17 +70,17 @@ def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -
         yield
         return
     journal_path = os.path.join(key, JOURNAL_NAME)
-    fd = _open_lock(key)
+    fd = locks.open_lock(key)
     if fd >= 0:
         try:
-            _acquire(fd, key, shared and not os.path.lexists(journal_path))
+            locks.acquire(fd, key, shared and not os.path.lexists(journal_path))
         except BaseException:
             os.close(fd)
             raise
     _held.add(key)
     try:
         if fd >= 0 and shared and os.path.lexists(journal_path):
-            _acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
+            locks.acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
         if fd >= 0 or not os.path.lexists(journal_path):
             recover(key, sweep_subdirectories)
         yield
@@ -143,13 +96,13 @@ def set_aside(directory) -> Optional[str]:
     can act on stays, for the next run to finish. The new path, or None when nothing was moved."""
     key = os.path.realpath(directory)
     path = os.path.join(key, JOURNAL_NAME)
-    fd = _open_lock(key)
+    fd = locks.open_lock(key)
     if fd < 0 or not os.path.lexists(path):
         if fd >= 0:
             os.close(fd)
         return None
     try:
-        _acquire(fd, key, False)
+        locks.acquire(fd, key, False)
         try:
             journal.entries(journal.read(key), key)
             return None
@@ -434,7 +387,7 @@ def _recover_if_idle(directory: str) -> None:
         _recover_journal(key)
         _sweep(key)
         return
-    fd = _open_lock(key)
+    fd = locks.open_lock(key)
     if fd < 0:
         return
     try:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tinyq.io import errors, transaction
+from tinyq.io import errors, locks, transaction
 
 WRITER = textwrap.dedent("""
     import sys
@@ -112,9 +112,9 @@ def test_a_held_lock_times_out_with_a_clear_message(tmp_path, monkeypatch):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setenv(transaction.LOCK_TIMEOUT_ENV, "0.3")
+        monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, "0.3")
         start = time.monotonic()
-        with pytest.raises(transaction.LockTimeout, match="another tinyq tool is still writing there"):
+        with pytest.raises(locks.LockTimeout, match="another tinyq tool is still writing there"):
             with transaction.locked(tmp_path):
                 pass
         assert time.monotonic() - start < 10

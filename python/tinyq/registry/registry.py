@@ -424,13 +424,13 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
     that each soak fixture exists without opening it: for tools that make choices (ptq_auto),
     which must never read the held-out data.
     """
-    from tinyq.io import transaction
+    from tinyq.io import locks, transaction
 
     path = Path(transaction.real_target(path))  # a symlinked registry: its files lie beside its target
     try:
         with transaction.locked(path.parent, shared=True, sweep_subdirectories=read_held_out):
             return _check(path, read_held_out)
-    except transaction.LockTimeout as e:
+    except locks.LockTimeout as e:
         raise RegistryReadError(str(e)) from None
 
 
