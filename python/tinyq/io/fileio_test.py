@@ -31,9 +31,9 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     p.write_text("old\n")
     real_replace = os.replace
 
-    def boom(src, dst):  # every rename into place fails; the journal's and the rollback's work
+    def boom(src, dst, **at):  # every rename into place fails; the journal's and the rollback's work
         if os.path.basename(dst) == transaction.JOURNAL_NAME or src.endswith(".old"):
-            return real_replace(src, dst)
+            return real_replace(src, dst, **at)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
@@ -59,12 +59,12 @@ def test_write_all_writes_every_file_or_none(tmp_path, monkeypatch):
     real_replace = os.replace
     calls = []
 
-    def second_fails(src, dst):
+    def second_fails(src, dst, **at):
         if os.path.basename(dst) != transaction.JOURNAL_NAME:
             calls.append(dst)
             if len(calls) == 2:
                 raise OSError(28, "No space left on device")
-        real_replace(src, dst)
+        real_replace(src, dst, **at)
 
     monkeypatch.setattr(os, "replace", second_fails)
     with pytest.raises(cli.WriteFailed):

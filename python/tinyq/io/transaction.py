@@ -38,13 +38,12 @@ import os
 import secrets
 import signal
 import stat
-import tempfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tinyq.io import errors, journal, locks
 from tinyq.io.journal import JOURNAL_NAME, SET_ASIDE_NAME
 
-_held: Set[str] = set()  # the real directories this process holds: an inner request rides on the outer lock
+_held: Dict[str, int] = {}  # the real directories this process holds, each with its descriptor (-1: none)
 _steps = [0]
 
 
@@ -77,7 +76,7 @@ def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -
         except BaseException:
             os.close(fd)
             raise
-    _held.add(key)
+    _held[key] = fd
     try:
         if fd >= 0 and shared and os.path.lexists(journal_path):
             locks.acquire(fd, key, False)  # a killed writer's journal: finish it exclusively
@@ -85,7 +84,7 @@ def locked(directory, shared: bool = False, sweep_subdirectories: bool = True) -
             recover(key, sweep_subdirectories)
         yield
     finally:
-        _held.discard(key)
+        _held.pop(key, None)
         if fd >= 0:
             os.close(fd)  # releases the flock
 
@@ -127,17 +126,46 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _unlink(path: str) -> None:
+def _at(path: str) -> Tuple[Optional[int], str]:
+    """(the descriptor of the locked directory holding path, its bare name), so that a rename, link
+    or unlink in it cannot be sent elsewhere by a symlink swapped into the path; (None, path) when
+    the directory is not held."""
+    fd = _held.get(os.path.dirname(path), -1)
+    return (fd, os.path.basename(path)) if fd >= 0 else (None, path)
+
+
+def _exists(path: str) -> bool:
+    fd, name = _at(path)
     try:
-        os.unlink(path)
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _rename(src: str, dst: str) -> None:
+    """src over dst, both in one directory, relative to its descriptor."""
+    fd, src_name = _at(src)
+    _, dst_name = _at(dst)
+    os.replace(src_name, dst_name, src_dir_fd=fd, dst_dir_fd=fd)
+
+
+def _unlink(path: str) -> None:
+    fd, name = _at(path)
+    try:
+        os.unlink(name, dir_fd=fd)
     except FileNotFoundError:
         pass
 
 
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
 def _temp_name(target: str, suffix: str) -> str:
-    """An unused temp path beside target: `.tinyq~<name>.<8 random>.<suffix>`."""
+    """A fresh temp path beside target: `.tinyq~<name>.<8 random>.<suffix>` (the caller creates it
+    exclusively, and draws again on EEXIST)."""
     directory, prefix = journal.temp_prefix(target)
-    return tempfile.mktemp(prefix=prefix, suffix=f".{suffix}", dir=directory)
+    return os.path.join(directory, prefix + "".join(secrets.choice(_TEMP_CHARS) for _ in range(8)) + f".{suffix}")
 
 
 def real_target(path) -> str:
@@ -147,16 +175,23 @@ def real_target(path) -> str:
 
 
 def _stage(target: str, data: bytes) -> str:
-    """A fsynced temp beside target holding data, with the old file's permissions (0644 when new)."""
-    directory, prefix = journal.temp_prefix(target)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    """A fsynced temp beside target holding data, with the old file's permissions (0644 when new),
+    created relative to the locked directory's descriptor."""
+    while True:
+        tmp = _temp_name(target, "tmp")
+        fd, name = _at(tmp)
+        try:
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(out, "wb") as f:
             _fault_point()
             f.write(data)
             f.flush()
+            _copy_mode(target, f.fileno())
             os.fsync(f.fileno())
-        _copy_mode(target, tmp)
     except BaseException:
         _unlink(tmp)
         raise
@@ -170,25 +205,31 @@ def _stage_named(target: str, data: bytes) -> str:
         raise OSError(e.errno, e.strerror, target) from None
 
 
-def _copy_mode(target: str, tmp: str) -> None:
+def _copy_mode(target: str, out: int) -> None:
+    fd, name = _at(target)
     try:
-        st = os.stat(target)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
-        os.chmod(tmp, 0o644)
+        os.fchmod(out, 0o644)
         return
-    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.fchmod(out, stat.S_IMODE(st.st_mode))
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-        os.chown(tmp, st.st_uid, st.st_gid)
+        os.fchown(out, st.st_uid, st.st_gid)
 
 
 def _keep_aside(target: str) -> Optional[str]:
     """A hard link to the file at target under a temp name, or None when there is no file."""
-    if not os.path.lexists(target):
+    if not _exists(target):
         return None
-    old = _temp_name(target, "old")
     _fault_point()
-    os.link(target, old)
-    return old
+    fd, name = _at(target)
+    while True:
+        old = _temp_name(target, "old")
+        try:
+            os.link(name, _at(old)[1], src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+            return old
+        except FileExistsError:
+            continue
 
 
 def _journal(state: str, txid: str, entries: Sequence[Dict[str, Optional[str]]], **peers) -> Dict[str, object]:
@@ -201,7 +242,7 @@ def _write_journal(directory: str, doc: Dict[str, object]) -> None:
     path = os.path.join(directory, JOURNAL_NAME)
     tmp = _stage(path, json.dumps(doc, sort_keys=True).encode())
     _fault_point()
-    os.replace(tmp, path)
+    _rename(tmp, path)
     _fsync_dir(directory)
 
 
@@ -296,17 +337,17 @@ def _roll_forward(entries) -> None:
         _fault_point()
         if e["tmp"] is None:
             _unlink(e["final"])
-        elif os.path.exists(e["tmp"]):
-            os.replace(e["tmp"], e["final"])
+        elif _exists(e["tmp"]):
+            _rename(e["tmp"], e["final"])
     for d in sorted({os.path.dirname(e["final"]) for e in entries}):
         _fsync_dir(d)
 
 
 def _roll_back(entries) -> None:
     for e in entries:
-        if e["old"] and os.path.exists(e["old"]):
-            os.replace(e["old"], e["final"])
-        elif not e["old"] and e["tmp"] and not os.path.exists(e["tmp"]):
+        if e["old"] and _exists(e["old"]):
+            _rename(e["old"], e["final"])
+        elif not e["old"] and e["tmp"] and not _exists(e["tmp"]):
             _unlink(e["final"])  # it was new, and already renamed into place
         if e["tmp"]:
             _unlink(e["tmp"])
@@ -395,12 +436,12 @@ def _recover_if_idle(directory: str) -> None:
     except BlockingIOError:
         os.close(fd)
         return
-    _held.add(key)
+    _held[key] = fd
     try:
         _recover_journal(key)
         _sweep(key)
     finally:
-        _held.discard(key)
+        _held.pop(key, None)
         os.close(fd)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tinyq.io import errors, locks, transaction
+from tinyq.io import errors, fileio, locks, transaction
 
 WRITER = textwrap.dedent("""
     import sys
@@ -209,3 +209,25 @@ def test_set_aside_moves_only_a_refused_journal(tmp_path):
     with transaction.locked(tmp_path):
         pass
     assert (tmp_path / "registry.json").read_text() == "mine"
+
+
+def test_a_directory_swapped_for_a_symlink_mid_write_does_not_redirect_it(tmp_path):
+    """Renames, links and temps go through the locked directory's descriptor: replacing the
+    directory's path with a symlink while the write runs cannot send the new file elsewhere."""
+    d, moved, victim = tmp_path / "reg", tmp_path / "moved", tmp_path / "victim"
+    d.mkdir()
+    victim.mkdir()
+    (d / "r.json").write_text("old")
+    (victim / "r.json").write_text("precious")
+
+    def swap(paths):
+        os.rename(d, moved)
+        d.symlink_to(victim)
+
+    transaction.before_commit(swap)
+    try:
+        fileio.atomic_write_bytes(d / "r.json", b"new")
+    finally:
+        transaction._before_commit.remove(swap)
+    assert (victim / "r.json").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == ["r.json"]
+    assert (moved / "r.json").read_text() == "new" and sorted(p.name for p in moved.iterdir()) == ["r.json"]
