@@ -27,21 +27,35 @@ from tinyq.registry import layout, registry, sidecar
 BUILT = Path("model") / "int8"  # in this target's runfiles
 
 
-def main() -> int:
-    if any(a in cli.HELP_FLAGS for a in sys.argv[1:]):
-        print(__doc__)
-        return cli.EXIT_OK
+# Findings update_pins does not fix, and refuses to write over: a registry that is not one, or
+# whose entries name files outside it, twice, or held-out data for choices.
+_REFUSED = {"malformed_json", "duplicate_key", "missing_field", "unknown_field", "wrong_type", "bad_value",
+            "unknown_quant_mode", "duplicate_id", "path_escape", "file_named_twice", "held_out_reused"}
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise cli.UsageError(f"update_pins takes no arguments, got {' '.join(argv[1:])}")
     ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not ws:
-        print("update_pins: run me with `tools/bazel run //model:update_pins`", file=sys.stderr)
-        return cli.EXIT_USAGE
+        raise cli.UsageError("run me with `tools/bazel run //model:update_pins`")
     tiny = Path(ws) / "model" / "tiny"
+    with transaction.locked(tiny):  # one writer; every pin, sidecar and the registry land as one unit
+        _refuse_unfixable(tiny / "registry.json")
+        return _update(tiny)
+
+
+def _refuse_unfixable(reg_path: Path) -> None:
+    """Validates before anything is read or written: stale pins are what update_pins fixes; a broken
+    registry, or a path that leaves it, is refused with every such finding."""
     try:
-        with transaction.locked(tiny):  # one writer; every pin, sidecar and the registry land as one unit
-            return _update(tiny)
-    except cli.UsageError as e:  # transaction.LockTimeout too (exit 11)
-        print(f"update_pins: error: {e}", file=sys.stderr)
-        return e.exit_code
+        _, findings = registry.check(reg_path)
+    except registry.RegistryReadError as e:
+        raise cli.UsageError(str(e)) from None
+    bad = [f for f in findings if f.code in _REFUSED]
+    if bad:
+        raise cli.UsageError("the registry has findings update_pins does not fix; nothing was written:\n"
+                             + "\n".join(f.format(reg_path) for f in bad))
 
 
 def _update(tiny: Path) -> int:
@@ -93,4 +107,4 @@ def _update(tiny: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

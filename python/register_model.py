@@ -28,6 +28,7 @@ the fp32 model, nothing written; 4 the int8 file quantises no weight, nothing wr
 """
 
 import hashlib
+import os
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -361,6 +362,12 @@ def _write(plan, reg_path, data):
     else:
         models[index] = plan.entry
     todo = [(src, dest, payload) for src, dest, payload in plan.files if src is None or not cli.same_file(src, dest)]
+    root_real = os.path.realpath(reg_path.parent)
+    for _, dest, _ in todo:  # a fixtures/ or a sidecar symlinked out of the registry is never written through
+        real = layout.outside(root_real, dest)
+        if real:
+            raise cli.UnsafeOutput(f"{dest} leads to {real}, outside the registry's directory {root_real}: tinyq writes a "
+                                   f"registry's files only inside it; replace the symlink with a folder or file there")
     for _, dest, _ in todo:
         dest.parent.mkdir(parents=True, exist_ok=True)  # calibration/ and fixtures/ in a new registry
     cli.guard_outputs({str(dest): dest for _, dest, _ in todo}, [src for src, _, _ in todo if src is not None], reg_path,

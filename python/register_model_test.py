@@ -268,3 +268,13 @@ def test_files_that_are_not_small_regular_ones_are_refused_without_hanging(user)
                        env={k: v for k, v in os.environ.items() if not k.startswith("BUILD_")})
     assert r.returncode == 10 and str(huge) in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (reg.parent / "registry.json").exists()
+
+
+def test_a_data_folder_symlinked_out_of_the_registry_is_never_written_through(user, tmp_path):
+    src, reg = user
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (reg.parent / "fixtures").symlink_to(elsewhere)
+    r = register(src, reg, "--kind", "fr", "--soak-data", src.parent / "soak.npz")
+    assert r.returncode == 9 and "outside the registry's directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(elsewhere.iterdir()) == [] and not reg.exists()

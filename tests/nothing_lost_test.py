@@ -240,3 +240,27 @@ def test_a_full_disk_under_the_registry_writes_nothing(tmp_path):
         "--soak-data", mine / "soak.npz", "--calibration-data", mine / "calib.npz"])
     assert rc == 12 and "No space left on device" in err and "nothing was written" in err and "Traceback" not in err, err
     assert snapshot(tree) == before and hidden(tree) == []
+
+
+def test_update_pins_validates_before_it_writes(tmp_path):
+    """An entry whose model lies outside the registry: update_pins deleted the int8 and rewrote the
+    sidecar beside it before noticing. A registry that is not JSON printed a traceback."""
+    root = tmp_path / "ws"
+    reg = testutil.make_tree(root)
+    (root / "model" / "zoo.bzl").write_text(ZOO)
+    (root / "model" / "int8").mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "v.onnx").write_bytes(testutil.tiny_mlp(5))
+    (victim / "v.int8.onnx").write_bytes(b"keep me")
+    (victim / "v.json").write_text('{"mine": true}\n')
+    data = json.loads(reg.read_text())
+    data["models"][0]["onnx"] = "../../../victim/v.onnx"
+    reg.write_text(json.dumps(data))
+    before = snapshot(tmp_path)
+    r = run(UPDATE_PINS, cwd=root, ws=root)
+    assert r.returncode == 2 and "[path_escape]" in r.stderr and "nothing was written" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and snapshot(tmp_path) == before
+    reg.write_text("{not json")
+    r = run(UPDATE_PINS, cwd=root, ws=root)
+    assert r.returncode == 2 and "[malformed_json]" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -85,3 +85,33 @@ def files_named_twice(root: Path, models: Sequence[Any], valid_id: Callable[[str
             if first[1] != role:
                 found.append((i, field, f"{path} is {role} and also {first[1]}"))
     return found
+
+
+FOLDERS = ("calibration", "validation", "fixtures", "shift")
+
+
+def outside(root_real: str, path: Path) -> Optional[str]:
+    """Where path really leads (a missing file: through its folders), when that leaves root_real."""
+    real = os.path.realpath(path)
+    return None if real == root_real or real.startswith(root_real + os.sep) else real
+
+
+def implied_escapes(root: Path, models: Sequence[Any]) -> List[Tuple[Optional[int], str, str]]:
+    """(entry index or None, field, message) for each path a registry implies that leads out of its
+    directory: a data folder, or an entry's sidecar or int8 artefact, through a symlink. The paths
+    entries name are jailed by the registry's own check; these are written by tinyq too."""
+    root_real = os.path.realpath(root)
+    found: List[Tuple[Optional[int], str, str]] = []
+    for folder in FOLDERS:
+        real = outside(root_real, root / folder)
+        if real and os.path.lexists(root / folder):
+            found.append((None, "", f"the folder {folder}/ leads to {real}, outside {root_real}"))
+    for i, m in enumerate(models):
+        onnx = m.get("onnx") if isinstance(m, dict) else None
+        if not isinstance(onnx, str) or not onnx.endswith(".onnx") or outside(root_real, root / onnx):
+            continue  # a model path that leaves is the registry's own path_escape
+        for what, path in (("sidecar", sidecar_path_for(root / onnx)), ("int8 artefact", int8_path_for(root / onnx))):
+            real = outside(root_real, path)
+            if real:
+                found.append((i, "onnx", f"its {what} {path.name} leads to {real}, outside {root_real}"))
+    return found

@@ -472,6 +472,8 @@ def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Fi
     c.check_unique_ids()
     for i, key, message in layout.files_named_twice(path.parent, data["models"], ID_PATTERN.fullmatch):
         c.add("file_named_twice", c.entry_name(i), _pointer(["models", i, key]), message)
+    for i, key, message in layout.implied_escapes(path.parent, data["models"]):
+        c.add("path_escape", "(registry)" if i is None else c.entry_name(i), _pointer(["models", i, key] if key else []), message)
     for i, key, message in heldout.reuse_findings(path.parent, data["models"], ID_PATTERN.fullmatch, read_held_out):
         c.add("held_out_reused", c.entry_name(i), _pointer(["models", i, key]), message)
     for i, m in enumerate(data["models"]):

@@ -207,3 +207,17 @@ def test_a_calibration_or_validation_set_that_is_a_soak_fixture_is_refused(tree,
     # A tool that makes choices (ptq_auto) opens no fixture: links are still caught, copies are left to validation.
     _, findings = registry.check(tree, read_held_out=False)
     assert len([f for f in findings if f.code == "held_out_reused"]) == (0 if how == "copy" else 2)
+
+
+def test_implied_paths_that_lead_out_of_the_registry_are_escapes(tree, tmp_path):
+    root, outside = tree.parent, tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "fixtures").rename(outside / "fixtures")
+    (root / "fixtures").symlink_to(outside / "fixtures")
+    settings = outside / "settings.json"
+    settings.write_text('{"theme": "dark"}\n')
+    (root / "m_fp32.json").unlink()
+    (root / "m_fp32.json").symlink_to(settings)
+    _, findings = registry.check(tree)
+    escapes = sorted((f.entry, f.pointer, f.message.split(" leads to ")[0]) for f in findings if f.code == "path_escape")
+    assert escapes == [("(registry)", "", "the folder fixtures/"), ("m_fp32", "/models/0/onnx", "its sidecar m_fp32.json")]
