@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tinyq_testing.testutil import const, floats
+from tinyq_testing.testutil import const, floats, int8_stand_in
 from tinyq_testing.testutil import save_graph as save
 
 GATE = Path.cwd() / "python" / "measure_quant_drop"
@@ -65,7 +65,7 @@ def test_filter_whose_int8_returns_its_input_fails_with_drop_1(tmp_path):
     blur = np.full((3, 3), 1 / 9.0) - np.pad([[1.0]], 1)
     fp32 = _filter(tmp_path / "f.onnx", blur)
     # The int8's last conv zeroed, its bias a hair off zero: int8 residual constant at 3e-4.
-    identity = _filter(tmp_path / "f.int8.onnx", np.zeros((3, 3)), bias=3e-4)
+    identity = int8_stand_in(_filter(tmp_path / "f.int8.onnx", np.zeros((3, 3)), bias=3e-4))
     np.savez(tmp_path / "d.npz", x=images(32, 0))
     r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", identity, "--data", tmp_path / "d.npz", "--residual-of", "x")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -82,10 +82,11 @@ def test_constant_outputs_are_judged_relative_to_their_scale_with_the_tolerance_
 
     fp32 = model(tmp_path / "c.onnx", 50.0)
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((20, 2), dtype=np.float32))
-    r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", model(tmp_path / "near.onnx", 50.02), "--data", tmp_path / "d.npz")
+    near, far = int8_stand_in(model(tmp_path / "near.onnx", 50.02)), int8_stand_in(model(tmp_path / "far.onnx", 50.2))
+    r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", near, "--data", tmp_path / "d.npz")
     out = row["sets"][0]["outputs"][0]
     assert r.returncode == 0 and out["tolerance"] == pytest.approx(0.05) and "tolerance 0.05" in out["reason"]
-    r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", model(tmp_path / "far.onnx", 50.2), "--data", tmp_path / "d.npz")
+    r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", far, "--data", tmp_path / "d.npz")
     assert r.returncode == 1 and "> tolerance 0.05" in row["sets"][0]["outputs"][0]["reason"]
 
 
@@ -109,7 +110,7 @@ def guided(tmp_path_factory):
     d = tmp_path_factory.mktemp("guided")
     w = np.random.default_rng(1).standard_normal((3, 3)) * 0.5
     fp32 = _guided(d / "g.onnx", w)
-    int8 = _guided(d / "g.int8.onnx", w + np.random.default_rng(2).standard_normal((3, 3)) * 0.02)
+    int8 = int8_stand_in(_guided(d / "g.int8.onnx", w + np.random.default_rng(2).standard_normal((3, 3)) * 0.02))
     rng = np.random.default_rng(3)
     x = rng.random((64, 1, 8, 8), dtype=np.float32)
     guide = (5 * rng.standard_normal((64, 1, 8, 8))).astype(np.float32)  # large variance: it would hide any damage
@@ -166,8 +167,8 @@ def test_nothing_judged_exits_5(tmp_path):
                     [const("w", np.full((3, 1), scale))])
 
     np.savez(tmp_path / "d.npz", x=np.array([[0.2, 0.3, 0.4]], np.float32))
-    r, row = gate_json(tmp_path, "--fp32", model(tmp_path / "one.onnx", 1.0), "--int8", model(tmp_path / "o8.onnx", 9.0),
-                       "--data", tmp_path / "d.npz")
+    fp32, int8 = model(tmp_path / "one.onnx", 1.0), int8_stand_in(model(tmp_path / "o8.onnx", 9.0))
+    r, row = gate_json(tmp_path, "--fp32", fp32, "--int8", int8, "--data", tmp_path / "d.npz")
     assert r.returncode == 5 and "[NOT JUDGED]" in r.stdout and "Traceback" not in r.stderr
     assert row["pass"] is False and row["judged"] is False
 

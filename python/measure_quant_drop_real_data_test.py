@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq_testing.testutil import const, floats
+from tinyq_testing.testutil import const, floats, int8_stand_in
 from tinyq_testing.testutil import save_graph as save
 
 TOOL = Path.cwd() / "python" / "measure_quant_drop"
@@ -114,7 +114,7 @@ def test_zero_d_output_runs_sample_by_sample(tmp_path):
         return save(path, [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("ReduceSum", ["m"], ["y"], keepdims=0)],
                     [floats("x", ["n", 4])], [floats("y", [])], [const("s", [scale] * 4)])
 
-    fp32, int8 = model(tmp_path / "sum.onnx", 1.0), model(tmp_path / "sum.int8.onnx", 1.001)
+    fp32, int8 = model(tmp_path / "sum.onnx", 1.0), int8_stand_in(model(tmp_path / "sum.int8.onnx", 1.001))
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((10, 4), dtype=np.float32))
     r = run("--fp32", fp32, "--int8", int8, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -129,7 +129,7 @@ def test_output_reduced_over_the_batch_runs_sample_by_sample(tmp_path):
         return save(path, [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("ReduceMean", ["m"], ["y"], axes=[0], keepdims=0)],
                     [floats("x", ["n", 4])], [floats("y", [4])], [const("s", [scale] * 4)], opset=17)
 
-    fp32, int8 = model(tmp_path / "mean.onnx", 1.0), model(tmp_path / "mean.int8.onnx", 0.999)
+    fp32, int8 = model(tmp_path / "mean.onnx", 1.0), int8_stand_in(model(tmp_path / "mean.int8.onnx", 0.999))
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((10, 4), dtype=np.float32))
     r = run("--fp32", fp32, "--int8", int8, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -160,7 +160,7 @@ def test_a_single_real_sample_is_not_a_constant_output_and_judges_nothing(tmp_pa
         return save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [floats("x", [1, 3])], [floats("y", [1, 1])],
                     [const("w", np.full((3, 1), scale))])
 
-    fp32, int8 = model(tmp_path / "one.onnx", 1.0), model(tmp_path / "one.int8.onnx", 1.0001)
+    fp32, int8 = model(tmp_path / "one.onnx", 1.0), int8_stand_in(model(tmp_path / "one.int8.onnx", 1.0001))
     np.savez(tmp_path / "d.npz", x=np.array([[0.2, 0.3, 0.4]], np.float32))
     r = run("--fp32", fp32, "--int8", int8, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
     assert r.returncode == 5, r.stdout + r.stderr
@@ -180,8 +180,8 @@ def test_int64_labels_are_judged_by_agreement(tmp_path):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3))
     fp32 = _labels_model(tmp_path / "cls.onnx", w)
-    near = _labels_model(tmp_path / "near.int8.onnx", w * (1 + 1e-4))
-    swapped = _labels_model(tmp_path / "swapped.int8.onnx", w[:, [1, 0, 2]])
+    near = int8_stand_in(_labels_model(tmp_path / "near.int8.onnx", w * (1 + 1e-4)))
+    swapped = int8_stand_in(_labels_model(tmp_path / "swapped.int8.onnx", w[:, [1, 0, 2]]))
     x = rng.standard_normal((200, 4)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, target=np.argmax(x @ w, axis=1).astype(np.int64))
     r = run("--fp32", fp32, "--int8", near, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
@@ -208,7 +208,9 @@ def test_skl2onnx_classifier_with_zipmap_is_skipped_with_the_fix(tmp_path):
     fp32.write_bytes(model.SerializeToString())
     name = model.graph.input[0].name
     np.savez(tmp_path / "d.npz", **{name: x})
-    r = run("--fp32", fp32, "--int8", fp32, "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
+    int8 = tmp_path / "clf.int8.onnx"
+    int8.write_bytes(fp32.read_bytes())
+    r = run("--fp32", fp32, "--int8", int8_stand_in(int8), "--data", tmp_path / "d.npz", "--out-json", tmp_path / "r.json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "'dict'" not in r.stderr and "zipmap" in r.stdout
     outputs = {o["name"]: o for o in report(tmp_path / "r.json")["sets"][0]["outputs"]}
@@ -234,7 +236,7 @@ def test_filter_whose_int8_destroys_the_gain_fails_though_full_output_pearson_is
     noisy = (clean + 0.02 * rng.standard_normal(clean.shape)).astype(np.float32)
     blur = np.full((3, 3), 1 / 9.0) - np.pad([[1.0]], 1)  # box blur minus identity: a denoising residual
     fp32 = _filter(tmp_path / "f.onnx", blur)
-    broken = _filter(tmp_path / "f.int8.onnx", np.roll(blur, 1, axis=1) * 0.1)
+    broken = int8_stand_in(_filter(tmp_path / "f.int8.onnx", np.roll(blur, 1, axis=1) * 0.1))
     np.savez(tmp_path / "d.npz", x=noisy, target=clean.astype(np.float32))
 
     import onnxruntime as ort
@@ -251,12 +253,13 @@ def test_filter_whose_int8_destroys_the_gain_fails_though_full_output_pearson_is
     assert "of the fp32's PSNR gain" in r.stdout
 
     # A residual merely scaled down keeps Pearson r = 1 on the residual: the kept-gain check fails it.
-    weak = _filter(tmp_path / "weak.int8.onnx", blur * 0.05)
+    weak = int8_stand_in(_filter(tmp_path / "weak.int8.onnx", blur * 0.05))
     r = run("--fp32", fp32, "--int8", weak, "--data", tmp_path / "d.npz", "--residual-of", "x", "--out-json", tmp_path / "w.json")
     assert r.returncode == 1 and report(tmp_path / "w.json")["sets"][0]["outputs"][0]["drop"] < 1e-6
     assert report(tmp_path / "w.json")["task_check"]["kept"] < 0.9
     # The same filter against itself keeps its whole gain.
-    assert run("--fp32", fp32, "--int8", fp32, "--data", tmp_path / "d.npz", "--residual-of", "x").returncode == 0
+    same = int8_stand_in(_filter(tmp_path / "same.int8.onnx", blur))
+    assert run("--fp32", fp32, "--int8", same, "--data", tmp_path / "d.npz", "--residual-of", "x").returncode == 0
 
 
 # --- the per-EP harness -------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_out_json_report_with_provenance(tree, tmp_path):
     assert report["valid"] is True and report["model_count"] == 3 and report["findings"] == []
     prov = report["run_provenance"]
     assert prov["tool"]["name"] == "validate_registry"
-    assert prov["args"] == {"out-json": str(out), "strict": False}
+    assert prov["args"] == {"out-json": str(out), "recover": False, "strict": False}
     assert prov["inputs"][0]["path"] == str(tree) and len(prov["inputs"][0]["sha256"]) == 64
     assert prov["versions"]["onnx"]
 

@@ -218,6 +218,19 @@ def save_graph(path: Path, nodes, inputs, outputs, inits=(), opset: int = 17) ->
     return path
 
 
+def int8_stand_in(path: Path) -> Path:
+    """Rewrites the model at path, in place, into a hand-made "int8" that computes exactly what it
+    did: a DequantizeLinear whose output nothing reads is added, so the gate, which refuses an int8
+    that quantises nothing, judges it. For gate tests that need exact, chosen outputs."""
+    model = onnx.load(str(path))
+    model.graph.initializer.extend([numpy_helper.from_array(np.zeros(1, np.int8), "stand_in_q"),
+                                    numpy_helper.from_array(np.array(1.0, np.float32), "stand_in_scale")])
+    model.graph.node.append(helper.make_node("DequantizeLinear", ["stand_in_q", "stand_in_scale"], ["stand_in_unused"]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def floats(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
