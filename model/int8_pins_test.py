@@ -1,6 +1,8 @@
 """Every int8 artefact Bazel builds is the one the registry and the sidecars pin.
 
-On failure after an intentional change, run `tools/bazel run //model:update_pins`.
+When the build no longer reproduces a pin, the built artefact may come from a remote cache rather
+than from this machine: the message says so, and how to tell (a build with cache reads off).
+After an intentional change, `tools/bazel run //model:update_pins` pins what this machine builds.
 """
 
 import json
@@ -32,5 +34,10 @@ def test_built_artefact_matches_its_pins(model_id):
     assert sha256_file(entry.onnx) == entry.sha256 == side["sha256"], f"{model_id}: fp32 pin; {FIX}"
     if RECIPES[model_id]["mode"] != "qat":
         built = Path("model/int8") / f"{model_id}.int8.onnx"
-        assert sha256_file(built) == entry.int8_sha256, f"{model_id}: the build no longer reproduces the pinned int8 artefact; {FIX}"
+        assert sha256_file(built) == entry.int8_sha256, (
+            f"{model_id}: the built int8 artefact is not the pinned one. If this build read a remote cache, the cache may "
+            f"hold a stale or poisoned result: rebuild with cache reads off (`tools/bazel test --noremote_accept_cached "
+            f"//model:int8_pins_test`) before anything else. If that rebuild matches the pin, the cache is wrong: do not "
+            f"run update_pins. If it still differs after an intentional change, {FIX} (it builds locally, never from a "
+            f"cache)")
     assert entry.int8_onnx.stat().st_size < entry.onnx.stat().st_size

@@ -7,7 +7,9 @@
 # start prints the cache's URL on stdout (for TINYQ_REMOTE_CACHE); everything else goes to stderr.
 # Defaults: 127.0.0.1:9090, blobs in $TINYQ_CACHE_HOME/store, nginx's pid, config and logs in
 # $TINYQ_CACHE_HOME/nginx ($TINYQ_CACHE_HOME defaults to ~/.cache/tinyq-remote-cache).
-# Installs Debian's nginx when it is missing, as tools/bazel does for its packages.
+# Writes need a credential: TINYQ_CACHE_WRITER=user:password at start becomes the one writer in
+# $STATE/writers.htpasswd (sha512-crypt); without it the cache is read-only (every PUT gets 401).
+# Installs Debian's nginx and openssl when they are missing, as tools/bazel does for its packages.
 # Exit codes: 0 ok (status: running), 1 status: not running, 2 bad usage, 3 no usable nginx,
 # 4 nginx did not start or stop.
 set -euo pipefail
@@ -15,7 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 die() { echo "remote_cache: $2" >&2; exit "$1"; }
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 (($#)) || usage
 cmd=$1; shift
@@ -53,19 +55,36 @@ pid_of_running() {
 }
 
 nginx_binary() {
-  if ! dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
-    echo "remote_cache: installing missing Debian package: nginx" >&2
+  local missing=() pkg
+  for pkg in nginx openssl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    echo "remote_cache: installing missing Debian packages: ${missing[*]}" >&2
     local sudo_cmd=()
     if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
     export DEBIAN_FRONTEND=noninteractive
     "${sudo_cmd[@]}" apt-get update -qq >&2 || die 3 "apt-get update failed"
-    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nginx >&2 || die 3 "apt-get install nginx failed"
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die 3 "apt-get install ${missing[*]} failed"
   fi
   local bin
   bin=$(command -v nginx || echo /usr/sbin/nginx)
   [[ -x "$bin" ]] || die 3 "no nginx binary after installing Debian's nginx"
   "$bin" -V 2>&1 | grep -q -- --with-http_dav_module || die 3 "$bin has no WebDAV module (http_dav_module); Bazel's PUTs need it"
   echo "$bin"
+}
+
+write_writers() {  # the htpasswd nginx checks PUTs against: TINYQ_CACHE_WRITER's user, or nobody
+  local file=$1 user password
+  (umask 077 && : >"$file")
+  if [[ -z "${TINYQ_CACHE_WRITER:-}" ]]; then
+    echo "remote_cache: no TINYQ_CACHE_WRITER: serving read-only (every PUT gets 401)" >&2
+    return
+  fi
+  [[ "$TINYQ_CACHE_WRITER" =~ ^[A-Za-z0-9._-]+:[^[:space:]]{8,}$ ]] \
+    || die 2 "TINYQ_CACHE_WRITER must be user:password (user of letters, digits, . _ -; a password of 8 or more non-blank characters)"
+  user=${TINYQ_CACHE_WRITER%%:*} password=${TINYQ_CACHE_WRITER#*:}
+  printf '%s:%s\n' "$user" "$(printf '%s' "$password" | openssl passwd -6 -stdin)" >"$file"
 }
 
 case "$cmd" in
@@ -111,6 +130,7 @@ case "$cmd" in
     # They go into nginx's config through sed: no spaces, quotes, ';' or sed's '|' and '&'.
     [[ "$store$state" =~ ^[A-Za-z0-9/._+-]+$ ]] || die 2 "--store and --state must be plain paths (letters, digits, / . _ + -)"
     mkdir -p "$store/.tmp" "$state"
+    write_writers "$state/writers.htpasswd"
     user=""
     # Started as root, nginx would hand its workers to www-data, who cannot write the store.
     if [[ $(id -u) -eq 0 ]]; then user="user $(id -un) $(id -gn);"; fi

@@ -1,5 +1,7 @@
-"""server.sh and nginx.conf.in with real nginx on loopback: Bazel's GET/PUT work, nothing else does."""
+"""server.sh and nginx.conf.in with real nginx on loopback: Bazel's GET/PUT work, nothing else does,
+and only the writer's credential can PUT."""
 
+import base64
 import hashlib
 import os
 import shutil
@@ -21,12 +23,19 @@ def test_nginx_is_installed():
     assert not NGINX_MISSING, "nginx is not installed: run the tests through tools/bazel, which installs Debian's nginx"
 
 
-def server(*args):
-    return subprocess.run(["bash", str(SERVER), *map(str, args)], capture_output=True, text=True, timeout=60)
+WRITER = "ci:correct-horse-battery"
 
 
-def request(method, url, body=None):
-    req = urllib.request.Request(url, data=body, method=method)
+def server(*args, writer=WRITER):
+    env = {k: v for k, v in os.environ.items() if k != "TINYQ_CACHE_WRITER"}
+    if writer:
+        env["TINYQ_CACHE_WRITER"] = writer
+    return subprocess.run(["bash", str(SERVER), *map(str, args)], capture_output=True, text=True, timeout=60, env=env)
+
+
+def request(method, url, body=None, auth=WRITER):
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read()
@@ -102,3 +111,27 @@ def test_status_and_stop(cache):
 def test_bad_usage_is_exit_code_2_with_a_message(args, tmp_path):
     r = server(args[0], "--state", tmp_path / "state", *args[1:])
     assert r.returncode == 2 and r.stderr.startswith("remote_cache: ")
+
+
+def test_a_write_without_the_writers_credential_is_refused(cache):
+    """Any local process could PUT an action-cache entry and poison every reader: not any more."""
+    url, store, state = cache
+    digest = hashlib.sha256(b"poison").hexdigest()
+    for auth in (None, "ci:wrong-password", "mallory:correct-horse-battery"):
+        assert request("PUT", f"{url}/ac/{digest}", b"poison", auth=auth)[0] == 401
+    assert not (store / "ac").exists()
+    assert request("GET", f"{url}/ac/{digest}", auth=None)[0] == 404  # reading needs no credential
+    assert "correct-horse-battery" not in (state / "writers.htpasswd").read_text()  # hashed, never stored plain
+
+
+def test_without_a_writer_the_cache_is_read_only(tmp_path):
+    store, state = tmp_path / "store", tmp_path / "state"
+    r = server("start", "--port", "auto", "--store", store, "--state", state, writer=None)
+    try:
+        assert r.returncode == 0 and "read-only" in r.stderr, r.stderr
+        url = r.stdout.strip()
+        assert request("PUT", f"{url}/cas/{'3' * 64}", b"x")[0] == 401
+    finally:
+        server("stop", "--state", state)
+    bad = server("start", "--port", "auto", "--store", store, "--state", state, writer="no-password-here")
+    assert bad.returncode == 2 and "TINYQ_CACHE_WRITER must be user:password" in bad.stderr

@@ -138,7 +138,22 @@ check server_stopped_mid_build "bazel exit $rc after $uploads uploads; $warnings
   test "$rc" -eq 0 -a "$uploads" -ge 1 -a "$warnings" -ge 1
 check_pins server_stopped_pins
 
-# --- 4. Another lock file: never a hit ----------------------------------------------------
+# --- 4. A poisoned action result, written without the writer's credential -------------------
+# Any process that reaches the cache can try to PUT; only the writer's credential (TINYQ_CACHE_WRITER,
+# which a remote-cache-ro reader never sends) can write. The action result of one quantiser, overwritten with
+# garbage without it: refused, and the entry is what the first clone wrote.
+ac_entry=$(ls "$tmp/store/ac" 2>/dev/null | head -n 1 || true)
+if [[ -n "$ac_entry" ]]; then
+  before=$(sha256sum "$tmp/store/ac/$ac_entry" | cut -d' ' -f1)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary 'poisoned action result' "$url/ac/$ac_entry" || true)
+  after=$(sha256sum "$tmp/store/ac/$ac_entry" | cut -d' ' -f1)
+  check poison_without_credential_refused "PUT ac/${ac_entry:0:12} without the credential: HTTP $code" \
+    test "$code" = 401 -a "$before" = "$after"
+else
+  check poison_without_credential_refused "the first clone wrote no action result" false
+fi
+
+# --- 5. Another lock file: never a hit ----------------------------------------------------
 # One pinned hash of one package changes (one pip does not need here, so the venv still builds);
 # the lock's sha256 is in the interpreter wrapper, an input of every Python action.
 wheel_dir=$tmp/wheel
