@@ -20,7 +20,6 @@ Entry paths resolve against the registry's own directory.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,6 +31,7 @@ from tinyq.io.errors import TooLarge
 from tinyq.io.fileio import file_problem, read_regular, sha256_file
 from tinyq.registry import heldout, layout
 from tinyq.registry.defaults import DEFAULT_BUDGET_PLCC, DEFAULT_QUANT_MODE
+from tinyq.registry.registry_json import parse_registry
 from tinyq.registry.registry_findings import _FIXES, WARNING_CODES, Finding, errors  # noqa: F401  (re-exported)
 
 QUANT_MODES = ("fp32", "dynamic", "static", "qat")
@@ -380,41 +380,6 @@ def _entry_from(root: Path, m: Dict[str, Any]) -> ModelEntry:
     )
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicate_keys(pairs):
-    """json's object_pairs_hook: a key given twice is refused (json.loads would keep the last silently)."""
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _NotFinite(Exception):
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
-
-
-def _finite_float(text: str) -> float:
-    """json's parse_float: a number too large for a double (1e999) would become inf."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotFinite(text)
-    return value
-
-
-def _no_constant(name: str):
-    """json's parse_constant: NaN, Infinity and -Infinity are not JSON (RFC 8259); Python reads them."""
-    raise _NotFinite(name)
-
-
 def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], List[Finding]]:
     """Validates the registry at path, under its directory's shared lock (an interrupted update
     there is finished first, so what is read is the old state or the new one, never a mix).
@@ -434,27 +399,6 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
         raise RegistryReadError(str(e)) from None
 
 
-def _parse(raw: bytes) -> Tuple[Any, List[Finding]]:
-    """The registry's JSON, or the finding that says why it is not JSON tinyq accepts."""
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_float=_finite_float,
-                          parse_constant=_no_constant), []
-    except _NotFinite as e:
-        return None, [Finding("malformed_json", "(registry)", "", f"{e.text} is not a finite JSON number (RFC 8259); "
-                              f"a budget, like every number in a registry, must be one", _FIXES["malformed_json"])]
-    except UnicodeDecodeError as e:
-        return None, [Finding("malformed_json", "(registry)", "", f"not UTF-8 at byte {e.start}", _FIXES["malformed_json"])]
-    except _DuplicateKey as e:
-        return None, [Finding("duplicate_key", "(registry)", "", f"key {e.key!r} appears twice in one object",
-                              _FIXES["duplicate_key"])]
-    except RecursionError:
-        return None, [Finding("malformed_json", "(registry)", "", "nested too deeply to be a registry",
-                              _FIXES["malformed_json"])]
-    except json.JSONDecodeError as e:
-        return None, [Finding("malformed_json", "(registry)", "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}",
-                              _FIXES["malformed_json"])]
-
-
 def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Finding]]:
     try:
         raw = read_regular(path, MAX_JSON_BYTES)
@@ -462,7 +406,7 @@ def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Fi
         raise RegistryReadError(f"{path}: registry not found; pass the path of a registry.json") from None
     except OSError as e:
         raise RegistryReadError(f"{path}: cannot read the registry: {e.strerror}") from None
-    data, findings = _parse(raw)
+    data, findings = parse_registry(raw)
     if findings:
         return None, findings
     c = _Checker(path, data, read_held_out)
