@@ -353,6 +353,19 @@ class Plan:
         return hashlib.sha256(data).hexdigest()
 
 
+def _refuse_new_findings(reg_path, data, new_data):
+    """Validate, then write: a registration that would add an error to the registry's JSON (an
+    entry the schema refuses, a file two entries name, a path leaving the registry) writes nothing."""
+    key = lambda f: (f.code, f.entry, f.pointer)  # noqa: E731
+    before = {key(f) for f in registry.structure_findings(reg_path, data)}
+    added = [f for f in registry.errors(registry.structure_findings(reg_path, new_data)) if key(f) not in before]
+    for f in added:
+        print(f.format(reg_path), file=sys.stderr)
+    if added:
+        raise cli.UsageError(f"{reg_path}: this registration would add {len(added)} finding(s), printed above; "
+                             f"nothing was written")
+
+
 def _write(plan, reg_path, data):
     """Writes every planned file and the registry, all or none; returns the files written."""
     index = next((i for i, m in enumerate(data["models"]) if isinstance(m, dict) and m.get("id") == plan.mid), None)
@@ -361,6 +374,8 @@ def _write(plan, reg_path, data):
         models.append(plan.entry)
     else:
         models[index] = plan.entry
+    new_data = {**data, "models": models}
+    _refuse_new_findings(reg_path, data, new_data)
     todo = [(src, dest, payload) for src, dest, payload in plan.files if src is None or not cli.same_file(src, dest)]
     root_real = os.path.realpath(reg_path.parent)
     for _, dest, _ in todo:  # a fixtures/ or a sidecar symlinked out of the registry is never written through
@@ -372,7 +387,7 @@ def _write(plan, reg_path, data):
         dest.parent.mkdir(parents=True, exist_ok=True)  # calibration/ and fixtures/ in a new registry
     cli.guard_outputs({str(dest): dest for _, dest, _ in todo}, [src for src, _, _ in todo if src is not None], reg_path,
                       pinning=True)
-    atomic_write_all([(dest, payload) for _, dest, payload in todo] + [(reg_path, dumps_json({**data, "models": models}).encode())])
+    atomic_write_all([(dest, payload) for _, dest, payload in todo] + [(reg_path, dumps_json(new_data).encode())])
     return [dest for _, dest, _ in todo]
 
 

@@ -278,3 +278,20 @@ def test_a_data_folder_symlinked_out_of_the_registry_is_never_written_through(us
     r = register(src, reg, "--kind", "fr", "--soak-data", src.parent / "soak.npz")
     assert r.returncode == 9 and "outside the registry's directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert list(elsewhere.iterdir()) == [] and not reg.exists()
+
+
+def test_validates_before_it_writes_so_no_model_is_replaced(user, tmp_path):
+    """Validate, then write: entry 'other' is a model named scorer.int8.onnx, so pinning scorer's int8
+    would replace it and leave the registry invalid (file_named_twice). Refused, nothing written."""
+    src, reg = user
+    other = reg.parent / "scorer.int8.onnx"  # a model inside the registry's directory is registered where it is
+    other.write_bytes(testutil.tiny_mlp(1, n_in=6, hidden=8))
+    assert register(other, reg, "--kind", "fr", "--id", "other").returncode == 0
+    assert registry.load(reg).get("other").onnx == other
+    int8 = tmp_path / "mine.int8.onnx"
+    assert run(PTQ_DYNAMIC, src, "--output", int8).returncode == 0
+    before = {p: p.read_bytes() for p in reg.parent.rglob("*") if p.is_file()}
+    r = register(src, reg, "--kind", "fr", "--quant-mode", "dynamic", "--int8", int8, "--soak-data", src.parent / "soak.npz")
+    assert r.returncode == 2 and "[file_named_twice]" in r.stderr and "nothing was written" in r.stderr, r.stderr
+    assert {p: p.read_bytes() for p in reg.parent.rglob("*") if p.is_file()} == before
+    registry.load(reg, strict=True)  # still valid

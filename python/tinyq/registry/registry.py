@@ -399,6 +399,29 @@ def check(path: Path, read_held_out: bool = True) -> Tuple[Optional[Registry], L
         raise RegistryReadError(str(e)) from None
 
 
+def _check_structure(c: _Checker) -> Optional[set]:
+    """What the registry's JSON alone decides (schema, ids, the files it names or implies and where
+    they resolve); the indices of entries with schema problems, None when there is no models list."""
+    bad = c.check_schema()
+    if not isinstance(c.data, dict) or not isinstance(c.data.get("models"), list):
+        return None
+    c.check_unique_ids()
+    root, models = c.path.parent, c.data["models"]
+    for i, key, message in layout.files_named_twice(root, models, ID_PATTERN.fullmatch):
+        c.add("file_named_twice", c.entry_name(i), _pointer(["models", i, key]), message)
+    for i, key, message in layout.implied_escapes(root, models):
+        c.add("path_escape", "(registry)" if i is None else c.entry_name(i), _pointer(["models", i, key] if key else []), message)
+    return bad
+
+
+def structure_findings(path: Path, data: Any) -> List[Finding]:
+    """The findings registry data written at path would have from its JSON alone: what a writer
+    checks before it writes (validate, then write)."""
+    c = _Checker(Path(path), data)
+    _check_structure(c)
+    return c.findings
+
+
 def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Finding]]:
     try:
         raw = read_regular(path, MAX_JSON_BYTES)
@@ -410,14 +433,9 @@ def _check(path: Path, read_held_out: bool) -> Tuple[Optional[Registry], List[Fi
     if findings:
         return None, findings
     c = _Checker(path, data, read_held_out)
-    bad = c.check_schema()
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+    bad = _check_structure(c)
+    if bad is None:
         return None, c.findings
-    c.check_unique_ids()
-    for i, key, message in layout.files_named_twice(path.parent, data["models"], ID_PATTERN.fullmatch):
-        c.add("file_named_twice", c.entry_name(i), _pointer(["models", i, key]), message)
-    for i, key, message in layout.implied_escapes(path.parent, data["models"]):
-        c.add("path_escape", "(registry)" if i is None else c.entry_name(i), _pointer(["models", i, key] if key else []), message)
     for i, key, message in heldout.reuse_findings(path.parent, data["models"], ID_PATTERN.fullmatch, read_held_out):
         c.add("held_out_reused", c.entry_name(i), _pointer(["models", i, key]), message)
     for i, m in enumerate(data["models"]):
