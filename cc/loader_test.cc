@@ -5,13 +5,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <future>
+#include <iterator>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -63,6 +66,33 @@ void ReplaceWithFifo(const fs::path& file) {
   ASSERT_EQ(::mkfifo(file.c_str(), 0600), 0);
 }
 
+std::string Slurp(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+std::string Sha256(const fs::path& path) {
+  char hex[65];
+  tinyq_status st;
+  EXPECT_EQ(tinyq_sha256_file(path.c_str(), hex, &st), TINYQ_OK) << st.message;
+  return hex;
+}
+
+// tinyq_resolve_bytes agrees with tinyq_resolve, and hands out the bytes it verified.
+void ExpectSameAsBytes(const std::string& model, tinyq_policy policy, const fs::path& dir, const tinyq_resolution& want) {
+  tinyq_resolution res;
+  tinyq_status st;
+  tinyq_verified_bytes bytes;
+  ASSERT_EQ(tinyq_resolve_bytes(model.c_str(), policy, dir.c_str(), &res, &bytes, &st), TINYQ_OK) << st.message;
+  EXPECT_STREQ(res.path, want.path);
+  EXPECT_STREQ(res.sha256, want.sha256);
+  EXPECT_EQ(res.mode, want.mode);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(bytes.data), bytes.size), Slurp(res.path));
+  tinyq_verified_bytes_free(&bytes);
+  EXPECT_EQ(bytes.data, nullptr);
+  EXPECT_EQ(bytes.size, 0u);
+}
+
 TEST(LoaderVectors, EveryCaseUnderBothPolicies) {
   int cases = 0;
   for (const auto& e : fs::directory_iterator("tests/vectors/loader")) {
@@ -91,6 +121,7 @@ TEST(LoaderVectors, EveryCaseUnderBothPolicies) {
       if (res.fell_back) {
         EXPECT_NE(std::string(res.reason).find("fell back"), std::string::npos) << res.reason;
       }
+      ExpectSameAsBytes(model, policy, dir, res);
     }
     ++cases;
   }
@@ -246,6 +277,74 @@ TEST(Loader, AJournalInTheJailAboveTheModelCounts) {
   EXPECT_NE(std::string(st.message).find(fs::canonical(root).string() + ": an update of this registry was interrupted"), std::string::npos)
       << st.message;
   EXPECT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, nullptr, &res, &st), TINYQ_OK) << "without a jail only the model's directory is checked";
+}
+
+// The path a resolver returns can be swapped before the caller opens it; the bytes cannot.
+TEST(LoaderBytes, WhatWasVerifiedIsWhatIsLoaded) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  const std::string good = Slurp(dir / "model.int8.onnx");
+  const fs::path tampered = dir.parent_path() / "tampered.int8.onnx";
+  std::ofstream(tampered, std::ios::binary) << good.substr(0, good.size() - 1) << static_cast<char>(good.back() ^ 1);
+  tinyq_resolution res;
+  tinyq_status st;
+  tinyq_verified_bytes bytes;
+  ASSERT_EQ(tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &st), TINYQ_OK) << st.message;
+  ASSERT_EQ(tinyq_resolve_bytes(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &bytes, &st), TINYQ_OK) << st.message;
+  fs::copy_file(tampered, dir / "model.int8.onnx.new");
+  fs::rename(dir / "model.int8.onnx.new", dir / "model.int8.onnx");  // swapped after the check
+  EXPECT_NE(Slurp(res.path), good) << "the path now leads to other bytes";
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(bytes.data), bytes.size), good);
+  tinyq_verified_bytes_free(&bytes);
+}
+
+// A writer swapping the int8 file back and forth while it is resolved: every answer is a refusal or
+// the pinned bytes, never bytes that differ from the hash reported with them.
+TEST(LoaderBytes, ASwapDuringTheReadNeverHandsOutTamperedBytes) {
+  const fs::path dir = Materialise("tests/vectors/loader/int8_verified", json::object());
+  const std::string model = (dir / "model.onnx").string();
+  const std::string good = Slurp(dir / "model.int8.onnx");
+  const std::string pinned = Sha256(dir / "model.int8.onnx");
+  const std::string bad = std::string(good.size() * 64, 'x');  // larger: its read spans many calls
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    for (int i = 0; !stop; ++i) {
+      const fs::path next = dir / "next.tmp";
+      std::ofstream(next, std::ios::binary) << (i % 2 ? good : bad);
+      fs::rename(next, dir / "model.int8.onnx");
+    }
+  });
+  int verified = 0, refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    tinyq_resolution res;
+    tinyq_status st;
+    tinyq_verified_bytes bytes;
+    const tinyq_code code = tinyq_resolve_bytes(model.c_str(), TINYQ_FAIL_CLOSED, dir.c_str(), &res, &bytes, &st);
+    if (code == TINYQ_OK) {
+      ++verified;
+      EXPECT_EQ(std::string(res.sha256), pinned);
+      EXPECT_EQ(std::string(reinterpret_cast<char*>(bytes.data), bytes.size), good);
+    } else {
+      ++refused;
+      EXPECT_TRUE(code == TINYQ_E_HASH_MISMATCH || code == TINYQ_E_INT8_MISSING) << tinyq_code_name(code) << ": " << st.message;
+      EXPECT_EQ(bytes.data, nullptr);
+    }
+    tinyq_verified_bytes_free(&bytes);
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_EQ(verified + refused, 300);
+}
+
+TEST(LoaderBytes, BadArguments) {
+  tinyq_resolution res;
+  tinyq_status st;
+  EXPECT_EQ(tinyq_resolve_bytes("x.onnx", TINYQ_FAIL_CLOSED, nullptr, &res, nullptr, &st), TINYQ_E_INVALID_ARGUMENT);
+  tinyq_verified_bytes bytes{reinterpret_cast<unsigned char*>(1), 7};  // whatever was there is overwritten, not freed
+  EXPECT_EQ(tinyq_resolve_bytes("no/such/model.onnx", TINYQ_FAIL_CLOSED, nullptr, &res, &bytes, &st), TINYQ_E_IO);
+  EXPECT_EQ(bytes.data, nullptr);
+  tinyq_verified_bytes_free(nullptr);
+  tinyq_verified_bytes_free(&bytes);
 }
 
 TEST(Loader, BadArguments) {

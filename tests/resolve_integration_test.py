@@ -142,3 +142,23 @@ def test_an_interrupted_registry_update_fails_closed_with_exit_3(copied):
 def test_help_documents_exit_3():
     r = subprocess.run([str(TOOL), "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "3 an update of the registry was interrupted" in r.stdout and ".tinyq-journal.json" in r.stdout
+
+
+def test_bytes_to_hands_out_the_verified_bytes_and_never_replaces_a_file(copied, tmp_path_factory):
+    d, entry = copied
+    model = d / entry.onnx.name
+    out_dir = tmp_path_factory.mktemp("out")
+    code, out, err = resolve(model, f"--jail={d}", f"--bytes-to={out_dir / 'm.onnx'}")
+    assert code == 0 and out["sha256"] == entry.int8_sha256, err
+    assert (out_dir / "m.onnx").read_bytes() == (d / entry.int8_onnx.name).read_bytes()
+    assert out["bytes"] == f"{(out_dir / 'm.onnx').stat().st_size} verified bytes written to {out_dir / 'm.onnx'}"
+    keep = out_dir / "keep.txt"
+    keep.write_text("mine")
+    code, _, err = resolve(model, f"--bytes-to={keep}")
+    assert code == 1 and "File exists" in err and keep.read_text() == "mine", err
+    r = subprocess.run([str(TOOL), str(model), "--bytes-to=-"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == (d / entry.int8_onnx.name).read_bytes()
+    assert b"verdict: verified" in r.stderr  # the report moves to stderr
+    flip_byte(d / entry.int8_onnx.name)
+    r = subprocess.run([str(TOOL), str(model), "--bytes-to=-"], capture_output=True, timeout=30)
+    assert r.returncode == 1 and r.stdout == b"" and b"hash_mismatch" in r.stderr

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -68,6 +69,75 @@ ssize_t ReadUpTo(int fd, char* buf, size_t n) {
   return static_cast<ssize_t>(got);
 }
 
+namespace {
+
+tinyq_code Finish(EVP_MD_CTX* ctx, char hex[65], tinyq_status* status) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(ctx, digest, &len) != 1 || len != 32) {
+    SetStatus(status, TINYQ_E_NOMEM, "SHA-256 final failed");
+    return TINYQ_E_NOMEM;
+  }
+  for (unsigned int i = 0; i < len; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  hex[64] = '\0';
+  return TINYQ_OK;
+}
+
+using Digest = std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)>;
+
+// A SHA-256 digest, started; null (with status set) when OpenSSL cannot start one.
+Digest StartSha256(tinyq_status* status) {
+  Digest ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    SetStatus(status, TINYQ_E_NOMEM, "cannot start a SHA-256 digest");
+    return Digest(nullptr, &EVP_MD_CTX_free);
+  }
+  return ctx;
+}
+
+}  // namespace
+
+tinyq_code Sha256Hex(const unsigned char* data, size_t size, char hex[65], tinyq_status* status) {
+  Digest ctx = StartSha256(status);
+  if (!ctx) return TINYQ_E_NOMEM;
+  if (EVP_DigestUpdate(ctx.get(), data, size) != 1) {
+    SetStatus(status, TINYQ_E_NOMEM, "SHA-256 update failed");
+    return TINYQ_E_NOMEM;
+  }
+  return Finish(ctx.get(), hex, status);
+}
+
+tinyq_code ReadAll(const char* path, const char* what, size_t max_bytes, std::vector<unsigned char>* bytes,
+                   tinyq_status* status) {
+  Fd fd;
+  struct stat st;
+  if (const tinyq_code c = OpenRegular(path, what, &fd, &st, status); c != TINYQ_OK) return c;
+  const auto too_large = [&](const std::string& size) {
+    SetStatus(status, TINYQ_E_TOO_LARGE, std::string(path) + ": " + what + " is " + size + ", over the " +
+                                             std::to_string(max_bytes) + " bytes tinyq loads");
+    return TINYQ_E_TOO_LARGE;
+  };
+  if (static_cast<unsigned long long>(st.st_size) > max_bytes) return too_large(std::to_string(st.st_size) + " bytes");
+  bytes->resize(static_cast<size_t>(st.st_size) + 1);  // one more: a file that grew is seen to have grown
+  size_t got = 0;
+  for (;;) {
+    if (got == bytes->size()) {
+      if (bytes->size() > max_bytes) return too_large("growing past the cap");
+      bytes->resize(std::min(bytes->size() * 2, max_bytes + 1));
+    }
+    const ssize_t n = ReadUpTo(fd.fd, reinterpret_cast<char*>(bytes->data() + got), bytes->size() - got);
+    if (n < 0) {
+      SetStatus(status, TINYQ_E_IO, std::string(path) + ": read error: " + std::strerror(errno));
+      return TINYQ_E_IO;
+    }
+    got += static_cast<size_t>(n);
+    if (got < bytes->size()) break;  // end of file
+  }
+  if (got > max_bytes) return too_large("growing past the cap");
+  bytes->resize(got);
+  return TINYQ_OK;
+}
+
 }  // namespace tinyq::internal
 
 using tinyq::internal::Fd;
@@ -105,11 +175,8 @@ tinyq_code tinyq_sha256_file(const char* path, char hex[65], tinyq_status* statu
   Fd fd;
   struct stat st;
   if (const tinyq_code c = OpenRegular(path, "a file to hash", &fd, &st, status); c != TINYQ_OK) return c;
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    SetStatus(status, TINYQ_E_NOMEM, "cannot start a SHA-256 digest");
-    return TINYQ_E_NOMEM;
-  }
+  tinyq::internal::Digest ctx = tinyq::internal::StartSha256(status);
+  if (!ctx) return TINYQ_E_NOMEM;
   std::vector<unsigned char> buf(1 << 16);
   for (;;) {
     const ssize_t n = ::read(fd.fd, buf.data(), buf.size());
@@ -124,15 +191,7 @@ tinyq_code tinyq_sha256_file(const char* path, char hex[65], tinyq_status* statu
       return TINYQ_E_NOMEM;
     }
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_DigestFinal_ex(ctx.get(), digest, &len) != 1 || len != 32) {
-    SetStatus(status, TINYQ_E_NOMEM, "SHA-256 final failed");
-    return TINYQ_E_NOMEM;
-  }
-  for (unsigned int i = 0; i < len; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-  hex[64] = '\0';
-  return TINYQ_OK;
+  return tinyq::internal::Finish(ctx.get(), hex, status);
 }
 
 }  // extern "C"

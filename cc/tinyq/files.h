@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "cc/tinyq/sidecar.h"
 
@@ -32,6 +33,14 @@ tinyq_code OpenRegular(const char* path, const char* what, Fd* fd, struct stat* 
 
 // Reads up to n bytes (fewer at end of file); -1 on a read error.
 ssize_t ReadUpTo(int fd, char* buf, size_t n);
+
+// The SHA-256 of data as 64 lowercase hex digits (OpenSSL's EVP API).
+tinyq_code Sha256Hex(const unsigned char* data, size_t size, char hex[65], tinyq_status* status);
+
+// Reads the whole regular file at path into *bytes, refusing (TINYQ_E_TOO_LARGE) one over max_bytes
+// before it is read, or one that grows past it while it is.
+tinyq_code ReadAll(const char* path, const char* what, size_t max_bytes, std::vector<unsigned char>* bytes,
+                   tinyq_status* status);
 
 }  // namespace tinyq::internal
 

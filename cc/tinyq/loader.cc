@@ -10,8 +10,13 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "cc/tinyq/files.h"
 
 namespace {
+
+using Bytes = std::vector<unsigned char>;
 
 void SetStatus(tinyq_status* status, tinyq_code code, const std::string& message) {
   if (status == nullptr) return;
@@ -90,9 +95,18 @@ tinyq_code CheckJournals(const std::string& model_dir, const std::string& jail, 
   }
 }
 
-// Verifies path against the expected hash; fills reason on failure.
+// The SHA-256 of the file at path; with bytes, of exactly the bytes read into it.
+tinyq_code Hash(const std::string& path, const char* what, Bytes* bytes, char actual[65], tinyq_status* st) {
+  if (bytes == nullptr) return tinyq_sha256_file(path.c_str(), actual, st);
+  if (const tinyq_code c = tinyq::internal::ReadAll(path.c_str(), what, TINYQ_MAX_MODEL_BYTES, bytes, st); c != TINYQ_OK) {
+    return c;
+  }
+  return tinyq::internal::Sha256Hex(bytes->data(), bytes->size(), actual, st);
+}
+
+// Verifies path against the expected hash (reading it into bytes, when given); fills reason on failure.
 tinyq_code Verify(const std::string& path, const char* expected, const std::string& jail, const char* what,
-                  tinyq_code missing_code, char actual[65], std::string* reason) {
+                  tinyq_code missing_code, Bytes* bytes, char actual[65], std::string* reason) {
   if (!Exists(path)) {
     *reason = std::string(what) + " " + path + " is missing";
     return missing_code;
@@ -102,7 +116,7 @@ tinyq_code Verify(const std::string& path, const char* expected, const std::stri
     return TINYQ_E_PATH_ESCAPE;
   }
   tinyq_status st{};
-  if (tinyq_sha256_file(path.c_str(), actual, &st) != TINYQ_OK) {
+  if (Hash(path, what, bytes, actual, &st) != TINYQ_OK) {
     *reason = st.message;
     return st.code;
   }
@@ -140,10 +154,9 @@ tinyq_code Done(const std::string& model_dir, const std::string& jail, tinyq_res
   return TINYQ_OK;
 }
 
-}  // namespace
-
-extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
-                                    tinyq_status* status) {
+// tinyq_resolve; with bytes, the file to load is read into it and verified there.
+tinyq_code Resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out, Bytes* bytes,
+                   tinyq_status* status) {
   if (status != nullptr) std::memset(status, 0, sizeof(*status));
   if (fp32_path == nullptr || out == nullptr) {
     SetStatus(status, TINYQ_E_INVALID_ARGUMENT, "NULL argument");
@@ -207,7 +220,8 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
   char actual[65] = {0};
   std::string why;
   if (sc->quant_mode != TINYQ_QUANT_FP32) {
-    const tinyq_code c = Verify(int8, sc->has_int8_sha256 ? sc->int8_sha256 : nullptr, jail, "int8 model", TINYQ_E_INT8_MISSING, actual, &why);
+    const tinyq_code c = Verify(int8, sc->has_int8_sha256 ? sc->int8_sha256 : nullptr, jail, "int8 model", TINYQ_E_INT8_MISSING, bytes,
+                                  actual, &why);
     if (c == TINYQ_OK) {
       Fill(out, int8, sc->quant_mode, actual, std::string("int8 model verified (") + tinyq_quant_mode_name(sc->quant_mode) + ")");
       return Done(Dirname(fp32), jail, out, status);
@@ -220,7 +234,7 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
     out->fell_back = 1;
   }
   std::string why_fp32;
-  const tinyq_code c = Verify(fp32, sc->sha256, jail, "fp32 model", TINYQ_E_IO, actual, &why_fp32);
+  const tinyq_code c = Verify(fp32, sc->sha256, jail, "fp32 model", TINYQ_E_IO, bytes, actual, &why_fp32);
   if (c != TINYQ_OK) {
     SetStatus(status, c, (why.empty() ? "" : why + "; ") + why_fp32);
     std::snprintf(out->reason, sizeof(out->reason), "%s", status->message);
@@ -229,4 +243,38 @@ extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, 
   Fill(out, fp32, TINYQ_QUANT_FP32, actual,
        out->fell_back ? why + "; fell back to the verified fp32 model (FALLBACK_FP32)" : std::string("fp32 model verified"));
   return Done(Dirname(fp32), jail, out, status);
+}
+
+}  // namespace
+
+extern "C" tinyq_code tinyq_resolve(const char* fp32_path, tinyq_policy policy, const char* jail_dir, tinyq_resolution* out,
+                                    tinyq_status* status) {
+  return Resolve(fp32_path, policy, jail_dir, out, nullptr, status);
+}
+
+extern "C" tinyq_code tinyq_resolve_bytes(const char* fp32_path, tinyq_policy policy, const char* jail_dir,
+                                          tinyq_resolution* out, tinyq_verified_bytes* bytes, tinyq_status* status) {
+  if (bytes == nullptr) {
+    if (status != nullptr) std::memset(status, 0, sizeof(*status));
+    SetStatus(status, TINYQ_E_INVALID_ARGUMENT, "NULL argument");
+    return TINYQ_E_INVALID_ARGUMENT;
+  }
+  *bytes = tinyq_verified_bytes{nullptr, 0};
+  Bytes read;
+  const tinyq_code c = Resolve(fp32_path, policy, jail_dir, out, &read, status);
+  if (c != TINYQ_OK) return c;
+  bytes->data = static_cast<unsigned char*>(std::malloc(read.empty() ? 1 : read.size()));
+  if (bytes->data == nullptr) {
+    SetStatus(status, TINYQ_E_NOMEM, "cannot allocate the verified model's bytes");
+    return TINYQ_E_NOMEM;
+  }
+  std::memcpy(bytes->data, read.data(), read.size());
+  bytes->size = read.size();
+  return TINYQ_OK;
+}
+
+extern "C" void tinyq_verified_bytes_free(tinyq_verified_bytes* bytes) {
+  if (bytes == nullptr) return;
+  std::free(bytes->data);
+  *bytes = tinyq_verified_bytes{nullptr, 0};
 }
