@@ -347,6 +347,43 @@ TEST(LoaderBytes, BadArguments) {
   tinyq_verified_bytes_free(&bytes);
 }
 
+// tests/vectors/jail/cases.json's layout (the same as //python/tinyq/registry:registry_test's): jail/
+// with the model, copies in jail/sub, jail/inner and outside/, then the case's links.
+fs::path LayOutJailCase(const fs::path& root, const json& c) {
+  fs::remove_all(root);
+  for (const char* d : {"jail", "jail/sub", "jail/inner", "outside"}) {
+    fs::create_directories(root / d);
+    for (const char* name : {"model.onnx", "model.int8.onnx", "model.json"}) {
+      fs::copy_file(fs::canonical(fs::path("tests/vectors/loader/int8_verified") / name), root / d / name);
+    }
+  }
+  for (const auto& [name, target_json] : c.at("links").items()) {
+    const fs::path link = root / "jail" / name;
+    fs::remove_all(link);
+    const std::string target = target_json.get<std::string>();
+    const fs::path to = target[0] == '@' ? root / target.substr(1) : fs::path(target);
+    fs::create_symlink(to, link);
+  }
+  return root / "jail";
+}
+
+TEST(JailVectors, TheRuleSharedWithPythonsValidation) {
+  const json cases = json::parse(std::ifstream("tests/vectors/jail/cases.json")).at("cases");
+  int i = 0;
+  for (const json& c : cases) {
+    SCOPED_TRACE(c.at("name").get<std::string>());
+    const fs::path jail = LayOutJailCase(fs::path(std::getenv("TEST_TMPDIR")) / ("jail" + std::to_string(i++)), c);
+    const std::string model = (jail / c.value("onnx", "model.onnx")).string();
+    tinyq_resolution res;
+    tinyq_status st;
+    const tinyq_code code = tinyq_resolve(model.c_str(), TINYQ_FAIL_CLOSED, jail.c_str(), &res, &st);
+    const bool escapes = code == TINYQ_E_PATH_ESCAPE || code == TINYQ_E_ONNX_PATH_ESCAPE;
+    EXPECT_EQ(escapes, c.at("escapes").get<bool>()) << tinyq_code_name(code) << ": " << st.message;
+    if (!escapes) EXPECT_EQ(code, TINYQ_OK) << st.message;
+  }
+  EXPECT_GE(i, 13);
+}
+
 TEST(Loader, BadArguments) {
   tinyq_resolution res;
   tinyq_status st;

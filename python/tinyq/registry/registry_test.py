@@ -221,3 +221,38 @@ def test_implied_paths_that_lead_out_of_the_registry_are_escapes(tree, tmp_path)
     _, findings = registry.check(tree)
     escapes = sorted((f.entry, f.pointer, f.message.split(" leads to ")[0]) for f in findings if f.code == "path_escape")
     assert escapes == [("(registry)", "", "the folder fixtures/"), ("m_fp32", "/models/0/onnx", "its sidecar m_fp32.json")]
+
+
+JAIL_CASES = json.loads(Path("tests/vectors/jail/cases.json").read_text())["cases"]
+
+
+def lay_out_jail_case(root: Path, case) -> Path:
+    """tests/vectors/jail/cases.json's layout (the same as //cc:loader_test's): jail/ with the model,
+    copies in jail/sub, jail/inner and outside/, then case['links']; returns the registry's path."""
+    src = Path("tests/vectors/loader/int8_verified")
+    for d in ("jail", "jail/sub", "jail/inner", "outside"):
+        (root / d).mkdir(parents=True)
+        for name in ("model.onnx", "model.int8.onnx", "model.json"):
+            shutil.copyfile(src / name, root / d / name)
+    for name, target in case["links"].items():
+        link = root / "jail" / name
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        else:
+            link.unlink(missing_ok=True)
+        link.symlink_to(str(root / target[1:]) if target.startswith("@") else target)
+    side = json.loads((src / "model.json").read_text())
+    entry = {"id": "model", "kind": "fr", "onnx": case.get("onnx", "model.onnx"), "quant_mode": "dynamic",
+             "sha256": side["sha256"], "int8_sha256": side["int8_sha256"]}
+    reg = root / "jail" / "registry.json"
+    reg.write_text(json.dumps({"models": [entry]}))
+    return reg
+
+
+@pytest.mark.parametrize("case", JAIL_CASES, ids=[c["name"] for c in JAIL_CASES])
+def test_the_jail_rule_shared_with_the_native_resolver(case, tmp_path):
+    """One rule, two languages: a path escape exactly where tinyq_resolve --jail refuses one."""
+    reg = lay_out_jail_case(tmp_path, case)
+    _, findings = registry.check(reg)
+    escapes = [f.format(reg) for f in findings if f.code == "path_escape"]
+    assert bool(escapes) == case["escapes"], escapes or findings
