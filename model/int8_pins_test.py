@@ -36,8 +36,8 @@ def test_built_artefact_matches_its_pins(model_id):
         built = Path("model/int8") / f"{model_id}.int8.onnx"
         assert sha256_file(built) == entry.int8_sha256, (
             f"{model_id}: the built int8 artefact is not the pinned one. If this build read a remote cache, the cache may "
-            f"hold a stale or poisoned result: rebuild with cache reads off (`tools/bazel test --noremote_accept_cached "
-            f"//model:int8_pins_test`) before anything else. If that rebuild matches the pin, the cache is wrong: do not "
-            f"run update_pins. If it still differs after an intentional change, {FIX} (it builds locally, never from a "
-            f"cache)")
+            f"hold a stale or poisoned result: rebuild on this machine alone (`tools/bazel clean && tools/bazel test "
+            f"--noremote_accept_cached //model:int8_pins_test`) before anything else. If that rebuild matches the pin, "
+            f"the cache is wrong: tell its owner, and do not pin (update_pins refuses artefacts it does not rebuild "
+            f"identically). If it still differs after an intentional change, {FIX} (it rebuilds locally)")
     assert entry.int8_onnx.stat().st_size < entry.onnx.stat().st_size

@@ -10,6 +10,10 @@ and mirrors them into each sidecar. Models without a recipe go back to fp32.
 Every pin, sidecar and the registry are written as one unit (tinyq.io.transaction) under the registry's
 lock. It refuses an int8 artefact that is not smaller than its fp32 model (exit 3), and ends by
 validating the registry (exit 1 if anything is still wrong). Nobody edits hashes by hand.
+
+A pin is what this machine builds: tools/bazel hashes the artefacts the build with the given flags
+gives (a remote cache's results included), deletes them and rebuilds them with cache reads off;
+if the two differ nothing is pinned (exit 14).
 """
 
 import hashlib
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from tinyq.app import cli, starlark
 from tinyq.io import transaction
-from tinyq.io.fileio import atomic_write_all, dumps_json, sha256_file
+from tinyq.io.fileio import atomic_write_all, dumps_json, read_regular, sha256_file
 from tinyq.model import loading
 from tinyq.quant import quantize
 from tinyq.registry import layout, registry, sidecar
@@ -42,6 +46,7 @@ def main(argv) -> int:
     tiny = Path(ws) / "model" / "tiny"
     with transaction.locked(tiny):  # one writer; every pin, sidecar and the registry land as one unit
         _refuse_unfixable(tiny / "registry.json")
+        _refuse_what_the_cache_gave()
         return _update(tiny)
 
 
@@ -56,6 +61,33 @@ def _refuse_unfixable(reg_path: Path) -> None:
     if bad:
         raise cli.UsageError("the registry has findings update_pins does not fix; nothing was written:\n"
                              + "\n".join(f.format(reg_path) for f in bad))
+
+
+EXIT_NOT_REPRODUCED = 14  # the local rebuild differs from what the build with cache reads gave: nothing pinned
+
+
+def _refuse_what_the_cache_gave() -> None:
+    """tools/bazel hashes the artefacts the build with cache reads gave (TINYQ_PINS_BUILT_VIEW), then
+    rebuilds them locally: a pin is what this machine builds, and a cache that gave other bytes is
+    poisoned or the quantiser is not reproducible. Either way nothing is pinned."""
+    view_path = os.environ.get("TINYQ_PINS_BUILT_VIEW")
+    if not view_path:
+        print("update_pins: WARNING: not run through tools/bazel, so the artefacts were not rebuilt locally and "
+              "compared with what a cache gave", file=sys.stderr)
+        return
+    lines = read_regular(Path(view_path), 1 << 20).decode().splitlines()  # sha256sum's "<sha>  <name>"
+    view = {name: sha for sha, name in (line.split(maxsplit=1) for line in lines)}
+    differ = [f"{name}: the build with cache reads gave sha256 {sha}, this machine builds {sha256_file(BUILT / name)}"
+              for name, sha in sorted(view.items()) if (BUILT / name).is_file() and sha256_file(BUILT / name) != sha]
+    if differ:
+        raise _NotReproduced("the artefacts built here differ from those the build with cache reads gave; nothing was "
+                             "pinned:\n  " + "\n  ".join(differ) + "\nA remote cache (or an earlier build that read one) "
+                             "holds results this machine does not reproduce: do not pin them. Tell the cache's owner; "
+                             "`tools/bazel clean` drops them here")
+
+
+class _NotReproduced(cli.UsageError):
+    exit_code = EXIT_NOT_REPRODUCED
 
 
 def _update(tiny: Path) -> int:

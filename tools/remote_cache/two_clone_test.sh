@@ -14,7 +14,9 @@
 #   2. a corrupted CAS blob on the server is detected, that one model is quantised locally, and the
 #      corrupt bytes never reach bazel-bin;
 #   3. the server stopped mid-build: the build still succeeds, locally, with Bazel's warnings;
-#   4. a lock with one pinned hash changed (a new venv) never hits the first clone's entries.
+#   4. a PUT over an action result without the writer's credential is refused; an action result
+#      poisoned in the store reaches a reader, fails //model:int8_pins_test, and update_pins refuses it;
+#   5. a lock with one pinned hash changed (a new venv) never hits the first clone's entries.
 # Prints "remote-cache check: NAME PASSED|FAILED (...)" per check (.ci/run counts them).
 # Exit codes: 0 all passed, 1 a check failed, 2 bad usage.
 set -euo pipefail
@@ -153,6 +155,41 @@ else
   check poison_without_credential_refused "the first clone wrote no action result" false
 fi
 
+# --- 4b. A poisoned action result in the store ----------------------------------------------
+# What a stolen writer's credential, or write access to the store, could do: vmaf_tiny_v2's
+# quantiser action answered with vmaf_tiny_v3's artefact (a real blob, so it passes
+# --remote_verify_downloads). The reader gets it; the pins test then fails and says a cache may be
+# the cause; update_pins rebuilds locally, sees the difference and pins nothing.
+v2_ac=$(grep -l 'model/int8/vmaf_tiny_v2.int8.onnx' "$tmp/store/ac/"* 2>/dev/null | head -n 1 || true)
+v3_ac=$(grep -l 'model/int8/vmaf_tiny_v3.int8.onnx' "$tmp/store/ac/"* 2>/dev/null | head -n 1 || true)
+if [[ -n "$v2_ac" && -n "$v3_ac" ]]; then
+  stamp "poisoning ac/$(basename "$v2_ac" | cut -c1-12) (vmaf_tiny_v2's quantiser) with vmaf_tiny_v3's result"
+  python3 -c 'import sys; b = open(sys.argv[1], "rb").read(); sys.stdout.buffer.write(b.replace(b"vmaf_tiny_v3.int8.onnx", b"vmaf_tiny_v2.int8.onnx"))' \
+    "$v3_ac" >"$v2_ac.poison"
+  mv "$v2_ac.poison" "$v2_ac"  # a new inode: the hard-linked original in $store is untouched
+  bz clean >/dev/null 2>&1
+  rc=0
+  TINYQ_REMOTE_CACHE=$url bz build --config=ci --config=remote-cache-ro //model:all_int8 >"$tmp/poison.log" 2>&1 || rc=$?
+  got=$(sha256sum "$clone/bazel-bin/model/int8/vmaf_tiny_v2.int8.onnx" 2>/dev/null | cut -d' ' -f1 || true)
+  v3_pin=$(sha256sum "$clone/model/tiny/vmaf_tiny_v3.int8.onnx" | cut -d' ' -f1)
+  check poisoned_entry_reaches_a_reader "bazel exit $rc; the reader's vmaf_tiny_v2.int8.onnx is ${got:0:12}, vmaf_tiny_v3's pin ${v3_pin:0:12}" \
+    test "$rc" -eq 0 -a "$got" = "$v3_pin"
+  rc=0
+  bz test --config=ci //model:int8_pins_test >>"$tmp/poison.log" 2>&1 || rc=$?
+  said=$(grep -c 'vmaf_tiny_v2: the built int8 artefact is not the pinned one.*poisoned' \
+    "$clone/bazel-testlogs/model/int8_pins_test/test.log" 2>/dev/null || true)
+  check poisoned_artefact_fails_pins_test "bazel exit $rc; the failure names the cache: $said" test "$rc" -ne 0 -a "$said" -ge 1
+  rc=0
+  TINYQ_REMOTE_CACHE=$url bz run --config=ci --config=remote-cache-ro //model:update_pins >>"$tmp/poison.log" 2>&1 || rc=$?
+  changed=$(git -C "$clone" status --porcelain | wc -l)
+  check update_pins_refuses_poison "update_pins exit $rc (14: not reproduced); $changed files changed in the clone" \
+    test "$rc" -eq 14 -a "$changed" -eq 0 -a "$(grep -c 'vmaf_tiny_v2.int8.onnx: the build with cache reads gave' "$tmp/poison.log")" -ge 1
+  ln -f "$store/ac/$(basename "$v2_ac")" "$v2_ac" 2>/dev/null || cp "$store/ac/$(basename "$v2_ac")" "$v2_ac"
+  bz clean >/dev/null 2>&1
+else
+  check poisoned_entry_reaches_a_reader "no action result names vmaf_tiny_v2's or v3's artefact" false
+fi
+
 # --- 5. Another lock file: never a hit ----------------------------------------------------
 # One pinned hash of one package changes (one pip does not need here, so the venv still builds);
 # the lock's sha256 is in the interpreter wrapper, an input of every Python action.
@@ -177,7 +214,7 @@ else
 fi
 
 if ((failed)); then
-  for f in warm corrupt stop lock; do
+  for f in warm corrupt stop poison lock; do
     echo "--- $f.log (tail)" >&2
     # Indented, so .ci/run never counts Bazel's summary lines in here as its own.
     tail -n 30 "$tmp/$f.log" 2>/dev/null | sed 's/^/  | /' >&2 || true

@@ -5,7 +5,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1  # The input was read and judged: invalid registry, over budget, ...
 EXIT_USAGE = 2  # Bad flags, unreadable or missing files, anything that stopped the judging.
 EXIT_NOT_JUDGED = 5  # The models ran, but no output could be judged (all skipped, or one value): never a pass.
-# 3, 4, 6 and 7 belong to single tools (see the exit-code table in docs/user-guide.md).
+# 3, 4, 6, 7 and 14 belong to single tools (see the exit-code table in docs/user-guide.md).
 EXIT_UNSAFE_OUTPUT = 9  # An output would overwrite an input or a file a registry names: nothing written.
 EXIT_TOO_LARGE = 10  # An input passes a stated resource cap (decompressed bytes, samples, nesting).
 EXIT_BUSY = 11  # Another tinyq tool holds the directory's lock past the bounded wait.
