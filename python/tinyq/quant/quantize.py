@@ -314,6 +314,7 @@ def quantize_static_qdq(
     overflow_fix: which layers get 7-bit weights so that no x86 kernel can saturate (tinyq.quant.overflow):
     "needed" (those whose pair bound can be crossed), "all" or "none".
     """
+    from tinyq.quant import ort_linear
     from tinyq.quant import rewrites as graph_rewrites
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -324,7 +325,7 @@ def quantize_static_qdq(
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         try:
-            with _quiet_onnxruntime():
+            with _quiet_onnxruntime(), ort_linear.linear_steps():  # linear in the graph's size
                 quantize_static(
                     str(src),
                     str(dst),
