@@ -294,3 +294,25 @@ def test_a_symlink_that_appears_at_the_output_after_the_check_is_refused(tmp_pat
     assert "a symlink appeared" in r.stderr and "nothing was written" in r.stderr and "Traceback" not in r.stderr
     out.unlink()
     assert files() == before
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_an_opset_11_model_is_converted_not_refused(tmp_path, tool):
+    """A pretrained model cannot be re-exported: opset 11 is converted (onnx.version_converter), its
+    fp32 outputs checked bit-identical, and the report says so."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((6, 128)).astype(np.float32), rng.standard_normal((128, 1)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["features", "w1"], ["h"]), helper.make_node("Clip", ["h", "lo", "hi"], ["c"]),
+             helper.make_node("MatMul", ["c", "w2"], ["score"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    fp32 = testutil.save_graph(tmp_path / "old.onnx", nodes, [testutil.floats("features", ["n", 6])],
+                               [testutil.floats("score", ["n", 1])], inits, opset=11)
+    np.savez(tmp_path / "calib.npz", features=rng.standard_normal((64, 6)).astype(np.float32))
+    report = tmp_path / "r.json"
+    r = run(tool, fp32, "--report-out", report, *(["--calibration", tmp_path / "calib.npz"] if tool == STATIC else []))
+    assert r.returncode == 0, r.stderr
+    assert "opset 11 -> 17 (onnx.version_converter); fp32 outputs bit-identical" in r.stdout + r.stderr
+    assert [x["code"] for x in json.loads(report.read_text())["repairs"]][0] == "opset_converted"
+    int8 = onnx.load(str(tmp_path / "old.int8.onnx"))
+    assert [o.version for o in int8.opset_import if o.domain == ""] == [17]

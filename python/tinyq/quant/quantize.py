@@ -2,9 +2,10 @@
 
 load_for_quantization() reads the fp32 model with tinyq.model.loading's repairs, copies
 initialisers shared by several quantisable nodes (a siamese backbone) per node, so that every int8
-kernel owns its weights (onnxruntime's x64quantprecision transformer fails on shared ones), and
-refuses, with a message naming the fix: fp16 models, opsets outside 13..21, and a model that is
-already quantised (pass its fp32 source).
+kernel owns its weights (onnxruntime's x64quantprecision transformer fails on shared ones),
+converts opsets 7..12 to 17 (tinyq.model.opsets, outputs checked bit for bit), and refuses, with a
+message naming the fix: fp16 models, other opsets outside 13..21, and a model that is already
+quantised (pass its fp32 source).
 
 Encodings (all data-free, so all serve quant_mode "dynamic"):
   - "dynamic": onnxruntime's quantize_dynamic (int8 weights, activations quantised at run time);
@@ -37,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq.model import compaction, loading, weights
+from tinyq.model import compaction, loading, opsets, weights
 from tinyq.model.loading import QuantizeError  # raised by the loading and the encoders alike
 from tinyq.quant import overflow
 
@@ -81,6 +82,7 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[loading.Rep
     """The fp32 model at path, repaired and shape-inferred; raises QuantizeError when it cannot be."""
     path = Path(path)
     model, repairs = loading.load_model(path)
+    model = opsets.upgrade(path, model, MIN_OPSET, repairs)  # opset 7-12: converted, outputs checked
 
     opset = loading.model_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:

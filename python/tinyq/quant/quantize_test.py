@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyq.model import compaction, weights
+from tinyq.model import compaction, loading, weights
 from tinyq.quant import quantize
 from tinyq_testing import testutil
 
@@ -76,13 +76,21 @@ def test_fp16_model_is_refused_with_the_fix(tmp_path):
         quantize.load_for_quantization(path)
 
 
-@pytest.mark.parametrize("opset", [9, 22])
+@pytest.mark.parametrize("opset", [6, 22])
 def test_unsupported_opset_is_refused(mlp, opset):
     model = onnx.load(str(mlp))
     model.opset_import[0].version = opset
     onnx.save(model, str(mlp))
     with pytest.raises(quantize.QuantizeError, match=f"opset {opset} is not supported.*opset_version=17"):
         quantize.load_for_quantization(mlp)
+
+
+def test_an_old_opset_is_converted_with_the_repair_named(mlp):
+    model = onnx.load(str(mlp))
+    model.opset_import[0].version = 9
+    onnx.save(model, str(mlp))
+    converted, repairs = quantize.load_for_quantization(mlp)
+    assert loading.model_opset(converted) == 17 and repairs[0].code == "opset_converted"
 
 
 def test_garbage_is_refused(tmp_path):
