@@ -316,3 +316,46 @@ def test_an_opset_11_model_is_converted_not_refused(tmp_path, tool):
     assert [x["code"] for x in json.loads(report.read_text())["repairs"]][0] == "opset_converted"
     int8 = onnx.load(str(tmp_path / "old.int8.onnx"))
     assert [o.version for o in int8.opset_import if o.domain == ""] == [17]
+
+
+def masked_model(path, nan_weight=False):
+    """MatMul, Max with a -inf scalar (magika's mask), Add of a -inf mask, Relu, MatMul: constants that
+    are not weights. nan_weight: a NaN in the first MatMul's weight instead, which is one."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((6, 128)).astype(np.float32), rng.standard_normal((128, 1)).astype(np.float32)
+    if nan_weight:
+        w1[0, 0] = np.nan
+    mask = np.zeros(128, np.float32)
+    mask[::16] = -np.inf
+    nodes = [helper.make_node("MatMul", ["features", "w1"], ["h"], name="mm1"),
+             helper.make_node("Constant", [], ["floor"], value=numpy_helper.from_array(np.array(-np.inf, np.float32))),
+             helper.make_node("Max", ["h", "floor"], ["m"], name="max"),
+             helper.make_node("Add", ["m", "mask"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["score"], name="mm2")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(mask, "mask")]
+    return testutil.save_graph(path, nodes, [testutil.floats("features", ["n", 6])], [testutil.floats("score", ["n", 1])],
+                               inits)
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_a_constant_that_is_not_a_weight_may_be_infinite(tmp_path, tool):
+    fp32 = masked_model(tmp_path / "masked.onnx")
+    x = np.random.default_rng(1).standard_normal((64, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", features=x)
+    report = tmp_path / "r.json"
+    r = run(tool, fp32, "--report-out", report, *(["--calibration", tmp_path / "calib.npz"] if tool == STATIC else []))
+    assert r.returncode == 0, r.stderr
+    repairs = {x["code"]: x["detail"] for x in json.loads(report.read_text())["repairs"]}
+    assert repairs["nonfinite_constants_kept"].startswith("2 constant(s) hold NaN or infinite values"), repairs
+    int8 = tmp_path / "masked.int8.onnx"
+    graph = onnx.load(str(int8)).graph
+    assert any(np.isneginf(numpy_helper.to_array(t)).sum() == 8 for t in graph.initializer)  # the mask, unquantised
+    want, got = loads(fp32).run(None, {"features": x})[0], loads(int8).run(None, {"features": x})[0]
+    assert np.isfinite(got).all() and np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.99
+
+
+def test_a_weight_that_is_not_finite_is_still_refused(tmp_path):
+    fp32 = masked_model(tmp_path / "bad.onnx", nan_weight=True)
+    r = run(DYNAMIC, fp32)
+    assert r.returncode == 2 and "weight 'w1' holds 1 NaN or infinite values of 768" in r.stderr, r.stderr

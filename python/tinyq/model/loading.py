@@ -198,22 +198,49 @@ def repair_value_info(model: onnx.ModelProto, repairs: List[Repair]) -> None:
     )
 
 
+def _nonfinite(t: TensorProto) -> int:
+    """How many NaN or infinite values a float tensor holds (0 for other types)."""
+    if t.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+        return 0
+    w = numpy_helper.to_array(t)
+    return int(w.size - np.count_nonzero(np.isfinite(w)))
+
+
+def _weights_read(graph: onnx.GraphProto) -> set:
+    """The names a weight slot of a weight-bearing op reads (tinyq.model.weights.WEIGHT_SLOTS)."""
+    return {node.input[i] for node in graph.node for i in weights.WEIGHT_SLOTS.get(node.op_type, ())
+            if i < len(node.input)}
+
+
+def nonfinite_constants(graph: onnx.GraphProto) -> set:
+    """The float initialisers and Constant outputs of graph that hold NaN or infinite values: masks
+    and fill values (a -inf fed to Max), which no quantiser may touch."""
+    names = {t.name for t in graph.initializer if _nonfinite(t)}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+            if value is not None and _nonfinite(value):
+                names.add(node.output[0])
+    return names
+
+
 def refuse_unusable(path: Path, model: onnx.ModelProto) -> None:
-    """A graph with no outputs, or with NaN or infinite float weights (in the main graph or in an
-    If/Loop/Scan subgraph), would quantise into a useless artefact that still writes (exit 0):
-    refused, naming the fix."""
+    """A graph with no outputs, or a weight (the weight slot of a Conv, MatMul, Gemm or Gather, in
+    the main graph or an If/Loop/Scan subgraph) holding NaN or infinite values, would quantise into a
+    useless artefact that still writes (exit 0): refused, naming the fix. Other constants (a -inf
+    mask, a fill value) are not weights: kept as they are."""
     if not model.graph.output:
         raise QuantizeError(f"{path}: the graph has no outputs, so there is nothing to compute or judge; re-export it "
                             f"with its outputs")
     for g in weights.graphs(model):
         where = "" if g is model.graph else f" (in subgraph {g.name!r})"
+        read = _weights_read(g)
         for t in g.initializer:
-            if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
-                w = numpy_helper.to_array(t)
-                bad = int(w.size - np.count_nonzero(np.isfinite(w)))
-                if bad:
-                    raise QuantizeError(f"{path}: initialiser {t.name!r}{where} holds {bad} NaN or infinite values of {w.size}; "
-                                        f"int8 cannot represent them: fix the weights (a diverged training run?) and re-export")
+            bad = _nonfinite(t) if t.name in read else 0
+            if bad:
+                raise QuantizeError(f"{path}: weight {t.name!r}{where} holds {bad} NaN or infinite values of "
+                                    f"{int(np.prod(t.dims))}; int8 cannot represent them: fix the weights (a diverged "
+                                    f"training run?) and re-export")
 
 
 def load_model(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:

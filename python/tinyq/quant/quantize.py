@@ -103,6 +103,7 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[loading.Rep
             f"re-export the model in float32 (model.float()) and quantise that"
         )
     loading.refuse_unusable(path, model)
+    _keep_nonfinite_constants(model, repairs)
     loading.repair_value_info(model, repairs)
     _unshare_initialisers(model, repairs)
     try:
@@ -111,6 +112,30 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[loading.Rep
     except Exception as e:
         raise QuantizeError(f"{path}: the graph fails ONNX shape inference or checks after repair: {e}") from None
     return model, repairs
+
+
+def _reads_nonfinite(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """The nodes static QDQ would quantise that read a NaN or infinite constant (a mask)."""
+    bad = loading.nonfinite_constants(model.graph)
+    return [n for n in model.graph.node if n.op_type in STATIC_OP_TYPES and bad.intersection(n.input)]
+
+
+def _keep_nonfinite_constants(model: onnx.ModelProto, repairs: List[loading.Repair]) -> None:
+    """A -inf mask or fill value is not a weight: kept as it is, and every node static QDQ would
+    quantise that reads one stays fp32 (named, so that onnxruntime can exclude it)."""
+    bad = loading.nonfinite_constants(model.graph)
+    if not bad:
+        return
+    readers = _reads_nonfinite(model)
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(readers):
+        if not node.name:
+            node.name = next(f"tinyq_reads_nonfinite_{i}_{k}" for k in range(len(taken) + 1)
+                             if f"tinyq_reads_nonfinite_{i}_{k}" not in taken)
+            taken.add(node.name)
+    kept = f"; {len(readers)} node(s) reading them stay fp32 in static QDQ ({', '.join(n.op_type for n in readers)})" if readers else ""
+    repairs.append(loading.Repair("nonfinite_constants_kept", f"{len(bad)} constant(s) hold NaN or infinite values "
+                                                             f"(e.g. {sorted(bad)[0]!r}): not weights, kept as they are{kept}"))
 
 
 @contextlib.contextmanager
@@ -334,7 +359,7 @@ def quantize_static_qdq(
                     calibration_reader(calibration, batch),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(STATIC_OP_TYPES),
-                    nodes_to_exclude=list(exclude_nodes),
+                    nodes_to_exclude=list(exclude_nodes) + [n.name for n in _reads_nonfinite(model)],
                     per_channel=per_channel,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
