@@ -359,3 +359,24 @@ def test_a_weight_that_is_not_finite_is_still_refused(tmp_path):
     fp32 = masked_model(tmp_path / "bad.onnx", nan_weight=True)
     r = run(DYNAMIC, fp32)
     assert r.returncode == 2 and "weight 'w1' holds 1 NaN or infinite values of 768" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("tool", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+def test_weights_held_in_constant_nodes_are_quantised(tmp_path, tool):
+    """paddle2onnx keeps every weight in a Constant node; onnxruntime's quantisers only see initialisers."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((6, 128)).astype(np.float32), rng.standard_normal((128, 1)).astype(np.float32)
+    const = lambda name, a: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(a))  # noqa: E731
+    nodes = [const("w1", w1), const("b1", np.zeros(128, np.float32)), const("w2", w2),
+             helper.make_node("MatMul", ["features", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["score"])]
+    fp32 = testutil.save_graph(tmp_path / "paddle.onnx", nodes, [testutil.floats("features", ["n", 6])],
+                               [testutil.floats("score", ["n", 1])])
+    np.savez(tmp_path / "calib.npz", features=rng.standard_normal((64, 6)).astype(np.float32))
+    report = tmp_path / "r.json"
+    r = run(tool, fp32, "--report-out", report, *(["--calibration", tmp_path / "calib.npz"] if tool == STATIC else []))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    assert {x["code"]: x["detail"] for x in rep["repairs"]}["constant_weights_to_initialisers"] == (
+        "2 weights (896 elements) held in Constant nodes moved to initialisers")
+    assert rep["weights"]["weights_quantised_fraction"] == 1.0, rep["weights"]

@@ -243,6 +243,31 @@ def refuse_unusable(path: Path, model: onnx.ModelProto) -> None:
                                     f"training run?) and re-export")
 
 
+def constant_weights_to_initialisers(model: onnx.ModelProto, repairs: List[Repair]) -> None:
+    """Weights held in Constant nodes (every paddle2onnx export) become initialisers, which is where
+    onnxruntime's quantisers and tinyq's encodings look for weights. Only Constants of the main graph
+    that a weight slot reads (tinyq.model.weights.WEIGHT_SLOTS), so other graphs stay as they are."""
+    graph = model.graph
+    read = _weights_read(graph)
+    moved = []
+    for node in list(graph.node):
+        if node.op_type != "Constant" or node.output[0] not in read:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if value is None or value.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE) or len(value.dims) < 2:
+            continue
+        tensor = TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
+        moved.append(tensor)
+    if moved:
+        elements = sum(int(np.prod(t.dims)) for t in moved)
+        repairs.append(Repair("constant_weights_to_initialisers", f"{len(moved)} weights ({elements} elements) held in "
+                                                                  f"Constant nodes moved to initialisers"))
+
+
 def load_model(path: Path) -> Tuple[onnx.ModelProto, List[Repair]]:
     """The ONNX model at path with its external data inlined (read and checked by tinyq: beside the
     model, regular files, not truncated; a stale location re-pointed at the data file named after

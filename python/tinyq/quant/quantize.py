@@ -102,6 +102,7 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[loading.Rep
             f"{path}: fp16 model ({len(half)} fp16 tensors, e.g. {half[0]!r}); int8 quantisation starts from fp32: "
             f"re-export the model in float32 (model.float()) and quantise that"
         )
+    loading.constant_weights_to_initialisers(model, repairs)
     loading.refuse_unusable(path, model)
     _keep_nonfinite_constants(model, repairs)
     loading.repair_value_info(model, repairs)
