@@ -25,11 +25,14 @@ It prints the candidate table and the recipe, the line for model/zoo.bzl from wh
 //model:<id>_int8 rebuilds the artefact byte for byte. --output writes the chosen artefact, with
 its report (default <output>.auto.json) and recipe (default <output>.recipe.json) beside it, all
 or none; when the verdict is fp32, only the report and recipe.
-Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget (nothing is written;
-the message names the next step, quantisation-aware training).
+Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget: the verdict is fp32
+with the reason (no artefact; the report and recipe are written as for any fp32 verdict), and the
+message names the next step (quantisation-aware training only where python/configs/<id>_qat.yaml
+exists). A search where no candidate quantises any weight says where the weights are instead.
 """
 
 import hashlib
+import os
 import sys
 import tempfile
 import time
@@ -166,14 +169,24 @@ def _search(label, model, cal, val, shift, budgets, residual, workdir):
     return measure, auto.search(measure, groups)
 
 
-def _no_candidate(label, budgets, rows) -> int:
-    best = min((r.accuracy.drop for r in rows if r.accuracy.drop is not None), default=None)
-    sys.stderr.write(
-        f"ptq_auto: {label}: no candidate is within budget {budgets.plcc:g} on the validation set "
-        f"(best drop {best if best is None else f'{best:.3g}'}); nothing was written. Next step: quantisation-aware "
-        f"training, e.g. tools/bazel run //python:qat_train -- --config python/configs/{label}_qat.yaml "
-        f"--output /tmp/{label}.qat.int8.onnx --report-out /tmp/{label}.qat.json\n")
-    return EXIT_NONE_WITHIN_BUDGET
+def _no_candidate(label, budgets, rows) -> str:
+    """Why no candidate is within budget, and the next step: QAT only where a config for it exists."""
+    quantising = [r for r in rows if auto.verdict(r) != "quantises no weight"]
+    if not quantising:
+        wo = next((r for r in rows if r.candidate.encoding == "weight_only"), rows[0])
+        left = quantize.coverage_of(wo.int8, "weight_only").left_fp32
+        where = "; ".join(f"{x.count} {x.op} ({x.elements} elements): {x.reason}" for x in left) or "the graph has none"
+        return f"no candidate quantises a weight, so there is no int8 to ship: {where}; the model stays fp32"
+    best = min((r.accuracy.drop for r in quantising if r.accuracy.drop is not None), default=None)
+    why = (f"no candidate is within budget {budgets.plcc:g} on the validation set (best drop "
+           f"{'n/a' if best is None else f'{best:.3g}'}); the model stays fp32")
+    config = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")) / "python" / "configs" / f"{label}_qat.yaml"
+    if config.is_file():
+        return (why + f". Next step: quantisation-aware training: tools/bazel run //python:qat_train -- --config "
+                      f"python/configs/{label}_qat.yaml --output /tmp/{label}.qat.int8.onnx --report-out /tmp/{label}.qat.json")
+    return why + (f". tinyq's quantisation-aware training (qat_train) trains the zoo's models from a config, and "
+                  f"python/configs/{label}_qat.yaml does not exist: keep the model fp32 (register_model --quant-mode "
+                  f"fp32), or quantise it in your own training")
 
 
 def _json(obj) -> bytes:
@@ -250,12 +263,17 @@ def main(argv):
     wall = time.monotonic() - start
     choice = auto.choose(rows, _NO_SPEEDUP.value)
     print(auto_report.table(rows, choice), end="")
-    if choice is None:
-        return _no_candidate(label, budgets, rows)
+    none_within = choice is None
+    if none_within:  # the verdict is fp32, with the real reason; the report and recipe say so
+        choice = auto.Choice(None, "fp32", auto.noise_margin(t for r in rows for t in r.timing.values()),
+                             _no_candidate(label, budgets, rows))
     rec = auto_report.recipe(choice, measure.builder)
     print(f"choice: {choice.row.candidate.name if choice.row else 'fp32'} ({choice.purpose}): {choice.reason}")
     print(f"search took {wall:.0f} s over {len(rows)} candidates; model/zoo.bzl recipe:\n    {auto_report.zoo_entry(label, rec)}")
     _write_outputs(label, fp32, cal_path, val_path, shift_path, budgets, measure, rows, choice, rec, wall)
+    if none_within:
+        sys.stderr.write(f"ptq_auto: {label}: {choice.reason}\n")
+        return EXIT_NONE_WITHIN_BUDGET
     return cli.EXIT_OK
 
 

@@ -13,6 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tinyq_testing import testutil
+
 TOOL = Path.cwd() / "python" / "ptq_auto"
 STATIC = Path.cwd() / "python" / "ptq_static"
 SIZE = 24  # image side: large enough for int8 kernels to beat fp32
@@ -144,11 +146,32 @@ def test_rewrites_are_tried_on_candidates_off_the_fused_path(searched):
     assert rebuild(fp32, cal, out, row_args(padded[0])) == padded[0]["int8_sha256"]
 
 
-def test_unreachable_budget_exits_6_and_writes_nothing(tmp_path):
+def test_unreachable_budget_exits_6_with_an_fp32_verdict_and_no_artefact(tmp_path):
     _, _, out, r = search(tmp_path, "0")
     assert r.returncode == 6, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "no candidate is within budget" in r.stderr and "//python:qat_train" in r.stderr
-    assert list(out.iterdir()) == []
+    assert "no candidate is within budget 0 on the validation set (best drop" in r.stderr
+    # No QAT config exists for this model: QAT is not advised, keeping it fp32 is.
+    assert "//python:qat_train --" not in r.stderr and "python/configs/mscn_qat.yaml does not exist" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["m.int8.auto.json", "m.int8.recipe.json", "p.png"]
+    report = json.loads((out / "m.int8.auto.json").read_text())
+    assert report["choice"]["candidate"] is None and report["choice"]["mode"] == "fp32"
+    assert report["choice"]["reason"].startswith("no candidate is within budget 0")
+
+
+def test_a_model_whose_weights_no_encoding_reaches_says_where_they_are(tmp_path):
+    """Weights only inside If branches: every candidate quantises nothing, and the verdict says why
+    instead of 'best drop 0'."""
+    rng = np.random.default_rng(0)
+    model = testutil.if_model(rng.standard_normal((6, 32)), rng.standard_normal((6, 32)))
+    onnx.save(model, str(tmp_path / "if.onnx"))
+    np.savez(tmp_path / "cal.npz", features=rng.standard_normal((64, 6)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", features=rng.standard_normal((64, 6)).astype(np.float32))
+    r = run("--fp32", tmp_path / "if.onnx", "--calibration", tmp_path / "cal.npz", "--validation", tmp_path / "val.npz",
+            "--report-out", tmp_path / "r.json")
+    assert r.returncode == 6, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "no candidate quantises a weight, so there is no int8 to ship: 2 MatMul (384 elements)" in r.stderr, r.stderr
+    assert "best drop" not in r.stderr and "| quantises no weight |" in r.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["choice"]["mode"] == "fp32"
 
 
 def test_soak_fixture_is_never_read_during_selection(tmp_path):

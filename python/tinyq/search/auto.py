@@ -326,7 +326,7 @@ class Measure:
         which ptq_dynamic and ptq_static refuse to write (exit 4): a choice must be buildable."""
         accuracy = self.evaluator(sess8)
         if quantize.coverage_of(int8, "weight_only" if candidate.encoding == "weight_only" else "static").nothing_quantised:
-            why = "quantises no weight (its recipe would be refused, exit 4)"
+            why = NOTHING_QUANTISED
             return Accuracy(accuracy.drop, accuracy.kept_gain, False, "; ".join(filter(None, [why, accuracy.reason])),
                             accuracy.shift_drop)
         return accuracy
@@ -353,14 +353,23 @@ def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
     return fusion.unfused_ops(optimised), rewrites.kernels(optimised)
 
 
+NOTHING_QUANTISED = "quantises no weight (its recipe would be refused, exit 4)"
+
+
+def verdict(row: Row) -> str:
+    """'within budget', 'quantises no weight' or 'over budget': why a row is or is not a choice."""
+    if row.accuracy.within_budget:
+        return "within budget"
+    return "quantises no weight" if row.accuracy.reason.startswith(NOTHING_QUANTISED) else "over budget"
+
+
 def _progress_line(i: int, row: Row) -> str:
     drop = "n/a" if row.accuracy.drop is None else f"{row.accuracy.drop:.2e}"
     if row.accuracy.shift_drop is not None:
         drop += f" shift {row.accuracy.shift_drop:.2e}"
     speed = "  ".join(f"b{b} x{t.speedup:.2f}" for b, t in sorted(row.timing.items()))
-    verdict = "within budget" if row.accuracy.within_budget else "over budget"
     twin = f"  (same bytes as {row.same_as})" if row.same_as else ""
-    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:20s} {speed}  unfused {len(row.unfused)}  {verdict}{twin}"
+    return f"[{i:3d}] {row.candidate.name:60s} drop {drop:20s} {speed}  unfused {len(row.unfused)}  {verdict(row)}{twin}"
 
 
 def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:

@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from tinyq.search import auto
 from tinyq.search.auto import Candidate, Choice, CandidateBuilder, Row
 
 
@@ -101,7 +102,7 @@ def table(rows: Sequence[Row], choice: Optional[Choice]) -> str:
         if r.accuracy.kept_gain is not None:
             drop += f" (keeps {r.accuracy.kept_gain:.0%})"
         speed = " | ".join(f"{r.timing[b].speedup:.2f}" if b in r.timing else "" for b in batches)
-        mark = "**chosen**" if r.candidate == chosen else ("" if r.accuracy.within_budget else "over budget")
+        mark = "**chosen**" if r.candidate == chosen else ("" if r.accuracy.within_budget else auto.verdict(r))
         shift = "n/a" if r.accuracy.shift_drop is None else f"{r.accuracy.shift_drop:.2e}"
         lines.append(f"| {r.candidate.name} | {r.bytes} | {drop} | {shift} | {len(r.unfused)} | {speed} | {mark} |")
     return "\n".join(lines) + "\n"
