@@ -123,7 +123,8 @@ def _flag_residual():
 
 
 def _jobs():
-    """(registry path or None, [Job])."""
+    """(registry path or None, [Job]), or (registry path, why there is nothing to gate) when the
+    registry says the model (every model, with --all) is fp32."""
     data = cli.resolve_user_path(_DATA.value) if _DATA.value else None
     shift = cli.resolve_user_path(_SHIFT.value) if _SHIFT.value else None
     if _FP32.value:
@@ -144,15 +145,19 @@ def _jobs():
     jobs = []
     for e in entries:
         if not e.quantised and not _INT8.value:
-            raise cli.UsageError(f"{e.id} is fp32 in {reg_path}; there is no int8 model to gate (pass --int8 B.onnx)")
+            return reg_path, f"{e.id} is fp32 in {reg_path} (quant_mode fp32): there is no int8 to gate; the verdict is fp32"
         int8 = cli.resolve_user_path(_INT8.value) if _INT8.value else e.int8_onnx
+        if _INT8.value and not int8.exists():
+            raise cli.UsageError(f"--int8 {int8} does not exist. If ptq_auto's verdict was fp32 (its recipe's mode), there "
+                                 f"is no int8 to gate: pin the verdict with register_model --recipe R.recipe.json, "
+                                 f"after which measure_quant_drop --id {e.id} says so and exits 0")
         real, label = (data, "data") if data else (layout.fixture_path(reg.root, e.id), "soak")
         registered_shift = layout.shift_path(reg.root, e.id)
         declared = (_flag_residual() or e.raw.get("residual_of"), e.kind)
         jobs.append(Job(e.id, e.onnx, int8, _budgets(e), real, label,
                         shift or (registered_shift if registered_shift.is_file() else None), declared, e.raw.get("quant_purpose")))
     if not jobs:
-        raise cli.UsageError(f"{reg_path}: no quantised model to gate")
+        return reg_path, f"{reg_path}: every model is fp32: there is no int8 to gate"
     return reg_path, jobs
 
 
@@ -269,6 +274,9 @@ def main(argv):
         raise cli.UsageError(str(e)) from None
     plots = _plots_dir()
     reg_path, jobs = _jobs()
+    if isinstance(jobs, str):  # the registry says fp32: nothing to gate, and that is the verdict
+        print(f"measure_quant_drop: {jobs}")
+        return cli.EXIT_OK
     _guard(plots, reg_path, jobs)
     if plots:
         plots.mkdir(parents=True, exist_ok=True)

@@ -112,9 +112,18 @@ def test_foreign_model_needs_input_shape(tmp_path):
     assert run(*pair, "--input-shape", "dist=16,x").returncode == 2
 
 
-def test_missing_int8_exits_2_naming_the_model(tmp_path):
+def test_missing_int8_exits_2_naming_the_file_and_the_next_step(tmp_path):
     r = run("--id", "vmaf_tiny_v2", "--int8", tmp_path / "none.onnx")
-    assert r.returncode == 2 and "vmaf_tiny_v2: int8 model" in r.stderr and "does not exist" in r.stderr
+    assert r.returncode == 2 and f"--int8 {tmp_path / 'none.onnx'} does not exist" in r.stderr, r.stderr
+    assert "register_model --recipe R.recipe.json, after which measure_quant_drop --id vmaf_tiny_v2" in r.stderr
+
+
+def test_an_fp32_verdict_has_nothing_to_gate_and_passes(tmp_path):
+    """After ptq_auto's fp32 verdict is pinned, the documented gate step says so and exits 0."""
+    reg = testutil.make_tree(tmp_path)
+    r = run("--registry", reg, "--id", "m_fp32")
+    assert r.returncode == 0, r.stderr
+    assert f"m_fp32 is fp32 in {reg} (quant_mode fp32): there is no int8 to gate; the verdict is fp32" in r.stdout
 
 
 def test_unloadable_int8_exits_2(tmp_path):
