@@ -47,7 +47,7 @@ MIN_MARGIN = 0.05  # a speed-up must beat fp32 by more than this (or the measure
 
 @dataclass(frozen=True)
 class Candidate:
-    encoding: str  # "weight_only" or "qdq"
+    encoding: str  # "weight_only", "dynamic" (onnxruntime's quantize_dynamic) or "qdq"
     method: Optional[str] = None  # calibration: minmax, entropy, percentile
     per_channel: bool = False
     fp32_groups: Tuple[str, ...] = ()
@@ -58,15 +58,21 @@ class Candidate:
     @property
     def name(self) -> str:
         if self.encoding == "weight_only":
-            return "weight_only"
+            return "weight_only" + ("_pc" if self.per_channel else "")
+        if self.encoding == "dynamic":
+            return f"dynamic_{'pc' if self.per_channel else 'pt'}"
         base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
         fix = "+7bit_all" if self.overflow_fix == "all" else ""
         return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites) + fix
 
 
-def base_candidates() -> List[Candidate]:
-    return [Candidate("weight_only")] + [Candidate("qdq", m, pc, augment=a) for a in (False, True) for m in METHODS
-                                         for pc in (False, True)]
+def base_candidates(model: Optional[onnx.ModelProto] = None) -> List[Candidate]:
+    """Weight-only and dynamic (the latter where a MatMul or Gemm can pay: attention, recurrent,
+    MLP), per tensor and per channel; static QDQ in every calibration and granularity, ± augmented."""
+    data_free = [Candidate("weight_only"), Candidate("weight_only", per_channel=True)]
+    if model is not None and any(n.op_type in ("MatMul", "Gemm") for n in model.graph.node):
+        data_free += [Candidate("dynamic", per_channel=pc) for pc in (False, True)]
+    return data_free + [Candidate("qdq", m, pc, augment=a) for a in (False, True) for m in METHODS for pc in (False, True)]
 
 
 def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
@@ -92,8 +98,8 @@ class CandidateBuilder:
         return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable})
 
     def build(self, candidate: Candidate) -> bytes:
-        if candidate.encoding == "weight_only":
-            return quantize.encode(self.model, "weight_only", False).model_bytes  # per-tensor: ptq_dynamic's default
+        if candidate.encoding in ("weight_only", "dynamic"):  # ptq_dynamic --encoding, per tensor by default
+            return quantize.encode(self.model, candidate.encoding, candidate.per_channel).model_bytes
         if candidate.augment and self._augmented is None:
             self._augmented = calibration.augmented(self.calibration)
         data = self._augmented if candidate.augment else self.calibration
@@ -198,7 +204,8 @@ class Measure:
         """The evaluator's judgement; never within budget when the artefact quantises no weight,
         which ptq_dynamic and ptq_static refuse to write (exit 4): a choice must be buildable."""
         accuracy = self.evaluator(sess8)
-        if quantize.coverage_of(int8, "weight_only" if candidate.encoding == "weight_only" else "static").nothing_quantised:
+        encoding = candidate.encoding if candidate.encoding != "qdq" else "static"
+        if quantize.coverage_of(int8, encoding).nothing_quantised:
             why = NOTHING_QUANTISED
             return Accuracy(accuracy.drop, accuracy.kept_gain, False, "; ".join(filter(None, [why, accuracy.reason])),
                             accuracy.shift_drop)
@@ -248,7 +255,7 @@ def _progress_line(i: int, row: Row) -> str:
 def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
     """Every base configuration, then fp32 groups: all subsets while len(groups) <=
     EXHAUSTIVE_GROUPS, else the groups ranked by their own accuracy gain and added greedily."""
-    bases = base_candidates()
+    bases = base_candidates(measure.builder.model)
     for c in bases:
         measure(c)
     qdq = [c for c in bases if c.encoding == "qdq"]
@@ -344,7 +351,7 @@ def choose(rows: Sequence[Row], no_speedup: Optional[str] = None) -> Optional[Ch
     ok = [r for r in rows if r.accuracy.within_budget]
     if not ok:
         return None
-    fast = [r for r in ok if r.candidate.encoding == "qdq" and not r.unfused and r.speedup() > 1 + margin]
+    fast = [r for r in ok if r.candidate.encoding in ("qdq", "dynamic") and not r.unfused and r.speedup() > 1 + margin]
     if fast:
         # Speed-ups, not absolute times: each is paired with fp32 runs interleaved with its own, so
         # the machine's drift between candidates cancels out.

@@ -14,9 +14,9 @@ from tinyq.search.auto import Candidate, Choice, CandidateBuilder, Row
 
 def encoding_name(c: Candidate) -> str:
     """The exact encoding, as the registry's quant_encoding names it."""
-    if c.encoding == "weight_only":
-        return "weight_only_s8_per_tensor"
     granularity = "per_channel" if c.per_channel else "per_tensor"
+    if c.encoding in ("weight_only", "dynamic"):
+        return f"{c.encoding}_s8_{granularity}"
     augment = "_augmented" if c.augment else ""
     groups = "_fp32_groups" if c.fp32_groups else ""
     fix = "_7bit_all" if c.overflow_fix == "all" else ""
@@ -33,8 +33,8 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
     if choice.row is None:
         return {"mode": "fp32", "purpose": "fp32"}
     c = choice.row.candidate
-    if c.encoding == "weight_only":
-        args = ["--encoding=weight_only"]
+    if c.encoding in ("weight_only", "dynamic"):
+        args = [f"--encoding={c.encoding}"] + (["--per-channel"] if c.per_channel else [])
         mode = "dynamic"
     else:
         args = [f"--calibrate-method={c.method}", "--per-channel" if c.per_channel else "--noper-channel"]

@@ -94,3 +94,35 @@ def test_a_size_only_artefact_slower_than_fp32_is_never_the_default():
     as_fast = auto.choose([_weight_only(0.97), slow_static])
     assert as_fast.row.candidate.encoding == "weight_only" and as_fast.purpose == "size"
     assert auto.choose([_weight_only(0.97)], no_speedup="fp32").row is None
+
+
+def test_the_search_covers_per_channel_weight_only_and_dynamic_where_a_matmul_can_pay():
+    from tinyq_testing import testutil
+    import onnx
+
+    mlp = onnx.load_from_string(testutil.tiny_mlp(0))
+    names = [c.name for c in auto.base_candidates(mlp)]
+    assert names[:4] == ["weight_only", "weight_only_pc", "dynamic_pt", "dynamic_pc"]
+    assert len(names) == 4 + 12 and len(set(names)) == len(names)
+    cnn = testutil.small_cnn()  # a Gemm head: dynamic is tried
+    assert "dynamic_pt" in [c.name for c in auto.base_candidates(cnn)]
+    conv_only = onnx.ModelProto()
+    conv_only.CopyFrom(cnn)
+    del conv_only.graph.node[-1]
+    assert [c.name for c in auto.base_candidates(conv_only)][:3] == ["weight_only", "weight_only_pc", "qdq_minmax_pt"]
+
+
+def test_a_dynamic_choice_rebuilds_with_ptq_dynamic():
+    from tinyq.search import auto_report
+
+    for pc, args, encoding in ((False, ["--encoding=dynamic"], "dynamic_s8_per_tensor"),
+                               (True, ["--encoding=dynamic", "--per-channel"], "dynamic_s8_per_channel")):
+        r = Row(Candidate("dynamic", per_channel=pc), 100, Accuracy(1e-4, None, True, ""), [], {256: Timing(12.5, 10.0, 0.0)})
+        choice = auto.choose([r])
+        assert choice.row is r and choice.purpose == "speed"
+        rec = auto_report.recipe(choice, None)
+        assert (rec["mode"], rec["args"], rec["encoding"]) == ("dynamic", args, encoding)
+    wo = Row(Candidate("weight_only", per_channel=True), 100, Accuracy(1e-4, None, True, ""), [], {256: Timing(10.0, 10.0, 0.0)})
+    rec = auto_report.recipe(auto.choose([wo]), None)
+    assert (rec["args"], rec["encoding"], rec["purpose"]) == (["--encoding=weight_only", "--per-channel"],
+                                                              "weight_only_s8_per_channel", "size")
