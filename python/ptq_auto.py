@@ -171,15 +171,18 @@ def _search(label, model, cal, val, shift, budgets, residual, workdir):
 
 def _no_candidate(label, budgets, rows) -> str:
     """Why no candidate is within budget, and the next step: QAT only where a config for it exists."""
-    quantising = [r for r in rows if auto.verdict(r) != "quantises no weight"]
-    if not quantising:
-        wo = next((r for r in rows if r.candidate.encoding == "weight_only"), rows[0])
-        left = quantize.coverage_of(wo.int8, "weight_only").left_fp32
+    failed = [r for r in rows if auto.verdict(r) == "failed"]
+    judged = [r for r in rows if auto.verdict(r) == "over budget"]
+    also = (f"; {len(failed)} of {len(rows)} candidates failed inside onnxruntime (e.g. {failed[0].candidate.name}: "
+            f"{failed[0].accuracy.reason.removeprefix('failed: ')[:300]}; every reason is in the report)") if failed else ""
+    if not judged:
+        wo = next((r for r in rows if r.candidate.encoding == "weight_only" and r.int8), None)
+        left = quantize.coverage_of(wo.int8, "weight_only").left_fp32 if wo else []
         where = "; ".join(f"{x.count} {x.op} ({x.elements} elements): {x.reason}" for x in left) or "the graph has none"
-        return f"no candidate quantises a weight, so there is no int8 to ship: {where}; the model stays fp32"
-    best = min((r.accuracy.drop for r in quantising if r.accuracy.drop is not None), default=None)
+        return f"no candidate quantises a weight, so there is no int8 to ship: {where}{also}; the model stays fp32"
+    best = min((r.accuracy.drop for r in judged if r.accuracy.drop is not None), default=None)
     why = (f"no candidate is within budget {budgets.plcc:g} on the validation set (best drop "
-           f"{'n/a' if best is None else f'{best:.3g}'}); the model stays fp32")
+           f"{'n/a' if best is None else f'{best:.3g}'}){also}; the model stays fp32")
     config = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")) / "python" / "configs" / f"{label}_qat.yaml"
     if config.is_file():
         return (why + f". Next step: quantisation-aware training: tools/bazel run //python:qat_train -- --config "

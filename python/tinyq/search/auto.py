@@ -186,18 +186,22 @@ class Measure:
 
     def __call__(self, candidate: Candidate) -> Row:
         if candidate not in self.rows:
-            int8 = self.builder.build(candidate)
-            twin = next((r for r in self.rows.values() if r.int8 == int8 and r.same_as is None), None)
-            if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
-                row = Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
-            else:
-                sess8 = runner.session(int8)
-                unfused, convs = _inspect(int8)
-                row = Row(candidate, len(int8), self.judge(sess8, int8, candidate), unfused, self.meter(sess8), int8,
-                          convs=convs)
+            try:
+                row = self._measure(candidate)
+            except Exception as e:  # onnxruntime's quantisers and sessions raise many types on graphs they cannot handle
+                row = Row(candidate, 0, Accuracy(None, None, False, f"{FAILED}: {type(e).__name__}: {e}"), [])
             self.rows[candidate] = row
             self.progress(_progress_line(len(self.rows), row))
         return self.rows[candidate]
+
+    def _measure(self, candidate: Candidate) -> Row:
+        int8 = self.builder.build(candidate)
+        twin = next((r for r in self.rows.values() if r.int8 == int8 and r.same_as is None), None)
+        if twin is not None:  # e.g. Entropy ranges equal to MinMax's: measured once
+            return Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
+        sess8 = runner.session(int8)
+        unfused, convs = _inspect(int8)
+        return Row(candidate, len(int8), self.judge(sess8, int8, candidate), unfused, self.meter(sess8), int8, convs=convs)
 
 
     def judge(self, sess8, int8: bytes, candidate: Candidate) -> Accuracy:
@@ -234,12 +238,15 @@ def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
 
 
 NOTHING_QUANTISED = "quantises no weight (its recipe would be refused, exit 4)"
+FAILED = "failed"  # building or running the candidate failed inside onnxruntime: dropped, with the reason
 
 
 def verdict(row: Row) -> str:
-    """'within budget', 'quantises no weight' or 'over budget': why a row is or is not a choice."""
+    """'within budget', 'quantises no weight', 'failed' or 'over budget': why a row is or is not a choice."""
     if row.accuracy.within_budget:
         return "within budget"
+    if row.accuracy.reason.startswith(FAILED + ":"):
+        return FAILED
     return "quantises no weight" if row.accuracy.reason.startswith(NOTHING_QUANTISED) else "over budget"
 
 

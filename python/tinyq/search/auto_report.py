@@ -73,11 +73,11 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
         "candidate": c.name,
         "encoding": c.encoding,
         "calibration": c.method,
-        "per_channel": c.per_channel if c.encoding == "qdq" else None,
+        "per_channel": c.per_channel,
         "fp32_groups": list(c.fp32_groups),
         "fp32_nodes": builder.exclude(c),
         "int8_bytes": r.bytes,
-        "int8_sha256": hashlib.sha256(r.int8).hexdigest(),
+        "int8_sha256": hashlib.sha256(r.int8).hexdigest() if r.int8 else None,
         "calibration_augment": c.augment,
         "rewrites": list(c.rewrites),
         "conv_kernels": [k.as_dict() for k in r.convs],
@@ -116,16 +116,18 @@ def plot_png(model_id: str, rows: Sequence[Row], choice: Optional[Choice], budge
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.timing]  # a candidate that failed has no point
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
-    b = max(rows[0].timing)
+    b = max(rows[0].timing) if rows else 1
     floor = budget * 1e-4
     for ok, colour, label in ((True, "tab:blue", "within budget"), (False, "tab:red", "over budget")):
         pts = [(r.timing[b].int8_ms, max(r.accuracy.drop or floor, floor)) for r in rows if r.accuracy.within_budget == ok]
         if pts:
             ax.scatter(*zip(*pts), s=18, color=colour, label=label)
-    fp32_ms = float(np.median([r.timing[b].fp32_ms for r in rows]))
     ax.axhline(budget, color="black", linewidth=0.8, linestyle="--", label=f"budget {budget:g}")
-    ax.axvline(fp32_ms, color="grey", linewidth=0.8, linestyle=":", label=f"fp32 {fp32_ms:.3g} ms")
+    if rows:
+        fp32_ms = float(np.median([r.timing[b].fp32_ms for r in rows]))
+        ax.axvline(fp32_ms, color="grey", linewidth=0.8, linestyle=":", label=f"fp32 {fp32_ms:.3g} ms")
     if choice and choice.row:
         r = choice.row
         ax.scatter([r.timing[b].int8_ms], [max(r.accuracy.drop or floor, floor)], s=160, facecolors="none",

@@ -126,3 +126,29 @@ def test_a_dynamic_choice_rebuilds_with_ptq_dynamic():
     rec = auto_report.recipe(auto.choose([wo]), None)
     assert (rec["args"], rec["encoding"], rec["purpose"]) == (["--encoding=weight_only", "--per-channel"],
                                                               "weight_only_s8_per_channel", "size")
+
+
+def test_a_candidate_that_fails_inside_onnxruntime_is_dropped_with_its_reason(tmp_path):
+    """Calibration data onnxruntime refuses (float64 for a float input) fails every static candidate
+    inside onnxruntime; the data-free candidates still run, and the search goes on."""
+    import numpy as np
+    import onnx
+
+    from tinyq.judge import gate
+    from tinyq.model import runner
+    from tinyq.search import auto_report
+    from tinyq.search.latency import LatencyMeter
+    from tinyq_testing import testutil
+
+    model = onnx.load_from_string(testutil.tiny_mlp(0, n_in=6, hidden=64))
+    good = {"features": np.random.default_rng(0).random((32, 6), dtype=np.float32)}
+    sess32 = runner.session(model.SerializeToString())
+    measure = auto.Measure(auto.CandidateBuilder(model, {"features": good["features"].astype(np.float64)}, [], tmp_path),
+                           auto.Evaluator(sess32, good, gate.Budgets(0.01)),
+                           LatencyMeter(sess32, good, {1: 3, 256: 2}, min_timed_s=0), lambda line: None)
+    failed = measure(Candidate("qdq", "minmax"))
+    assert auto.verdict(failed) == "failed" and not failed.accuracy.within_budget
+    assert failed.accuracy.reason.startswith("failed: QuantizeError: onnxruntime's quantize_static failed")
+    assert auto.verdict(measure(Candidate("weight_only"))) == "within budget"
+    assert "| failed |" in auto_report.table(list(measure.rows.values()), None)
+    assert auto_report.plot_png("m", list(measure.rows.values()), None, 0.01)[:4] == b"\x89PNG"
