@@ -1,7 +1,8 @@
 """What an int8 artefact quantised: its weights counted, and the weight ops it left in fp32, with why.
 
 A weight is a float initialiser of rank >= 2 feeding the weight input of a weight-bearing op
-(Conv, ConvTranspose, MatMul, Gemm, and the table of a Gather: embeddings). In an artefact it is quantised when it is stored as int8 or
+(Conv, ConvTranspose, MatMul, Gemm, the table of a Gather: embeddings, and the input and
+recurrence weights W and R of a GRU, LSTM or RNN). In an artefact it is quantised when it is stored as int8 or
 uint8: behind a DequantizeLinear (weight-only, static QDQ) or fed to an integer kernel
 (MatMulInteger, ConvInteger, QLinear*; onnxruntime's quantize_dynamic). Biases, scalers and shape
 constants are not weights. Weights inside the subgraphs of If, Loop and Scan (and any op with a
@@ -19,7 +20,9 @@ import onnx
 from onnx import TensorProto
 
 # op -> the input slots that hold a weight.
-WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "MatMul": (0, 1), "Gemm": (0, 1), "Gather": (0,)}
+WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "MatMul": (0, 1), "Gemm": (0, 1), "Gather": (0,),
+                "GRU": (1, 2), "LSTM": (1, 2), "RNN": (1, 2)}  # recurrent: W and R
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
 _INT8 = {TensorProto.INT8, TensorProto.UINT8}
 # Ops whose int8 inputs (or dequantised inputs) are weights.
 _READS_WEIGHTS = {*WEIGHT_SLOTS, "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM"}

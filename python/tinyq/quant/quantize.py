@@ -222,6 +222,9 @@ _ORT_DYNAMIC_GAPS = {
 
 
 def _reason(encoding: str, op: str, elements: int) -> str:
+    if op in weights.RECURRENT_OPS and not (encoding == "dynamic" and op == "LSTM"):
+        return (f"no tinyq encoding quantises {op} weights (onnxruntime's only integer recurrent kernel is "
+                f"quantize_dynamic's LSTM: --encoding=dynamic)")
     if encoding == "weight_only":
         if elements < MIN_WEIGHT_ELEMENTS:
             return f"{elements} elements, fewer than the {MIN_WEIGHT_ELEMENTS} worth a scale"

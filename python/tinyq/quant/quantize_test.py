@@ -439,3 +439,25 @@ def test_an_already_quantised_subgraph_is_refused(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(quantize.QuantizeError, match="already quantised .*MatMulInteger"):
         quantize.load_for_quantization(path)
+
+
+def test_recurrent_weights_are_counted_and_their_reason_given(tmp_path):
+    """A GRU's W and R are weights: coverage counts them as fp32 with the reason, instead of
+    reporting the MatMul head alone as 100 %."""
+    rng = np.random.default_rng(0)
+    hidden = 16
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("W", (1, 3 * hidden, 4)), ("R", (1, 3 * hidden, hidden)), ("B", (1, 6 * hidden)), ("head", (hidden, 1)))]
+    nodes = [helper.make_node("GRU", ["x", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["h", "axes"], ["hs"]), helper.make_node("MatMul", ["hs", "head"], ["y"])]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    path = testutil.save_graph(tmp_path / "gru.onnx", nodes, [testutil.floats("x", [10, "n", 4])],
+                               [testutil.floats("y", ["n", 1])], inits)
+    model, _ = quantize.load_for_quantization(path)
+    for encoding in ("weight_only", "dynamic"):
+        encoded = quantize.encode(model, encoding, per_channel=False)
+        cov = encoded.coverage
+        gru = [x for x in cov.left_fp32 if x.op == "GRU"]
+        assert gru and gru[0].elements == 3 * hidden * 4 + 3 * hidden * hidden, cov.left_fp32
+        assert "no tinyq encoding quantises GRU weights" in gru[0].reason
+        assert cov.fraction == pytest.approx(hidden / (hidden + 3 * hidden * 4 + 3 * hidden * hidden))
