@@ -137,9 +137,9 @@ def _load(fp32, cal_path, val_path, shift_path):
     try:
         model, _ = quantize.load_for_quantization(fp32)
         inputs = calibration.graph_inputs(model)
-        cal = calibration.load_npz(cal_path, inputs)
+        cal = calibration.load_inputs(cal_path, inputs)
         val = calibration.load_npz(val_path, inputs, (calibration.TARGET_KEY,))
-        shift = calibration.load_npz(shift_path, inputs) if shift_path else None
+        shift = calibration.load_inputs(shift_path, inputs) if shift_path else None
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
     for what, path, arrays, minimum in (("the calibration set", cal_path, cal, calibration.MIN_CALIBRATION_SAMPLES),

@@ -5,8 +5,8 @@ Usage: bazel run //python:ptq_static -- path/model.onnx [--calibration X.npz] [-
            [--overflow-fix needed|all|none] [--report-out R] [--registry R]
 
 --calibration defaults to the registry's quant_calibration_set for the model. The .npz is checked
-against the graph before anything runs: every input name present, no extra keys, shapes
-compatible, float32, all finite, at least one sample. Calibration feeds the model at the batch
+against the graph before anything runs: every input name present, no extra keys (a `target` is
+checked, then ignored), shapes compatible, float32, all finite, at least one sample. Calibration feeds the model at the batch
 size it accepts: one sample at a time for a model whose batch is fixed at 1. The encoding is the
 one that runs fastest on x86: uint8 activations, int8 symmetric weights, on the ops with int8
 kernels (tinyq.quant.quantize.STATIC_OP_TYPES); --fp32-nodes keeps the named nodes in fp32 (ptq_auto's
@@ -69,7 +69,7 @@ def _quantise(src, calib_path):
     """(model, repairs, arrays, batch, int8 bytes); bad input becomes a UsageError naming the file."""
     try:
         model, repairs = quantize.load_for_quantization(src)
-        arrays = calibration.load_npz(calib_path, calibration.graph_inputs(model))
+        arrays = calibration.load_inputs(calib_path, calibration.graph_inputs(model))
         if _AUGMENT.value:
             arrays = calibration.augmented(arrays)
     except (quantize.QuantizeError, calibration.CalibrationError) as e:

@@ -380,3 +380,13 @@ def test_weights_held_in_constant_nodes_are_quantised(tmp_path, tool):
     assert {x["code"]: x["detail"] for x in rep["repairs"]}["constant_weights_to_initialisers"] == (
         "2 weights (896 elements) held in Constant nodes moved to initialisers")
     assert rep["weights"]["weights_quantised_fraction"] == 1.0, rep["weights"]
+
+
+def test_a_calibration_set_with_targets_is_accepted_as_register_model_accepts_it(mlp, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "labelled.npz", features=rng.random((64, 6), dtype=np.float32), target=rng.random(64, dtype=np.float32))
+    r = run(STATIC, mlp, "--calibration", tmp_path / "labelled.npz", "--output", tmp_path / "t.int8.onnx")
+    assert r.returncode == 0, r.stderr
+    np.savez(tmp_path / "other.npz", features=rng.random((64, 6), dtype=np.float32), label=rng.random(64, dtype=np.float32))
+    r = run(STATIC, mlp, "--calibration", tmp_path / "other.npz", "--output", tmp_path / "u.int8.onnx")
+    assert r.returncode == 2 and "label" in r.stderr, r.stderr  # any other key is still refused

@@ -278,6 +278,15 @@ def load_npz(path: Path, inputs: Sequence[GraphInput], extra_keys: Sequence[str]
     return arrays
 
 
+def load_inputs(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarray]:
+    """load_npz for a set fed to the model alone (calibration, shift): a `target` key, which a set
+    split from labelled data carries, is checked like any key and then dropped, so every tool
+    accepts the file register_model accepts."""
+    arrays = load_npz(path, inputs, (TARGET_KEY,))
+    arrays.pop(TARGET_KEY, None)
+    return arrays
+
+
 # Below these, ranges and judgements rest on too few samples (one calibration sample gave a soak
 # drop of 0.2 where 256 gave 5e-4; a 4-sample validation set cannot tell candidates apart).
 MIN_CALIBRATION_SAMPLES = 16
