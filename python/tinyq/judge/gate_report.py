@@ -76,7 +76,9 @@ def saturation_text(s: SetResult) -> str:
 
 
 def _set_verdict(r: ModelResult, s: SetResult) -> str:
-    if s.passed:
+    if s.passed and s.budget is None:
+        verdict = "finite; reported, not judged (stress check)"
+    elif s.passed:
         verdict = "pass"
     elif s.budget is not None and not s.judged:
         verdict = "NOT JUDGED: no output could be judged"
@@ -118,7 +120,7 @@ def markdown(results: Sequence[ModelResult]) -> str:
             for o in s.outputs:
                 drop = "n/a" if o.drop is None else f"{o.drop:.3e}"
                 delta = "" if o.worst_abs_delta is None else f"{o.worst_abs_delta:.3g}"
-                verdict = "pass" if o.passed else "FAIL"
+                verdict = ("finite" if s.budget is None else "pass") if o.passed else "FAIL"
                 lines.append(f"| {r.id} | {s.input_set} | {s.samples} | {budget} | {o.name} | {o.compared} | {drop} | "
                              f"{delta} | {verdict}: {o.reason} |")
             sat = saturation_text(s)
