@@ -211,3 +211,17 @@ def test_an_int8_that_quantises_nothing_is_refused(tmp_path):
     r = run("--fp32", fp32, "--int8", copy)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{copy} quantises nothing" in r.stderr and "pass the int8 artefact" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_speed_gate_verdict_and_its_numbers_are_in_the_json(tmp_path):
+    """The JSON holds the speed gate's own timings, exactly as printed, and its verdict (exit 7 when
+    slower: whichever this CPU gives, the JSON and the exit code agree; nothing is timed here)."""
+    import re
+
+    r = run("--id", "fr_patch_v1", "--speed-gate", "--out-json", tmp_path / "g.json")
+    assert r.returncode in (0, 7), r.stdout + r.stderr
+    gate = json.loads((tmp_path / "g.json").read_text())["speed_gate"]
+    verdict = gate["models"]["fr_patch_v1"]
+    assert gate["run"] is True and gate["pass"] == verdict["pass"] == (r.returncode == 0)
+    printed = re.findall(r"speed: batch (\d+): fp32 ([\d.]+) ms, int8 ([\d.]+) ms", r.stdout)
+    assert [(b, f"{v['fp32_ms']:.3f}", f"{v['int8_ms']:.3f}") for b, v in verdict["batches"].items()] == printed
