@@ -261,12 +261,13 @@ def _check_inputs_match(model_id: str, sess32, sess8) -> None:
 
 
 def _saturation(result: ModelResult, int8: Path, real, shift, names) -> None:
-    """The share clipped at each quantised activation's calibrated range, on each real set."""
+    """The share clipped at each quantised activation's calibrated range, on each real set,
+    activations named as in the fp32 model."""
     from tinyq.judge import saturation
 
     for s, data in ((result.set(result.judged_on), real), (result.set("shift"), shift)):
         if s is not None and data is not None:
-            s.saturation = saturation.clipped_shares(int8, {n: data[n] for n in names})
+            s.saturation = saturation.clipped_shares(int8, {n: data[n] for n in names}, result.fp32)
 
 
 def _native_row(result: ModelResult, s: SetResult, cpu: arithmetic.Cpu) -> ArithmeticRow:

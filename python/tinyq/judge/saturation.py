@@ -10,7 +10,7 @@ clip inputs from another: the share clipped names the activations a shift breaks
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -46,10 +46,40 @@ def _quantised_activations(model: onnx.ModelProto) -> List[Tuple[str, float, int
     return list(found.values())
 
 
-def clipped_shares(int8: Union[Path, str, bytes], feeds: Dict[str, np.ndarray]) -> Dict[str, float]:
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _compute_nodes(graph: onnx.GraphProto) -> Dict[str, List[onnx.NodeProto]]:
+    """The graph's nodes by op type, in order, without quantisation ops and Constants."""
+    by_op: Dict[str, List[onnx.NodeProto]] = {}
+    for n in graph.node:
+        if n.op_type not in _QDQ and n.op_type != "Constant":
+            by_op.setdefault(n.op_type, []).append(n)
+    return by_op
+
+
+def fp32_names(int8: onnx.ModelProto, fp32: Optional[onnx.ModelProto]) -> Dict[str, str]:
+    """{int8 activation: what the user knows it as}. Compaction renames an artefact's tensors ("36"):
+    an activation made by the k-th node of some op type is named after the k-th node of that type in
+    the fp32 graph (its output's name) when both graphs hold as many; otherwise "<op> #k output"."""
+    by_op8, by_op32 = _compute_nodes(int8.graph), _compute_nodes(fp32.graph) if fp32 is not None else {}
+    names = {i.name: i.name for i in int8.graph.input}
+    for op, nodes in by_op8.items():
+        twins = by_op32.get(op, [])
+        for k, node in enumerate(nodes):
+            for j, out in enumerate(node.output):
+                known = len(twins) == len(nodes) and j < len(twins[k].output)
+                names[out] = twins[k].output[j] if known else f"{op} #{k + 1} output" + (f" {j}" if j else "")
+    return names
+
+
+def clipped_shares(int8: Union[Path, str, bytes], feeds: Dict[str, np.ndarray],
+                   fp32: Optional[Union[Path, str]] = None) -> Dict[str, float]:
     """{activation: share of its values clipped} over every sample of feeds; empty for a model
-    with no quantised activation (weight-only)."""
+    with no quantised activation (weight-only). Activations are named as in the fp32 model, when
+    given (fp32_names)."""
     model = onnx.load_from_string(int8) if isinstance(int8, bytes) else onnx.load(str(int8))
+    labels = fp32_names(model, onnx.load(str(fp32)) if fp32 is not None else None)
     acts = _quantised_activations(model)
     if not acts:
         return {}
@@ -68,4 +98,4 @@ def clipped_shares(int8: Union[Path, str, bytes], feeds: Dict[str, np.ndarray]) 
             low = (q < qmin) if zp > qmin else np.zeros(q.shape, bool)
             clipped[j] += np.count_nonzero(low | (q > qmax))
             total[j] += q.size
-    return {name: float(c / t) if t else 0.0 for name, c, t in zip(names, clipped, total)}
+    return {labels.get(name, name): float(c / t) if t else 0.0 for name, c, t in zip(names, clipped, total)}
