@@ -25,6 +25,10 @@ It prints the candidate table and the recipe, the line for model/zoo.bzl from wh
 //model:<id>_int8 rebuilds the artefact byte for byte. --output writes the chosen artefact, with
 its report (default <output>.auto.json) and recipe (default <output>.recipe.json) beside it, all
 or none; when the verdict is fp32, only the report and recipe.
+--max-memory caps what the Entropy and Percentile calibrations keep (a seeded subset of the
+calibration set beyond it; the recipe repeats it with ptq_static --calibration-samples), and
+--max-minutes the search (candidates left are skipped and listed). A candidate that fails inside
+onnxruntime is dropped with its reason.
 Exit codes: 0 a choice was made, 2 bad input, 6 no candidate within budget: the verdict is fp32
 with the reason (no artefact; the report and recipe are written as for any fp32 verdict), and the
 message names the next step (quantisation-aware training only where python/configs/<id>_qat.yaml
@@ -46,7 +50,7 @@ from tinyq.judge import drops, gate
 from tinyq.model import calibration, runner
 from tinyq.quant import quantize
 from tinyq.registry import defaults, heldout, layout, registry
-from tinyq.search import auto, auto_report, latency
+from tinyq.search import auto, auto_report, budget, latency
 
 EXIT_NONE_WITHIN_BUDGET = 6
 
@@ -74,6 +78,11 @@ _RESIDUAL_OF = flags.DEFINE_multi_string("residual-of", [], "With --fp32: INPUT 
                                           "OUTPUT=INPUT, an output judged on its residual; every other output is "
                                           "judged on itself (a registry model: its kind and residual_of).")
 _REGISTRY = flags.DEFINE_string("registry", None, "Registry (default: model/tiny/registry.json in the workspace).")
+_MAX_MEMORY = flags.DEFINE_float("max-memory", budget.DEFAULT_MAX_MEMORY_GIB, "GiB the Entropy and Percentile "
+                                  "calibrations may keep (they store every activation of every sample): beyond it "
+                                  "they calibrate on a seeded subset, and the report says how many samples.", lower_bound=0.01)
+_MAX_MINUTES = flags.DEFINE_float("max-minutes", budget.DEFAULT_MAX_MINUTES, "Minutes the search may take; the "
+                                  "candidates left when it runs out are skipped and listed.", lower_bound=0.01)
 _REPEATS = {1: 50, 256: 9}
 cli.finite(_BUDGET, _SHIFT_BUDGET, _TASK_BUDGET)
 
@@ -164,9 +173,15 @@ def _search(label, model, cal, val, shift, budgets, residual, workdir):
         f"{g.name} ({len(g.quantizable)} quantisable ops)" for g in groups), flush=True)
     sess32 = runner.session(model.SerializeToString())
     feeds = {i.name: val[i.name] for i in sess32.get_inputs()}
-    measure = auto.Measure(auto.CandidateBuilder(model, cal, groups, workdir), auto.Evaluator(sess32, val, budgets, residual, shift),
-                           latency.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True))
-    return measure, auto.search(measure, groups)
+    hist = budget.histogram_samples(model, cal, _MAX_MEMORY.value)
+    if hist.used < hist.given:
+        print(f"ptq_auto: {label}: Entropy and Percentile calibrate on {hist.used} of {hist.given} samples (seeded): "
+              f"{hist.bytes_per_sample:,} bytes of activations per sample, --max-memory {_MAX_MEMORY.value:g} GiB", flush=True)
+    builder = auto.CandidateBuilder(model, cal, groups, workdir, histogram_samples=hist.used)
+    measure = auto.Measure(builder, auto.Evaluator(sess32, val, budgets, residual, shift),
+                           latency.LatencyMeter(sess32, feeds, _REPEATS), lambda line: print(line, flush=True),
+                           deadline=time.monotonic() + 60 * _MAX_MINUTES.value)
+    return measure, auto.search(measure, groups), hist
 
 
 def _no_candidate(label, budgets, rows) -> str:
@@ -210,7 +225,14 @@ def _output_paths():
             "--plot-out": path(_PLOT, None)}
 
 
-def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, choice, rec, wall):
+def _limits(rows, hist) -> dict:
+    """The memory and time budgets, and what they cost: the histogram methods' samples, the skipped candidates."""
+    return {"max_memory_gib": _MAX_MEMORY.value, "max_minutes": _MAX_MINUTES.value,
+            "histogram_calibration_samples": hist.as_dict(),
+            "skipped": [r.candidate.name for r in rows if auto.verdict(r) == "skipped"]}
+
+
+def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, choice, rec, wall, limits):
     paths = _output_paths()
     outputs = {}
     if paths["--output"] and choice.row is not None:
@@ -232,6 +254,7 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
             "fallback_groups": [g.__dict__ for g in measure.builder.groups.values()],
             "exhaustive_groups_limit": auto.EXHAUSTIVE_GROUPS,
             "latency": latency.settings(_REPEATS),
+            "limits": limits,
             "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],
             "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason,
                        "output": str(paths["--output"]) if paths["--output"] and choice.row else None},
@@ -262,7 +285,7 @@ def main(argv):
     model, cal, val, shift = _load(fp32, cal_path, val_path, shift_path)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tinyq_auto_") as tmp:
-        measure, rows = _search(label, model, cal, val, shift, budgets, _residual(model, declared), Path(tmp))
+        measure, rows, hist = _search(label, model, cal, val, shift, budgets, _residual(model, declared), Path(tmp))
     wall = time.monotonic() - start
     choice = auto.choose(rows, _NO_SPEEDUP.value)
     print(auto_report.table(rows, choice), end="")
@@ -272,8 +295,11 @@ def main(argv):
                              _no_candidate(label, budgets, rows))
     rec = auto_report.recipe(choice, measure.builder)
     print(f"choice: {choice.row.candidate.name if choice.row else 'fp32'} ({choice.purpose}): {choice.reason}")
-    print(f"search took {wall:.0f} s over {len(rows)} candidates; model/zoo.bzl recipe:\n    {auto_report.zoo_entry(label, rec)}")
-    _write_outputs(label, fp32, cal_path, val_path, shift_path, budgets, measure, rows, choice, rec, wall)
+    limits = _limits(rows, hist)
+    skipped = f" ({len(limits['skipped'])} skipped: --max-minutes {_MAX_MINUTES.value:g} ran out)" if limits["skipped"] else ""
+    print(f"search took {wall:.0f} s over {len(rows)} candidates{skipped}; model/zoo.bzl recipe:\n    "
+          f"{auto_report.zoo_entry(label, rec)}")
+    _write_outputs(label, fp32, cal_path, val_path, shift_path, budgets, measure, rows, choice, rec, wall, limits)
     if none_within:
         sys.stderr.write(f"ptq_auto: {label}: {choice.reason}\n")
         return EXIT_NONE_WITHIN_BUDGET

@@ -38,6 +38,9 @@ _METHOD = flags.DEFINE_enum("calibrate-method", "minmax", ["minmax", "entropy", 
 _PER_CHANNEL = flags.DEFINE_bool("per-channel", False, "Per-output-channel weight scales.")
 _AUGMENT = flags.DEFINE_bool("calibration-augment", False, "Range-robust calibration: add seeded noisy copies of the "
                              "calibration set (tinyq.model.calibration.augmented), so ranges cover noisier inputs.")
+_SAMPLES = flags.DEFINE_integer("calibration-samples", None, "Calibrate on this many seeded samples of the set (after "
+                                "--calibration-augment): what ptq_auto's recipe asks for when --max-memory capped "
+                                "an Entropy or Percentile calibration.", lower_bound=1)
 _FP32_NODES = flags.DEFINE_list("fp32-nodes", [], "Nodes of the fp32 graph to leave unquantised (by node name).")
 _REWRITE = flags.DEFINE_list("rewrite", [], "Kernel-aware graph rewrites, outputs unchanged (tinyq.quant.rewrites): "
                               "pad_conv_inputs, pad_conv_outputs.")
@@ -72,6 +75,8 @@ def _quantise(src, calib_path):
         arrays = calibration.load_inputs(calib_path, calibration.graph_inputs(model))
         if _AUGMENT.value:
             arrays = calibration.augmented(arrays)
+        if _SAMPLES.value:
+            arrays = calibration.subset(arrays, _SAMPLES.value)
     except (quantize.QuantizeError, calibration.CalibrationError) as e:
         raise cli.UsageError(str(e)) from None
     batch = quantize.calibration_batch(model, len(next(iter(arrays.values()))))

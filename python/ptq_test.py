@@ -390,3 +390,15 @@ def test_a_calibration_set_with_targets_is_accepted_as_register_model_accepts_it
     np.savez(tmp_path / "other.npz", features=rng.random((64, 6), dtype=np.float32), label=rng.random(64, dtype=np.float32))
     r = run(STATIC, mlp, "--calibration", tmp_path / "other.npz", "--output", tmp_path / "u.int8.onnx")
     assert r.returncode == 2 and "label" in r.stderr, r.stderr  # any other key is still refused
+
+
+def test_static_calibrates_on_a_seeded_subset_when_asked(mlp, tmp_path):
+    """--calibration-samples: what ptq_auto's recipe asks for when --max-memory capped a histogram method."""
+    np.savez(tmp_path / "cal.npz", features=np.random.default_rng(0).random((64, 6), dtype=np.float32))
+    outs = []
+    for i in range(2):
+        r = run(STATIC, mlp, "--calibration", tmp_path / "cal.npz", "--calibrate-method=entropy",
+                "--calibration-samples=16", "--output", tmp_path / f"s{i}.int8.onnx")
+        assert r.returncode == 0 and "calibrated on 16 samples" in r.stdout, r.stdout + r.stderr
+        outs.append((tmp_path / f"s{i}.int8.onnx").read_bytes())
+    assert outs[0] == outs[1]  # seeded: the same subset, the same artefact

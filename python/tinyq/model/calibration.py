@@ -287,6 +287,16 @@ def load_inputs(path: Path, inputs: Sequence[GraphInput]) -> Dict[str, np.ndarra
     return arrays
 
 
+def subset(arrays: Dict[str, np.ndarray], n: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """n samples of every array (all when n is at least their count): the same seeded rows of each,
+    in their original order."""
+    total = len(next(iter(arrays.values())))
+    if n >= total:
+        return arrays
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    return {k: v[rows] for k, v in arrays.items()}
+
+
 # Below these, ranges and judgements rest on too few samples (one calibration sample gave a soak
 # drop of 0.2 where 256 gave 5e-4; a 4-sample validation set cannot tell candidates apart).
 MIN_CALIBRATION_SAMPLES = 16

@@ -24,9 +24,10 @@ Small classes with one job each, after NNCF's accuracy-control design:
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -34,6 +35,7 @@ import onnx
 from tinyq.judge import gate
 from tinyq.model import calibration, runner
 from tinyq.quant import fusion, quantize, rewrites
+from tinyq.search import budget
 from tinyq.search.groups import FallbackGroup, fallback_groups  # noqa: F401  (fallback_groups re-exported)
 from tinyq.search.latency import LatencyMeter, Timing
 
@@ -87,11 +89,14 @@ class CandidateBuilder:
     """Builds each candidate's int8 bytes; calibration ranges are computed once per method and
     cached by onnxruntime (quantize_static's calibration_cache_path), then reused."""
 
-    def __init__(self, model: onnx.ModelProto, calibration: Dict[str, np.ndarray], groups: Sequence[FallbackGroup], workdir: Path):
+    def __init__(self, model: onnx.ModelProto, calibration: Dict[str, np.ndarray], groups: Sequence[FallbackGroup],
+                 workdir: Path, histogram_samples: Optional[int] = None):
         self.model = model
         self.calibration = calibration
         self.groups = {g.name: g for g in groups}
         self.workdir = workdir
+        self.histogram_samples = histogram_samples  # Entropy and Percentile: at most this many (tinyq.search.budget)
+        self.capped: Set[Tuple[str, bool]] = set()  # (method, augment) calibrated on that subset
         self._augmented: Optional[Dict[str, np.ndarray]] = None
 
     def exclude(self, candidate: Candidate) -> List[str]:
@@ -103,6 +108,11 @@ class CandidateBuilder:
         if candidate.augment and self._augmented is None:
             self._augmented = calibration.augmented(self.calibration)
         data = self._augmented if candidate.augment else self.calibration
+        if self.histogram_samples and candidate.method in budget.HISTOGRAM_METHODS:
+            capped = calibration.subset(data, self.histogram_samples)
+            if capped is not data:
+                self.capped.add((candidate.method, candidate.augment))
+            data = capped
         cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
         return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
                                             exclude_nodes=self.exclude(candidate), calibration_cache=cache,
@@ -183,8 +193,12 @@ class Measure:
     meter: LatencyMeter
     progress: Callable[[str], None]
     rows: Dict[Candidate, Row] = field(default_factory=dict)
+    deadline: Optional[float] = None  # time.monotonic() past which candidates are skipped, not measured
 
     def __call__(self, candidate: Candidate) -> Row:
+        if candidate not in self.rows and self.deadline is not None and time.monotonic() > self.deadline:
+            why = f"{SKIPPED}: the time budget (--max-minutes) ran out"
+            self.rows[candidate] = Row(candidate, 0, Accuracy(None, None, False, why), [])
         if candidate not in self.rows:
             try:
                 row = self._measure(candidate)
@@ -239,14 +253,15 @@ def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
 
 NOTHING_QUANTISED = "quantises no weight (its recipe would be refused, exit 4)"
 FAILED = "failed"  # building or running the candidate failed inside onnxruntime: dropped, with the reason
+SKIPPED = "skipped"  # not measured: the time budget ran out first
 
 
 def verdict(row: Row) -> str:
-    """'within budget', 'quantises no weight', 'failed' or 'over budget': why a row is or is not a choice."""
+    """'within budget', 'quantises no weight', 'failed', 'skipped' or 'over budget': why a row is or is not a choice."""
     if row.accuracy.within_budget:
         return "within budget"
-    if row.accuracy.reason.startswith(FAILED + ":"):
-        return FAILED
+    if row.accuracy.reason.startswith((FAILED + ":", SKIPPED + ":")):
+        return row.accuracy.reason.split(":", 1)[0]
     return "quantises no weight" if row.accuracy.reason.startswith(NOTHING_QUANTISED) else "over budget"
 
 

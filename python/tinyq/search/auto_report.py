@@ -40,6 +40,8 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
         args = [f"--calibrate-method={c.method}", "--per-channel" if c.per_channel else "--noper-channel"]
         if c.augment:
             args.append("--calibration-augment")
+        if (c.method, c.augment) in builder.capped:
+            args.append(f"--calibration-samples={builder.histogram_samples}")  # --max-memory's subset
         exclude = builder.exclude(c)
         if exclude:
             args.append("--fp32-nodes=" + ",".join(exclude))

@@ -152,3 +152,35 @@ def test_a_candidate_that_fails_inside_onnxruntime_is_dropped_with_its_reason(tm
     assert auto.verdict(measure(Candidate("weight_only"))) == "within budget"
     assert "| failed |" in auto_report.table(list(measure.rows.values()), None)
     assert auto_report.plot_png("m", list(measure.rows.values()), None, 0.01)[:4] == b"\x89PNG"
+
+
+def test_a_memory_budget_caps_the_histogram_calibrations_and_the_recipe_rebuilds_it(tmp_path):
+    """Entropy and Percentile keep every activation of every sample: under --max-memory they calibrate
+    on a seeded subset, MinMax on everything, and the recipe asks ptq_static for the same subset."""
+    import numpy as np
+    import onnx
+
+    from tinyq.search import auto_report, budget
+    from tinyq_testing import testutil
+
+    model = onnx.load_from_string(testutil.tiny_mlp(0, n_in=6, hidden=64))
+    data = {"features": np.random.default_rng(0).random((200, 6), dtype=np.float32)}
+    hist = budget.histogram_samples(model, data, max_gib=hist_gib(model, data, samples=50))
+    assert hist.used == 50 and hist.given == 200
+    builder = auto.CandidateBuilder(model, data, [], tmp_path, histogram_samples=hist.used)
+    builder.build(Candidate("qdq", "minmax"))
+    builder.build(Candidate("qdq", "entropy"))
+    assert builder.capped == {("entropy", False)}
+    within = Accuracy(1e-4, None, True, "")
+    for method, flag in (("entropy", "--calibration-samples=50"), ("minmax", None)):
+        row = Row(Candidate("qdq", method), 100, within, [], {256: Timing(20.0, 10.0, 0.0)})
+        args = auto_report.recipe(auto.choose([row]), builder)["args"]
+        assert (flag in args) if flag else not any(a.startswith("--calibration-samples") for a in args)
+
+
+def hist_gib(model, data, samples):
+    """The budget under which exactly `samples` samples fit."""
+    from tinyq.search import budget
+
+    per = budget.activation_bytes_per_sample(model, data)
+    return (samples + 0.5) * per * budget._OVERHEAD / 2**30
