@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from tinyq.judge import gate
-from tinyq.model import calibration, runner
+from tinyq.model import calibration, runner, weights
 from tinyq.quant import fusion, quantize, rewrites
 from tinyq.search import budget
 from tinyq.search.groups import FallbackGroup, fallback_groups  # noqa: F401  (fallback_groups re-exported)
@@ -69,12 +69,24 @@ class Candidate:
 
 
 def base_candidates(model: Optional[onnx.ModelProto] = None) -> List[Candidate]:
-    """Weight-only and dynamic (the latter where a MatMul or Gemm can pay: attention, recurrent,
-    MLP), per tensor and per channel; static QDQ in every calibration and granularity, ± augmented."""
+    """Weight-only and dynamic (the latter where MatMul and Gemm hold most weights: attention,
+    recurrent, MLP), per tensor and per channel; static QDQ in every calibration and granularity, ± augmented."""
     data_free = [Candidate("weight_only"), Candidate("weight_only", per_channel=True)]
-    if model is not None and any(n.op_type in ("MatMul", "Gemm") for n in model.graph.node):
+    if model is not None and _matmul_heavy(model):
         data_free += [Candidate("dynamic", per_channel=pc) for pc in (False, True)]
     return data_free + [Candidate("qdq", m, pc, augment=a) for a in (False, True) for m in METHODS for pc in (False, True)]
+
+
+def _matmul_heavy(model: onnx.ModelProto) -> bool:
+    """At least half the weight elements feed a MatMul or Gemm: dynamic quantisation's integer MatMul
+    can pay there; on a CNN with a linear head it runs ConvInteger, slower than fp32."""
+    inits = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    per_op: Dict[str, int] = {}
+    for n in model.graph.node:
+        for slot in weights.WEIGHT_SLOTS.get(n.op_type, ()):
+            if slot < len(n.input) and n.input[slot] in inits:
+                per_op[n.op_type] = per_op.get(n.op_type, 0) + inits[n.input[slot]]
+    return 2 * (per_op.get("MatMul", 0) + per_op.get("Gemm", 0)) >= max(sum(per_op.values()), 1)
 
 
 def with_groups(base: Candidate, groups: Sequence[str]) -> Candidate:
