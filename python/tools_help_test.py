@@ -9,7 +9,7 @@ import pytest
 TOOLS = [
     "python/validate_registry", "python/ptq_dynamic", "python/ptq_static", "python/ptq_auto", "python/register_model",
     "python/measure_quant_drop", "python/measure_quant_drop_per_ep", "python/build_corpus", "python/train_model",
-    "python/build_calibration_set", "python/build_shift_set", "python/evaluate_zoo", "python/compare_filters", "python/bench_ptq", "python/bench_peers", "python/bench_user_cnn",
+    "python/build_calibration_set", "python/build_shift_set", "python/evaluate_zoo", "python/compare_filters", "python/bench_ptq", "python/bench_peers", "python/bench_user_cnn", "python/bench_depthwise_cnn",
     "python/qat_train",
     "python/requirements_update", "model/update_pins", "cc/tinyq_resolve",
 ]

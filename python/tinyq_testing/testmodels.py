@@ -250,3 +250,42 @@ def digits_cnn(train: Tuple[np.ndarray, np.ndarray], steps: int = 800):
         loss.backward()
         opt.step()
     return net.eval()
+
+
+def mobilenet_digits(train: Tuple[np.ndarray, np.ndarray], steps: int = 400):
+    """A MobileNetV2-style digits classifier: a stem conv, then inverted residual blocks (1x1 expand,
+    3x3 depthwise, 1x1 project) with BatchNorm, ReLU6 and Hardswish, mean-pooled into Linear(32->10);
+    fitted with seeded Adam on cross-entropy; logits [N, 10]."""
+    torch = _torch()
+    nn = torch.nn
+
+    def block(cin, cout, stride, act):
+        mid = 4 * cin
+        return nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act(),
+                             nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), act(),
+                             nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+            self.b1, self.b2, self.b3 = block(16, 24, 2, nn.ReLU6), block(24, 24, 1, nn.Hardswish), block(24, 32, 2, nn.Hardswish)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.b1(self.stem(x))
+            x = x + self.b2(x)
+            return self.head(self.b3(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net()
+    x, y = (torch.from_numpy(a) for a in train)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(len(y), size=64, replace=False))
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
