@@ -29,7 +29,8 @@ def _feeds(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
         if v.name in initialisers:
             continue
         t = v.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (1 if i == 0 else _SPATIAL) for i, d in enumerate(t.shape.dim)]
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if i == 0 else _SPATIAL)
+                 for i, d in enumerate(t.shape.dim)]  # paddle2onnx writes -1 for a free dimension
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
         feeds[v.name] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
                          else np.zeros(shape, dtype))

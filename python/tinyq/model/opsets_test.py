@@ -66,3 +66,12 @@ def test_outputs_that_change_are_named():
     assert opsets._differ(a, [np.array([1.5, np.nan], np.float32)]) == "output 0 differs by up to 0.5"
     assert opsets._differ(a, [np.zeros((2, 1), np.float32)]) == "output 0 changed from float32[2] to float32[2, 1]"
     assert opsets._differ(a, a + a) == "1 outputs became 2"
+
+
+def test_a_free_dimension_written_as_minus_one_is_fed_as_free():
+    """paddle2onnx writes -1 where a dimension is free ([-1, 3, ?, ?])."""
+    model = old_mlp(11)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    repairs = []
+    opsets.upgrade(Path("paddle.onnx"), model, 13, repairs)
+    assert "x[1, 6]" in repairs[0].detail
