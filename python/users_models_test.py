@@ -182,22 +182,21 @@ def test_weights_in_constant_nodes_are_quantised(journeys):
     assert "quantises no weight" not in (wo["why_over_budget"] or ""), wo
 
 
-def test_recurrent_weights_are_counted_as_fp32_with_the_reason(workspace, tmp_path):
-    home, _ = workspace
-    report = tmp_path / "gru.json"
-    r = run("ptq_dynamic", home / "gru.onnx", "--encoding", "weight_only", "--output", tmp_path / "gru.int8.onnx",
+def _weight_only_coverage(home, name, tmp_path):
+    """ptq_dynamic --encoding weight_only's report on one model: its weights section."""
+    report = tmp_path / f"{name}.json"
+    r = run("ptq_dynamic", home / f"{name}.onnx", "--encoding", "weight_only", "--output", tmp_path / f"{name}.int8.onnx",
             "--report-out", report)
     assert r.returncode == 0, r.stderr
-    left = {x["op"]: x for x in json.loads(report.read_text())["weights"]["ops_left_fp32"]}
+    return json.loads(report.read_text())["weights"]
+
+
+def test_recurrent_weights_are_counted_as_fp32_with_the_reason(workspace, tmp_path):
+    left = {x["op"]: x for x in _weight_only_coverage(workspace[0], "gru", tmp_path)["ops_left_fp32"]}
     assert "GRU" in left and "no tinyq encoding quantises GRU weights" in left["GRU"]["reason"]
 
 
 def test_weights_in_an_if_branch_are_reported_not_hidden(workspace, tmp_path):
-    home, _ = workspace
-    report = tmp_path / "if.json"
-    r = run("ptq_dynamic", home / "if_branch.onnx", "--encoding", "weight_only", "--output", tmp_path / "if.int8.onnx",
-            "--report-out", report)
-    assert r.returncode == 0, r.stderr
-    weights = json.loads(report.read_text())["weights"]
+    weights = _weight_only_coverage(workspace[0], "if_branch", tmp_path)
     assert weights["weights_quantised_fraction"] < 1
     assert any("If/Loop/Scan subgraph" in x["reason"] for x in weights["ops_left_fp32"]), weights

@@ -232,6 +232,21 @@ def digits() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     return {k: (images[i], d.target[i].astype(np.int64)) for k, i in cuts.items()}
 
 
+def _fit_classifier(net, train: Tuple[np.ndarray, np.ndarray], steps: int):
+    """Seeded Adam on cross-entropy, batches of 64; the module in eval mode."""
+    torch = _torch()
+    x, y = (torch.from_numpy(a) for a in train)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(len(y), size=64, replace=False))
+        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
 def digits_cnn(train: Tuple[np.ndarray, np.ndarray], steps: int = 800):
     """A user's small CNN: Conv(1->16)-MaxPool-Conv(16->32)-MaxPool-Conv(32->32)-mean-Linear(32->10),
     fitted with seeded Adam on cross-entropy; logits [N, 10]."""
@@ -240,16 +255,7 @@ def digits_cnn(train: Tuple[np.ndarray, np.ndarray], steps: int = 800):
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    x, y = (torch.from_numpy(a) for a in train)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.choice(len(y), size=64, replace=False))
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return _fit_classifier(net, train, steps)
 
 
 def mobilenet_digits(train: Tuple[np.ndarray, np.ndarray], steps: int = 400):
@@ -279,13 +285,4 @@ def mobilenet_digits(train: Tuple[np.ndarray, np.ndarray], steps: int = 400):
 
     torch.manual_seed(0)
     net = Net()
-    x, y = (torch.from_numpy(a) for a in train)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.choice(len(y), size=64, replace=False))
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return _fit_classifier(net, train, steps)
