@@ -17,12 +17,7 @@
 namespace {
 
 using Bytes = std::vector<unsigned char>;
-
-void SetStatus(tinyq_status* status, tinyq_code code, const std::string& message) {
-  if (status == nullptr) return;
-  status->code = code;
-  std::snprintf(status->message, sizeof(status->message), "%s", message.c_str());
-}
+using tinyq::internal::SetStatus;
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
