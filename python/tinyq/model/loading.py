@@ -208,8 +208,12 @@ def _nonfinite(t: TensorProto) -> int:
 
 def _weights_read(graph: onnx.GraphProto) -> set:
     """The names a weight slot of a weight-bearing op reads (tinyq.model.weights.WEIGHT_SLOTS)."""
-    return {node.input[i] for node in graph.node for i in weights.WEIGHT_SLOTS.get(node.op_type, ())
-            if i < len(node.input)}
+    return {name for _, name in weights.weight_inputs(graph.node)}
+
+
+def _constant_value(node: onnx.NodeProto) -> Optional[TensorProto]:
+    """The tensor a Constant node holds in its `value` attribute, else None."""
+    return next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
 
 
 def nonfinite_constants(graph: onnx.GraphProto) -> set:
@@ -218,7 +222,7 @@ def nonfinite_constants(graph: onnx.GraphProto) -> set:
     names = {t.name for t in graph.initializer if _nonfinite(t)}
     for node in graph.node:
         if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+            value = _constant_value(node)
             if value is not None and _nonfinite(value):
                 names.add(node.output[0])
     return names
@@ -253,7 +257,7 @@ def constant_weights_to_initialisers(model: onnx.ModelProto, repairs: List[Repai
     for node in list(graph.node):
         if node.op_type != "Constant" or node.output[0] not in read:
             continue
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        value = _constant_value(node)
         if value is None or value.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE) or len(value.dims) < 2:
             continue
         tensor = TensorProto()

@@ -102,16 +102,23 @@ def _initialisers(model: onnx.ModelProto) -> Dict[str, TensorProto]:
     return {t.name: t for g in graphs(model) for t in g.initializer}
 
 
+def weight_inputs(nodes: Iterable[onnx.NodeProto]) -> Iterator[Tuple[onnx.NodeProto, str]]:
+    """(node, name) for every input a weight slot of a weight-bearing op reads (WEIGHT_SLOTS)."""
+    for node in nodes:
+        for slot in WEIGHT_SLOTS.get(node.op_type, ()):
+            if slot < len(node.input):
+                yield node, node.input[slot]
+
+
 def _float_weights(nodes: Iterable[onnx.NodeProto], inits: Dict[str, TensorProto], seen: Set[str]
                    ) -> Iterator[Tuple[onnx.NodeProto, TensorProto]]:
     """(node, weight) for every float initialiser of rank >= 2 in a weight slot, each weight once."""
-    for node in nodes:
-        for slot in WEIGHT_SLOTS.get(node.op_type, ()):
-            if slot < len(node.input) and node.input[slot] in inits and node.input[slot] not in seen:
-                t = inits[node.input[slot]]
-                if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2:
-                    seen.add(t.name)
-                    yield node, t
+    for node, name in weight_inputs(nodes):
+        if name in inits and name not in seen:
+            t = inits[name]
+            if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2:
+                seen.add(t.name)
+                yield node, t
 
 
 def int8_weight_elements(model: onnx.ModelProto) -> int:

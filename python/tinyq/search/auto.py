@@ -82,10 +82,9 @@ def _matmul_heavy(model: onnx.ModelProto) -> bool:
     can pay there; on a CNN with a linear head it runs ConvInteger, slower than fp32."""
     inits = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     per_op: Dict[str, int] = {}
-    for n in model.graph.node:
-        for slot in weights.WEIGHT_SLOTS.get(n.op_type, ()):
-            if slot < len(n.input) and n.input[slot] in inits:
-                per_op[n.op_type] = per_op.get(n.op_type, 0) + inits[n.input[slot]]
+    for n, name in weights.weight_inputs(model.graph.node):
+        if name in inits:
+            per_op[n.op_type] = per_op.get(n.op_type, 0) + inits[name]
     return 2 * (per_op.get("MatMul", 0) + per_op.get("Gemm", 0)) >= max(sum(per_op.values()), 1)
 
 
