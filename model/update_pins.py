@@ -77,8 +77,9 @@ def _refuse_what_the_cache_gave() -> None:
         return
     lines = read_regular(Path(view_path), 1 << 20).decode().splitlines()  # sha256sum's "<sha>  <name>"
     view = {name: sha for sha, name in (line.split(maxsplit=1) for line in lines)}
-    differ = [f"{name}: the build with cache reads gave sha256 {sha}, this machine builds {sha256_file(BUILT / name)}"
-              for name, sha in sorted(view.items()) if (BUILT / name).is_file() and sha256_file(BUILT / name) != sha]
+    built = {name: sha256_file(BUILT / name) for name in sorted(view) if (BUILT / name).is_file()}
+    differ = [f"{name}: the build with cache reads gave sha256 {view[name]}, this machine builds {sha}"
+              for name, sha in built.items() if sha != view[name]]
     if differ:
         raise _NotReproduced("the artefacts built here differ from those the build with cache reads gave; nothing was "
                              "pinned:\n  " + "\n  ".join(differ) + "\nA remote cache (or an earlier build that read one) "

@@ -115,9 +115,10 @@ def load_for_quantization(path: Path) -> Tuple[onnx.ModelProto, List[loading.Rep
     return model, repairs
 
 
-def _reads_nonfinite(model: onnx.ModelProto) -> List[onnx.NodeProto]:
-    """The nodes static QDQ would quantise that read a NaN or infinite constant (a mask)."""
-    bad = loading.nonfinite_constants(model.graph)
+def _reads_nonfinite(model: onnx.ModelProto, bad: Optional[set] = None) -> List[onnx.NodeProto]:
+    """The nodes static QDQ would quantise that read a NaN or infinite constant (a mask); bad: those
+    constants' names, when already known (tinyq.model.loading.nonfinite_constants)."""
+    bad = loading.nonfinite_constants(model.graph) if bad is None else bad
     return [n for n in model.graph.node if n.op_type in STATIC_OP_TYPES and bad.intersection(n.input)]
 
 
@@ -127,7 +128,7 @@ def _keep_nonfinite_constants(model: onnx.ModelProto, repairs: List[loading.Repa
     bad = loading.nonfinite_constants(model.graph)
     if not bad:
         return
-    readers = _reads_nonfinite(model)
+    readers = _reads_nonfinite(model, bad)
     taken = {n.name for n in model.graph.node}
     for i, node in enumerate(readers):
         if not node.name:
