@@ -8,8 +8,10 @@ BatchNorm, ReLU6 and Hardswish, fitted on scikit-learn's digits, exported by tor
 exporter) with its train split (calibration) and val split (validation), runs `ptq_auto --fp32`
 as a user would, and prints its verdict with the nearest candidates. Then profiles fp32 against
 the static QDQ and weight-only artefacts (tinyq.search.profile: onnxruntime's per-node profile,
-one thread, batch 256, runs interleaved) and prints each op type's time in both: the layers that
-make int8 slower than fp32 on this CPU. The verdict depends on the CPU: the report names it.
+one thread, batch 256, runs interleaved) and prints each op type's time in both, and the static
+artefact's per-layer cost table (tinyq.search.layer_costs: each layer's fp32 and int8 time, the
+slow ones marked, as ptq_auto profiles them before it gives up on speed). The verdict depends on
+the CPU: the report names it.
 """
 
 import json
@@ -24,7 +26,7 @@ from tinyq.app import cli
 from tinyq.io.fileio import atomic_write_bytes, atomic_write_npz
 from tinyq.judge import arithmetic
 from tinyq.quant import quantize
-from tinyq.search import profile
+from tinyq.search import layer_costs, profile
 from tinyq_testing import testmodels
 
 _OUT_DIR = flags.DEFINE_string("out-dir", None, "Directory for the model, its data and ptq_auto's report.", required=True)
@@ -73,6 +75,8 @@ def _layers(model_path: Path, out: Path) -> str:
         lines += [f"{name}: fp32 {b.fp32_ms:.1f} ms, int8 {b.int8_ms:.1f} ms at batch {_BATCH} (×{b.speedup:.2f}); "
                   f"quantisation overhead {b.overhead_ms:.1f} ms", "", "| op (onnxruntime's, after fusion) | fp32 ms | int8 ms |",
                   "|---|---|---|"] + [f"| {op} | {cell(b.fp32_ops, op)} | {cell(b.int8_ops, op)} |" for op in ops] + [""]
+    costs = layer_costs.layer_costs(model, quantize.quantize_static_qdq(model, cal, compact=False), feeds)
+    lines += [f"static QDQ (MinMax, per tensor), layer by layer at batch {_BATCH}:", "", layer_costs.table(costs)]
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ from tinyq.judge import drops, gate
 from tinyq.model import calibration, runner
 from tinyq.quant import quantize
 from tinyq.registry import defaults, heldout, layout, registry
-from tinyq.search import auto, auto_report, budget, latency
+from tinyq.search import auto, auto_report, budget, latency, layer_costs
 
 EXIT_NONE_WITHIN_BUDGET = 6
 
@@ -256,6 +256,7 @@ def _write_outputs(label, fp32, cal, val, shift_path, budgets, measure, rows, ch
             "latency": latency.settings(_REPEATS),
             "limits": limits,
             "candidates": [auto_report.row_dict(r, measure.builder) for r in rows],
+            "layer_costs": {name: layer_costs.as_dicts(costs) for name, costs in measure.layer_tables.items()},
             "choice": {**rec, "candidate": choice.row.candidate.name if choice.row else None, "reason": choice.reason,
                        "output": str(paths["--output"]) if paths["--output"] and choice.row else None},
             "search_wall_time_s": round(wall, 1),

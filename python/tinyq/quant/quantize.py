@@ -333,6 +333,7 @@ def quantize_static_qdq(
     batch: Optional[int] = None,
     rewrites: Sequence[str] = (),
     overflow_fix: str = "needed",
+    compact: bool = True,
 ) -> bytes:
     """onnxruntime's quantize_static in QDQ format (uint8 activations, int8 symmetric weights) on
     STATIC_OP_TYPES, calibrated on the arrays (one per input) fed `batch` samples at a time, by
@@ -345,6 +346,7 @@ def quantize_static_qdq(
     rewrites: tinyq.quant.rewrites to apply to the QDQ graph before compaction (outputs unchanged).
     overflow_fix: which layers get 7-bit weights so that no x86 kernel can saturate (tinyq.quant.overflow):
     "needed" (those whose pair bound can be crossed), "all" or "none".
+    compact: False keeps the fp32 node and tensor names (for tinyq.search.layer_costs; never shipped).
     """
     from tinyq.quant import ort_linear
     from tinyq.quant import rewrites as graph_rewrites
@@ -377,7 +379,7 @@ def quantize_static_qdq(
         qdq = onnx.load(str(dst))
         graph_rewrites.apply(qdq, rewrites)
         overflow.fix_overflow(qdq, overflow_fix, model)
-        return compaction.compact(qdq).SerializeToString()
+        return (compaction.compact(qdq) if compact else qdq).SerializeToString()
 
 
 # --- what both PTQ tools share ---------------------------------------------------------------

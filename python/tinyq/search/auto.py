@@ -17,6 +17,9 @@ Small classes with one job each, after NNCF's accuracy-control design:
     search over the groups ranked by their own accuracy gain beyond that; then the kernel-aware
     rewrites (tinyq.quant.rewrites) on the most accurate candidates within budget whose convolutions
     miss onnxruntime's fused int8 path;
+  - slow layers (tinyq.search.layer_costs): the most accurate candidates within budget are profiled
+    layer by layer against fp32, and the layers int8 makes slower are kept fp32 (then profiled
+    again, once more): a model no candidate speeds up often has a few such layers;
   - choose(): the fastest candidate within budget; among those within the noise margin of it, the
     lowest drop, then the smallest file.
 """
@@ -35,7 +38,7 @@ import onnx
 from tinyq.judge import gate
 from tinyq.model import calibration, runner, weights
 from tinyq.quant import fusion, quantize, rewrites
-from tinyq.search import budget
+from tinyq.search import budget, layer_costs
 from tinyq.search.groups import FallbackGroup, fallback_groups  # noqa: F401  (fallback_groups re-exported)
 from tinyq.search.latency import LatencyMeter, Timing
 
@@ -56,6 +59,7 @@ class Candidate:
     augment: bool = False  # range-robust calibration (tinyq.model.calibration.augmented)
     rewrites: Tuple[str, ...] = ()  # tinyq.quant.rewrites, in REWRITES order
     overflow_fix: str = "needed"  # tinyq.quant.overflow: 7-bit weights where needed, or on all integer layers
+    fp32_layers: Tuple[str, ...] = ()  # heads of layers kept fp32 because int8 made them slower (layer_costs)
 
     @property
     def name(self) -> str:
@@ -65,7 +69,9 @@ class Candidate:
             return f"dynamic_{'pc' if self.per_channel else 'pt'}"
         base = f"qdq_{self.method}_{'pc' if self.per_channel else 'pt'}" + ("+aug" if self.augment else "")
         fix = "+7bit_all" if self.overflow_fix == "all" else ""
-        return base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + "".join(f"+{r}" for r in self.rewrites) + fix
+        layers = f"+fp32_layers[{','.join(self.fp32_layers)}]" if self.fp32_layers else ""
+        return (base + "".join(f"+fp32[{g}]" for g in self.fp32_groups) + layers + "".join(f"+{r}" for r in self.rewrites)
+                + fix)
 
 
 def base_candidates(model: Optional[onnx.ModelProto] = None) -> List[Candidate]:
@@ -109,11 +115,15 @@ class CandidateBuilder:
         self.histogram_samples = histogram_samples  # Entropy and Percentile: at most this many (tinyq.search.budget)
         self.capped: Set[Tuple[str, bool]] = set()  # (method, augment) calibrated on that subset
         self._augmented: Optional[Dict[str, np.ndarray]] = None
+        self.layer_of = layer_costs.layers(model)  # {node: its layer's head}
 
     def exclude(self, candidate: Candidate) -> List[str]:
-        return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable})
+        layers = set(candidate.fp32_layers)
+        return sorted({n for name in candidate.fp32_groups for n in self.groups[name].quantizable}
+                      | {n for n, head in self.layer_of.items() if head in layers})
 
-    def build(self, candidate: Candidate) -> bytes:
+    def build(self, candidate: Candidate, compact: bool = True) -> bytes:
+        """The candidate's int8 bytes; compact=False keeps fp32 names, to profile layer by layer."""
         if candidate.encoding in ("weight_only", "dynamic"):  # ptq_dynamic --encoding, per tensor by default
             return quantize.encode(self.model, candidate.encoding, candidate.per_channel).model_bytes
         if candidate.augment and self._augmented is None:
@@ -127,7 +137,8 @@ class CandidateBuilder:
         cache = self.workdir / f"ranges_{candidate.method}{'_aug' if candidate.augment else ''}.json"
         return quantize.quantize_static_qdq(self.model, data, method=candidate.method, per_channel=candidate.per_channel,
                                             exclude_nodes=self.exclude(candidate), calibration_cache=cache,
-                                            rewrites=candidate.rewrites, overflow_fix=candidate.overflow_fix)
+                                            rewrites=candidate.rewrites, overflow_fix=candidate.overflow_fix,
+                                            compact=compact)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -204,10 +215,14 @@ class Measure:
     meter: LatencyMeter
     progress: Callable[[str], None]
     rows: Dict[Candidate, Row] = field(default_factory=dict)
+    layer_tables: Dict[str, List[layer_costs.LayerCost]] = field(default_factory=dict)  # by candidate name
     deadline: Optional[float] = None  # time.monotonic() past which candidates are skipped, not measured
 
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def __call__(self, candidate: Candidate) -> Row:
-        if candidate not in self.rows and self.deadline is not None and time.monotonic() > self.deadline:
+        if candidate not in self.rows and self.out_of_time():
             why = f"{SKIPPED}: the time budget (--max-minutes) ran out"
             self.rows[candidate] = Row(candidate, 0, Accuracy(None, None, False, why), [])
         if candidate not in self.rows:
@@ -226,8 +241,9 @@ class Measure:
             return Row(candidate, twin.bytes, twin.accuracy, twin.unfused, twin.timing, int8, twin.candidate.name, twin.convs)
         sess8 = runner.session(int8)
         unfused, convs = _inspect(int8)
-        return Row(candidate, len(int8), self.judge(sess8, int8, candidate), unfused, self.meter(sess8), int8, convs=convs)
-
+        accuracy = self.judge(sess8, int8, candidate)
+        timing = self.meter(sess8) if accuracy.within_budget else {}  # over budget it cannot win: not timed
+        return Row(candidate, len(int8), accuracy, unfused, timing, int8, convs=convs)
 
     def judge(self, sess8, int8: bytes, candidate: Candidate) -> Accuracy:
         """The evaluator's judgement; never within budget when the artefact quantises no weight,
@@ -254,6 +270,16 @@ class Measure:
             self.rows[c] = Row(c, len(int8), self.judge(sess8, int8, c), unfused, timing, int8, convs=convs)
             self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
         return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
+
+    def slow_layers(self, row: Row) -> Set[str]:
+        """The heads of the layers that the row's int8 runs slower than fp32, profiled at the largest
+        timed batch; the cost table is kept for the report."""
+        feeds = self.meter.inputs[max(self.meter.inputs)]
+        named = self.builder.build(row.candidate, compact=False)
+        costs = layer_costs.layer_costs(self.builder.model, named, feeds)
+        self.layer_tables[row.candidate.name] = costs
+        self.progress(f"per-layer cost of {row.candidate.name}:\n" + layer_costs.table(costs))
+        return {c.head for c in layer_costs.slow_layers(costs)}
 
 
 def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
@@ -304,7 +330,38 @@ def search(measure: Measure, groups: Sequence[FallbackGroup]) -> List[Row]:
         measure.rewritten(row, rewrite_sets(row))
     for row in _fix_bases(measure.rows.values()):
         measure(replace(row.candidate, overflow_fix="all"))
+    keep_slow_layers_fp32(measure)
     return list(measure.rows.values())
+
+
+SLOW_LAYER_BASES = 2  # the most accurate candidates within budget, profiled layer by layer ...
+SLOW_LAYER_ROUNDS = 2  # ... with their slow layers kept fp32, profiled again, at most this many times
+
+
+def keep_slow_layers_fp32(measure: Measure) -> None:
+    """The most accurate static candidates within budget, each with exactly the layers its int8 makes
+    slower kept fp32; then that candidate's own slow layers added, since moving quantisers to new
+    boundaries moves cost too. Where nothing else beats fp32 this is the last try before fp32."""
+    order = {n.name: i for i, n in enumerate(measure.builder.model.graph.node)}
+    bases = [r for r in measure.rows.values() if r.accuracy.within_budget and r.candidate.encoding == "qdq"
+             and r.same_as is None and not r.candidate.rewrites]
+    for row in sorted(bases, key=lambda r: (_drop_key(r), r.bytes, r.candidate.name))[:SLOW_LAYER_BASES]:
+        for _ in range(SLOW_LAYER_ROUNDS):
+            if measure.out_of_time():
+                return
+            try:
+                slow = measure.slow_layers(row)
+            except Exception as e:  # onnxruntime's profiler on a graph it cannot run as built with names
+                measure.progress(f"per-layer cost of {row.candidate.name} failed: {type(e).__name__}: {e}")
+                break
+            excluded = set(measure.builder.exclude(row.candidate))  # a layer already fp32 changes nothing
+            slow = {h for h in slow if not {n for n, head in measure.builder.layer_of.items() if head == h} <= excluded}
+            layers = tuple(sorted(set(row.candidate.fp32_layers) | slow, key=order.get))
+            if layers == row.candidate.fp32_layers:
+                break
+            row = measure(replace(row.candidate, fp32_layers=layers))
+            if not row.accuracy.within_budget:
+                break
 
 
 FIX_BASES = 4  # the most accurate candidates within budget, tried again with 7-bit weights on every layer

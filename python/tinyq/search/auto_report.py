@@ -18,7 +18,7 @@ def encoding_name(c: Candidate) -> str:
     if c.encoding in ("weight_only", "dynamic"):
         return f"{c.encoding}_s8_{granularity}"
     augment = "_augmented" if c.augment else ""
-    groups = "_fp32_groups" if c.fp32_groups else ""
+    groups = ("_fp32_groups" if c.fp32_groups else "") + ("_fp32_layers" if c.fp32_layers else "")
     fix = "_7bit_all" if c.overflow_fix == "all" else ""
     return f"qdq_u8s8_{granularity}_{c.method}{augment}{groups}" + "".join(f"_{REWRITE_TAGS[r]}" for r in c.rewrites) + fix
 
@@ -51,7 +51,7 @@ def recipe(choice: Choice, builder: CandidateBuilder) -> Dict[str, object]:
             args.append(f"--overflow-fix={c.overflow_fix}")
         mode = "static"
     return {"mode": mode, "args": args, "encoding": encoding_name(c), "purpose": choice.purpose,
-            "fp32_groups": list(c.fp32_groups), "rewrites": list(c.rewrites), "conv_misses": choice.row.conv_misses}
+            "fp32_groups": list(c.fp32_groups), "fp32_layers": list(c.fp32_layers), "rewrites": list(c.rewrites), "conv_misses": choice.row.conv_misses}
 
 
 def zoo_entry(model_id: str, rec: Dict[str, object]) -> str:
@@ -77,6 +77,7 @@ def row_dict(r: Row, builder: CandidateBuilder) -> Dict[str, object]:
         "calibration": c.method,
         "per_channel": c.per_channel,
         "fp32_groups": list(c.fp32_groups),
+        "fp32_layers": list(c.fp32_layers),
         "fp32_nodes": builder.exclude(c),
         "int8_bytes": r.bytes,
         "int8_sha256": hashlib.sha256(r.int8).hexdigest() if r.int8 else None,
@@ -118,7 +119,7 @@ def plot_png(model_id: str, rows: Sequence[Row], choice: Optional[Choice], budge
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.timing]  # a candidate that failed has no point
+    rows = [r for r in rows if r.timing]  # a candidate over budget or failed is not timed: no point
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
     b = max(rows[0].timing) if rows else 1
     floor = budget * 1e-4

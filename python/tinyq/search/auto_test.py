@@ -78,7 +78,9 @@ def test_a_candidate_that_quantises_no_weight_is_never_within_budget(tmp_path):
     weight_only = measure(Candidate("weight_only"))
     assert weight_only.accuracy.drop is not None and weight_only.accuracy.drop < 0.01  # accurate, yet ...
     assert not weight_only.accuracy.within_budget and "quantises no weight" in weight_only.accuracy.reason
-    assert measure(Candidate("qdq", "minmax")).accuracy.within_budget  # static QDQ quantises the conv
+    assert weight_only.timing == {}  # it cannot win, so it is not timed
+    static = measure(Candidate("qdq", "minmax"))
+    assert static.accuracy.within_budget and set(static.timing) == {1, 256}  # static QDQ quantises the conv
 
 
 def _weight_only(speedup):
@@ -180,3 +182,58 @@ def hist_gib(model, data, samples):
 
     per = budget.activation_bytes_per_sample(model, data)
     return (samples + 0.5) * per * budget._OVERHEAD / 2**30
+
+
+def test_layers_kept_fp32_are_the_profiled_slow_ones(tmp_path):
+    """keep_slow_layers_fp32 on Conv-Relu, Conv-HardSwish, Conv-Relu: a layer kept fp32 runs as an fp32
+    Conv between int8 ones, the recipe rebuilds it with --fp32-nodes, and each candidate the search
+    adds keeps exactly the layers its base's cost table marks slow."""
+    import json
+    from dataclasses import replace
+
+    import jsonschema
+    import numpy as np
+    from onnx import helper
+
+    from tinyq.judge import gate
+    from tinyq.model import runner
+    from tinyq.quant import quantize
+    from tinyq.registry import registry
+    from tinyq.search import auto_report, layer_costs
+    from tinyq.search.latency import LatencyMeter
+    from tinyq_testing.testutil import const, floats, save_graph
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for k, (cin, act) in enumerate(((4, "Relu"), (16, "HardSwish"), (16, "Relu"))):
+        nodes += [helper.make_node("Conv", [x, f"w{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node(act, [f"c{k}"], [f"r{k}"], name=f"act{k}")]
+        inits.append(const(f"w{k}", rng.standard_normal((16, cin, 3, 3)) * 0.2))
+        x = f"r{k}"
+    nodes.append(helper.make_node("ReduceMean", [x], ["y"], name="mean", axes=[2, 3], keepdims=0))
+    model, _ = quantize.load_for_quantization(save_graph(tmp_path / "m.onnx", nodes, [floats("x", ["n", 4, 8, 8])],
+                                                         [floats("y", ["n", 16])], inits))
+    data = {"x": rng.random((32, 4, 8, 8), dtype=np.float32)}
+    sess32 = runner.session(model.SerializeToString())
+    measure = auto.Measure(auto.CandidateBuilder(model, data, [], tmp_path), auto.Evaluator(sess32, data, gate.Budgets(0.05)),
+                           LatencyMeter(sess32, data, {1: 3, 256: 2}, min_timed_s=0), lambda line: None)
+    base = measure(Candidate("qdq", "minmax"))
+    middle = replace(base.candidate, fp32_layers=("conv1",))
+    assert measure.builder.exclude(middle) == ["act1", "conv1"]
+    optimised = rewrites.optimised(measure.builder.build(middle, compact=False))
+    assert [n.op_type for n in optimised.graph.node if n.name.startswith("conv")] == ["QLinearConv", "Conv", "QLinearConv"]
+    row = measure(middle)
+    assert row.unfused == [] and row.accuracy.within_budget
+    rec = auto_report.recipe(auto.Choice(row, "speed", 0.05, ""), measure.builder)
+    assert "--fp32-nodes=act1,conv1" in rec["args"] and rec["fp32_layers"] == ["conv1"]
+    schema = json.loads(registry.SCHEMA_PATH.read_text())
+    jsonschema.validate(rec["encoding"], schema["$defs"]["model"]["properties"]["quant_encoding"])
+
+    auto.keep_slow_layers_fp32(measure)
+    profiled = {c: {t.head for t in layer_costs.slow_layers(measure.layer_tables[c.name])}
+                for c in measure.rows if c.name in measure.layer_tables}
+    assert base.candidate in profiled
+    for r in measure.rows.values():
+        if r.candidate.fp32_layers and r.candidate != middle:  # made from a profiled candidate and its slow layers
+            assert any(replace(p, fp32_layers=()) == replace(r.candidate, fp32_layers=())
+                       and set(r.candidate.fp32_layers) == set(p.fp32_layers) | slow for p, slow in profiled.items())
