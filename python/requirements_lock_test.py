@@ -33,7 +33,7 @@ def direct_requirements(source="requirements.in"):
     names = []
     for line in (PYTHON / source).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
+        if line and not line.startswith("-"):  # -c: a constraints file, not a requirement
             names.append(canonical(_NAME.match(line).group(1)))
     return names
 
@@ -75,3 +75,18 @@ def test_cuda_set_swaps_onnxruntime_for_onnxruntime_gpu_and_nothing_else():
         assert hashes, f"{name} has no --hash in requirements_cuda_lock.txt"
     assert set(cuda_lock) - set(cpu_lock) == {"onnxruntime-gpu"}
     assert set(cpu_lock) - set(cuda_lock) == {"onnxruntime"}
+
+
+def test_runtime_set_is_lean_and_pins_the_full_sets_versions():
+    """--config=runtime's venv: no torch or other training, benchmark or test package, and every
+    version equal to the full set's, so that both build the same int8 bytes."""
+    runtime, full = lock_entries("requirements_runtime_lock.txt"), lock_entries()
+    for name in direct_requirements("requirements_runtime.in"):
+        assert name in runtime, f"{name} is in requirements_runtime.in but not locked; run //python:requirements_update -- --runtime"
+    for name, (version, hashes) in runtime.items():
+        assert hashes, f"{name}=={version} has no --hash in requirements_runtime_lock.txt"
+        assert full.get(name, (None,))[0] == version, f"{name}=={version}: the full lock has {full.get(name, ('none',))[0]}"
+    heavy = {"torch", "torchao", "nncf", "openvino", "onnxscript", "matplotlib", "scikit-learn", "skl2onnx",
+             "imageio-ffmpeg", "pip-tools"}
+    assert not heavy & set(runtime), sorted(heavy & set(runtime))
+    assert not [n for n in runtime if n.startswith(("nvidia-", "cuda-", "triton"))]

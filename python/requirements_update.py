@@ -1,8 +1,10 @@
 """Regenerates python/requirements_lock.txt from python/requirements.in, every pin hashed.
 
-Usage: tools/bazel run //python:requirements_update [-- [--cuda] extra pip-compile flags, e.g. --upgrade]
+Usage: tools/bazel run //python:requirements_update [-- [--cuda|--runtime] extra pip-compile flags, e.g. --upgrade]
 
 --cuda regenerates the CUDA set instead: requirements_cuda.in -> requirements_cuda_lock.txt.
+--runtime regenerates the lean runtime set: requirements_runtime.in -> requirements_runtime_lock.txt,
+constrained to the full lock's versions (regenerate that one first).
 
 Runs pip-compile (pip-tools, itself locked) inside the hermetic venv, against the package
 indexes and find-links of this machine's pip configuration, where the CPU torch wheel lies.
@@ -24,9 +26,11 @@ def main() -> int:
         return 2
     python_dir = Path(workspace) / "python"
     args = sys.argv[1:]
-    cuda = "--cuda" in args
-    args = [a for a in args if a != "--cuda"]
-    source, lock = ("requirements_cuda.in", "requirements_cuda_lock.txt") if cuda else ("requirements.in", "requirements_lock.txt")
+    sets = {"--cuda": ("requirements_cuda.in", "requirements_cuda_lock.txt"),
+            "--runtime": ("requirements_runtime.in", "requirements_runtime_lock.txt")}
+    chosen = [a for a in args if a in sets]
+    args = [a for a in args if a not in sets]
+    source, lock = sets[chosen[0]] if chosen else ("requirements.in", "requirements_lock.txt")
     cmd = [
         sys.executable,
         "-m",
@@ -46,7 +50,7 @@ def main() -> int:
     ]
     print("requirements_update:", " ".join(cmd[1:]), flush=True)
     # pip-compile names this command in the lock's header.
-    command = "tools/bazel run //python:requirements_update" + (" -- --cuda" if cuda else "")
+    command = "tools/bazel run //python:requirements_update" + (f" -- {chosen[0]}" if chosen else "")
     env = dict(os.environ, CUSTOM_COMPILE_COMMAND=command)
     return subprocess.call(cmd, cwd=python_dir, env=env)
 

@@ -56,13 +56,14 @@ def test_local_repositories_are_identical():
 def test_same_lock_files():
     ws, mod = workspace_repos(), module_repos()
     venvs = {name: kw["lock"] for name, (rule, kw) in ws.items() if rule == "tinyq_venv"}
-    assert venvs == {"tinyq_venv": "//python:requirements_lock.txt", "tinyq_venv_cuda": "//python:requirements_cuda_lock.txt"}
+    assert venvs == {"tinyq_venv": "//python:requirements_lock.txt", "tinyq_venv_cuda": "//python:requirements_cuda_lock.txt",
+                     "tinyq_venv_runtime": "//python:requirements_runtime_lock.txt"}
     assert {name: mod[name][1]["lock"] for name in venvs} == venvs
 
 
 def test_module_uses_every_venv_repo():
     text = Path("MODULE.bazel").read_text()
-    assert 'use_repo(venv, "tinyq_venv", "tinyq_venv_cuda")' in text
+    assert 'use_repo(venv, "tinyq_venv", "tinyq_venv_cuda", "tinyq_venv_runtime")' in text
 
 
 def test_same_toolchains():
