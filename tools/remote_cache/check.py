@@ -3,6 +3,8 @@
 
   check.py spawns EXEC_LOG          counts from --execution_log_json_file: prints
                                     "<quantiser hits> <quantiser local> <gate hits> <gate local>"
+  check.py executed EXEC_LOG        where each ran, for remote execution (tools/remote_exec): prints
+                                    "<quantisers remote> <quantisers elsewhere> <gates remote> <gates elsewhere>"
   check.py pins WORKSPACE           every bazel-bin/model/int8/*.int8.onnx against its registry
                                     pin and its committed model/tiny file; exit 1 on a mismatch
   check.py lock-edit LOCK PACKAGE WHEEL
@@ -54,20 +56,27 @@ def spawns(log: Path) -> Iterator[dict]:
         yield spawn
 
 
-def spawn_counts(log: Path) -> List[int]:
-    """Quantiser genrules (they write model/int8/*.int8.onnx) and gate test runs (test-setup.sh on a
-    *_gate_test; Bazel's generate-xml.sh step after a test is not a test run), hit or local."""
-    q_hit = q_local = g_hit = g_local = 0
+def kind(spawn: dict) -> str:
+    """"quantiser" (a genrule writing model/int8/*.int8.onnx), "gate" (test-setup.sh on a *_gate_test;
+    Bazel's generate-xml.sh step after a test is not a test run) or ""."""
+    outputs, args = spawn.get("listedOutputs", []), spawn.get("commandArgs", [])
+    if spawn.get("mnemonic") == "Genrule" and any(re.search(r"/bin/model/int8/[^/]+\.int8\.onnx$", o) for o in outputs):
+        return "quantiser"
+    if (spawn.get("mnemonic") == "TestRunner" and len(args) > 1 and args[0].endswith("/test-setup.sh")
+            and args[1].endswith("_gate_test")):
+        return "gate"
+    return ""
+
+
+def spawn_counts(log: Path, runner: str = REMOTE_HIT) -> List[int]:
+    """Quantisers and gate test runs: [quantisers whose runner is `runner`, the other quantisers,
+    gates whose runner is `runner`, the other gates]."""
+    counts = {"quantiser": [0, 0], "gate": [0, 0]}
     for s in spawns(log):
-        hit = s.get("runner") == REMOTE_HIT
-        outputs = s.get("listedOutputs", [])
-        args = s.get("commandArgs", [])
-        if s.get("mnemonic") == "Genrule" and any(re.search(r"/bin/model/int8/[^/]+\.int8\.onnx$", o) for o in outputs):
-            q_hit, q_local = q_hit + hit, q_local + (not hit)
-        elif (s.get("mnemonic") == "TestRunner" and len(args) > 1 and args[0].endswith("/test-setup.sh")
-              and args[1].endswith("_gate_test")):
-            g_hit, g_local = g_hit + hit, g_local + (not hit)
-    return [q_hit, q_local, g_hit, g_local]
+        k = kind(s)
+        if k:
+            counts[k][s.get("runner") != runner] += 1
+    return counts["quantiser"] + counts["gate"]
 
 
 def sha256(path: Path) -> str:
@@ -116,6 +125,8 @@ def main(argv: List[str]) -> int:
     try:
         if len(argv) == 2 and argv[0] == "spawns":
             print(*spawn_counts(Path(argv[1])))
+        elif len(argv) == 2 and argv[0] == "executed":
+            print(*spawn_counts(Path(argv[1]), runner="remote"))
         elif len(argv) == 2 and argv[0] == "pins":
             print(check_pins(Path(argv[1])))
         elif len(argv) == 4 and argv[0] == "lock-edit":
