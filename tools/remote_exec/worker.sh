@@ -78,7 +78,8 @@ balancer() {  # balancer PORT WORKER_PORTS...: nginx passing gRPC round-robin to
     echo "pid $state/nginx/nginx.pid; error_log $state/nginx/error.log; daemon on;"
     echo "events {} http { access_log off; client_max_body_size 0; upstream workers {"
     for p in "$@"; do echo "  server 127.0.0.1:$p;"; done
-    echo "} server { listen 127.0.0.1:$front http2; location / { grpc_pass grpc://workers;"
+    # REAPI metadata travels in headers with dots in their names, which nginx drops by default.
+    echo "} server { listen 127.0.0.1:$front http2; ignore_invalid_headers off; location / { grpc_pass grpc://workers;"
     echo "  grpc_read_timeout 3600s; grpc_send_timeout 3600s; } } }"
   } >"$state/nginx/nginx.conf"
   nginx -c "$state/nginx/nginx.conf" -p "$state/nginx" -e "$state/nginx/error.log"
