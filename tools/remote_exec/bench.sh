@@ -15,6 +15,7 @@ clone=$tmp/clone ob=$tmp/output_base
 trap '"$repo/tools/remote_exec/worker.sh" stop --state "$tmp/state" 2>/dev/null; (cd "$clone" && tools/bazel --output_base="$ob" shutdown) >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 git clone --quiet "$repo" "$clone" && git -C "$clone" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"
 bz() { (cd "$clone" && tools/bazel --output_base="$ob" "$@"); }
+counts=${counts//,/ }
 summed() {  # summed PROFILE: the seconds of every action in Bazel's JSON trace profile
   python3 -c '
 import gzip, json, sys
@@ -42,8 +43,9 @@ echo "|---|---|---|---|"
 run local
 for n in $counts; do
   url=$("$repo/tools/remote_exec/worker.sh" start --state "$tmp/state" --workers "$n" | tail -n 1)
+  export TINYQ_REMOTE_EXECUTOR=$url
   bz build --config=remote-exec --nobuild //model/... >/dev/null 2>&1
-  TINYQ_REMOTE_EXECUTOR=$url run "remote, $n worker(s)" --config=remote-exec
+  run "remote, $n worker(s)" --config=remote-exec
   "$repo/tools/remote_exec/worker.sh" stop --state "$tmp/state"
   rm -rf "$tmp/state/cas"
 done
