@@ -36,7 +36,7 @@ run() {  # run LABEL [bazel flags...]: one timed run from an empty cache; prints
 }
 
 bz build --nobuild //model/... >/dev/null 2>&1  # repositories and analysis, not timed
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; HEAD $(git -C "$repo" rev-parse --short HEAD)"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(grep -o -w -m1 'avx512_vnni\|avx_vnni' /proc/cpuinfo | head -n 1 || echo no VNNI)), $(nproc) cores; HEAD $(git -C "$repo" rev-parse --short HEAD)"
 echo
 echo "| build of //model/... | wall s | critical path s | summed action s |"
 echo "|---|---|---|---|"
