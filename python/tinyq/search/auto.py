@@ -271,15 +271,15 @@ class Measure:
             self.progress(_progress_line(len(self.rows), self.rows[c]) + f"  (beside its base: x{base.speedup():.2f})")
         return [self.rows[with_rewrites(base.candidate, n)] for n in name_sets]
 
-    def slow_layers(self, row: Row) -> Set[str]:
-        """The heads of the layers that the row's int8 runs slower than fp32, profiled at the largest
-        timed batch; the cost table is kept for the report."""
+    def slow_layers(self, row: Row) -> List[layer_costs.LayerCost]:
+        """The layers that the row's int8 runs slower than fp32, profiled at the largest timed batch;
+        the cost table is kept for the report."""
         feeds = self.meter.inputs[max(self.meter.inputs)]
         named = self.builder.build(row.candidate, compact=False)
         costs = layer_costs.layer_costs(self.builder.model, named, feeds)
         self.layer_tables[row.candidate.name] = costs
         self.progress(f"per-layer cost of {row.candidate.name}:\n" + layer_costs.table(costs))
-        return {c.head for c in layer_costs.slow_layers(costs)}
+        return layer_costs.slow_layers(costs)
 
 
 def _inspect(int8: bytes) -> Tuple[List[str], List[rewrites.ConvKernel]]:
@@ -355,7 +355,7 @@ def keep_slow_layers_fp32(measure: Measure) -> None:
                 measure.progress(f"per-layer cost of {row.candidate.name} failed: {type(e).__name__}: {e}")
                 break
             excluded = set(measure.builder.exclude(row.candidate))  # a layer already fp32 changes nothing
-            slow = {h for h in slow if not {n for n, head in measure.builder.layer_of.items() if head == h} <= excluded}
+            slow = {c.head for c in slow if not set(c.nodes) <= excluded}
             layers = tuple(sorted(set(row.candidate.fp32_layers) | slow, key=order.get))
             if layers == row.candidate.fp32_layers:
                 break

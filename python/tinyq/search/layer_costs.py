@@ -85,7 +85,10 @@ class _Attribution:
 def charge(times: Iterable[profile.NodeTime], fp32: onnx.ModelProto) -> Dict[str, float]:
     """{layer head: ms}: each profiled node, in run order, charged to the layer of the fp32 node it
     computes, or to the previous node's layer when its name names none."""
-    attribute, head = _Attribution(fp32), layers(fp32)
+    return _charge(times, _Attribution(fp32), layers(fp32))
+
+
+def _charge(times: Iterable[profile.NodeTime], attribute: _Attribution, head: Dict[str, str]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     last: Optional[str] = None
     for t in times:
@@ -102,8 +105,8 @@ def layer_costs(fp32: onnx.ModelProto, int8_named: Union[str, bytes], feeds: Dic
     """Each layer's fp32 and int8 time on the feeds (one thread, runs interleaved, medians), in
     graph order."""
     t32, t8 = profile.node_times([fp32.SerializeToString(), int8_named], feeds, runs)
-    head = layers(fp32)
-    ms32, ms8 = charge(t32, fp32), charge(t8, fp32)
+    head, attribute = layers(fp32), _Attribution(fp32)
+    ms32, ms8 = _charge(t32, attribute, head), _charge(t8, attribute, head)
     members: Dict[str, List[str]] = {}
     for node, h in head.items():
         members.setdefault(h, []).append(node)
